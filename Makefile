@@ -1,0 +1,75 @@
+# Makefile for livekpi (PGXS)
+#
+#   make && make install      build and install the extension and livekpi-tail
+#   make test                 install dependencies, build, install, run every test
+#   make demo                 throwaway cluster with demo data and a live simulator
+#   make bench                SPEC section 9 benchmarks, rewrites BENCHMARKS.md
+
+EXTENSION = livekpi
+MODULE_big = livekpi
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+
+# The install script is assembled from sql/parts/ so that each concern keeps
+# its own SQL file; the parts are concatenated in name order.
+SQL_PARTS = $(sort $(wildcard sql/parts/*.sql))
+DATA_built = livekpi--1.0.sql
+
+PG_CONFIG ?= pg_config
+PG_CPPFLAGS = -I$(srcdir)/src
+PG_CFLAGS = -Werror -Wall -Wmissing-prototypes -Wpointer-arith -Wendif-labels \
+	-Wformat-security -Wno-format-truncation -Wno-stringop-truncation
+SHLIB_LINK = -lwebsockets
+
+REGRESS = preload_check setup capture booking_rules expense_rules views mapping \
+	key_types partitions dml_forms truncate_rebuild operations
+REGRESS_OPTS = --temp-config=$(srcdir)/test/livekpi.conf --temp-instance=./tmp_regress
+ISOLATION = writers_concurrent rebuild_vs_writers track_vs_writers
+ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-config=$(srcdir)/test/livekpi.conf \
+	--temp-instance=./tmp_iso
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+PROVE_FLAGS = --timer
+
+EXTRA_CLEAN = livekpi--1.0.sql results output_iso tmp_regress tmp_iso tmp_check
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+livekpi--1.0.sql: $(SQL_PARTS)
+	cat $^ > $@
+
+.PHONY: test demo bench deps
+
+deps:
+	./test/install-deps.sh
+
+# Everything runs as root on CI; initdb refuses root, so the suites run as
+# the postgres user in a scratch copy of the tree (see test/run-tests.sh).
+export PG_CONFIG
+
+test: deps
+	$(MAKE) all
+	$(MAKE) install
+	./test/run-tests.sh
+
+demo:
+	./test/install-deps.sh
+	$(MAKE) all
+	$(MAKE) install
+	./bench/demo.sh
+
+bench:
+	./test/install-deps.sh
+	$(MAKE) all
+	$(MAKE) install
+	./bench/run.sh
+
+# The three halves of PGXS's installcheck, so that test/run-tests.sh can
+# report each on its own.
+.PHONY: installcheck-regress-only installcheck-isolation-only installcheck-tap-only
+installcheck-regress-only: submake $(REGRESS_PREP)
+	$(pg_regress_installcheck) $(REGRESS_OPTS) $(REGRESS)
+installcheck-isolation-only: submake $(REGRESS_PREP)
+	$(pg_isolation_regress_installcheck) $(ISOLATION_OPTS) $(ISOLATION)
+installcheck-tap-only:
+	$(prove_installcheck)

@@ -1,0 +1,117 @@
+/*-------------------------------------------------------------------------
+ *
+ * livekpi.h
+ *	  Declarations shared by every part of livekpi.so: the GUC variables,
+ *	  the shared-memory state both background workers publish (the source
+ *	  of the livekpi.status view), and the wake-up primitives that connect
+ *	  committing backends to the workers.
+ *
+ * Copyright (c) 2026, livekpi authors
+ *
+ * src/livekpi.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef LIVEKPI_H
+#define LIVEKPI_H
+
+#include "access/xlogdefs.h"
+#include "datatype/timestamp.h"
+#include "storage/latch.h"
+#include "storage/spin.h"
+
+/* Name of the logical slot, the replication origin and the message prefix. */
+#define LIVEKPI_SLOT_NAME		"livekpi"
+#define LIVEKPI_ORIGIN_NAME		"livekpi"
+#define LIVEKPI_MESSAGE_PREFIX	"livekpi"
+
+/* Size of the text buffers published in shared memory. */
+#define LIVEKPI_STATE_LEN		32
+#define LIVEKPI_ERROR_LEN		512
+
+/* GUC variables (guc.c) */
+extern char *livekpi_database;
+extern int	livekpi_flush_interval;
+extern int	livekpi_max_batch_changes;
+extern int	livekpi_delta_retention;
+extern int	livekpi_delta_retention_batches;
+extern int	livekpi_max_lag;
+extern int	livekpi_max_stay_nights;
+extern char *livekpi_timezone;
+extern char *livekpi_listen_addresses;
+extern int	livekpi_port;
+extern int	livekpi_max_clients;
+extern int	livekpi_client_buffer_limit;
+extern int	livekpi_heartbeat_interval;
+extern char *livekpi_ssl_cert_file;
+extern char *livekpi_ssl_key_file;
+extern char *livekpi_allowed_origins;
+extern char *livekpi_currency;
+
+extern void livekpi_define_gucs(void);
+
+/*
+ * State published by the workers.  Fields are protected by "mutex"; the
+ * latch pointers are written once by their owners and read without it.
+ */
+typedef struct LiveKpiShared
+{
+	slock_t		mutex;
+
+	/* apply worker */
+	pid_t		apply_pid;
+	Latch	   *apply_latch;
+	char		apply_state[LIVEKPI_STATE_LEN];
+	bool		paused;
+	bool		slot_ready;		/* slot exists and is consistent */
+	XLogRecPtr	confirmed_lsn;	/* slot's confirmed_flush after last batch */
+	XLogRecPtr	processed_lsn;	/* WAL read, decoded and applied up to here */
+	TimestampTz last_commit_time;	/* commit time of newest applied source xact */
+	int64		last_seq;
+	TimestampTz last_batch_at;
+	int64		changes_applied;
+	int64		rows_written;
+	int64		rows_skipped;
+	int64		batches;
+	int64		rebuilds;
+	char		last_error[LIVEKPI_ERROR_LEN];
+	TimestampTz last_error_at;
+
+	/* push worker */
+	pid_t		push_pid;
+	char		push_state[LIVEKPI_STATE_LEN];
+	int			clients;
+	int			max_clients_effective;
+	int64		messages_sent;
+	int64		bytes_sent;
+	char		push_error[LIVEKPI_ERROR_LEN];
+	TimestampTz push_error_at;
+
+	/*
+	 * eventfd made by _PG_init in the postmaster and so inherited by every
+	 * backend: written after a batch or a token change commits, watched by
+	 * the push worker's event loop.  -1 when it could not be made.
+	 */
+	int			push_wakeup_fd;
+} LiveKpiShared;
+
+extern LiveKpiShared *livekpi_shared;
+
+/* livekpi.c */
+extern void livekpi_wake_apply_at_commit(void);
+extern void livekpi_wake_push_at_commit(void);
+extern void livekpi_wake_push_now(void);
+extern void livekpi_set_apply_state(const char *state);
+extern void livekpi_set_push_state(const char *state);
+extern bool livekpi_loaded_via_preload(void);
+
+/* apply_worker.c */
+extern void livekpi_register_apply_worker(void);
+PGDLLEXPORT void livekpi_apply_main(Datum main_arg);
+
+/* push_worker.c: the listener; registered only when listen_addresses is set */
+extern void livekpi_register_push_worker(void);
+extern Size livekpi_push_shmem_size(void);
+extern void livekpi_push_shmem_init(void);
+
+#endif							/* LIVEKPI_H */
