@@ -387,7 +387,10 @@ function renderPeriod(row) {
 	if (client.stale && client.hasData) {
 		const s = document.createElement('span');
 		s.className = 'stale-tag';
-		s.textContent = client.status === 'offline' || !navigator.onLine ? 'offline: last known figures' : 'not live yet';
+		const saved = client.savedAt && client.status !== 'connected' && !client.welcome
+			? ` from ${fmt.time.format(new Date(client.savedAt))}` : '';
+		s.textContent = client.status === 'offline' || !navigator.onLine
+			? `offline: last known figures${saved}` : `last known figures${saved}, connecting`;
 		el.append(' ', s);
 	}
 }
@@ -995,6 +998,10 @@ function stepMonth(n) {
 }
 
 init();
+
+/* Offline reloads: the service worker keeps the page's files (www/sw.js). */
+if ('serviceWorker' in navigator && window.isSecureContext && /^https?:$/.test(location.protocol))
+	navigator.serviceWorker.register('sw.js').catch(() => { /* not served: online only */ });
 
 /* for tests and the curious: window.livekpi.client */
 globalThis.livekpi = { get client() { return client; }, get selection() { return { ...selection }; } };
