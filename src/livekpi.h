@@ -67,6 +67,7 @@ typedef struct LiveKpiShared
 	XLogRecPtr	confirmed_lsn;	/* slot's confirmed_flush after last batch */
 	XLogRecPtr	processed_lsn;	/* WAL read, decoded and applied up to here */
 	TimestampTz last_commit_time;	/* commit time of newest applied source xact */
+	TimestampTz caught_up_at;	/* last time processed_lsn reached the WAL end */
 	int64		last_seq;
 	TimestampTz last_batch_at;
 	int64		changes_applied;

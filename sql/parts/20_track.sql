@@ -1,0 +1,706 @@
+/*-------------------------------------------------------------------------
+ * livekpi--1.0.sql, part 20: tracking tables, rebuild and verify.
+ *
+ * The set-based recompute here is SPEC section 3 a second time, in SQL;
+ * src/kpi.c is the first.  verify() and the differential tests compare
+ * the two.
+ *-------------------------------------------------------------------------
+ */
+
+ALTER TABLE livekpi.tracked_tables ADD COLUMN partitions oid[] NOT NULL DEFAULT '{}';
+
+-- quote_ident of a column by attribute number (follows renames)
+CREATE FUNCTION livekpi._attname(rel regclass, attnum int2) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT quote_ident(a.attname) FROM pg_attribute a
+	WHERE a.attrelid = rel AND a.attnum = _attname.attnum AND NOT a.attisdropped
+$$;
+
+-- SQL for a mapped date column as a day, the way the capture trigger does it
+CREATE FUNCTION livekpi._day_sql(rel regclass, attnum int2, tz text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT CASE a.atttypid
+			   WHEN 'date'::regtype THEN quote_ident(a.attname)
+			   WHEN 'timestamp'::regtype THEN quote_ident(a.attname) || '::date'
+			   ELSE format('(%I AT TIME ZONE %L)::date', a.attname, tz)
+		   END
+	FROM pg_attribute a
+	WHERE a.attrelid = rel AND a.attnum = _day_sql.attnum
+$$;
+
+CREATE FUNCTION livekpi._from_sql(rel regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT CASE c.relkind WHEN 'p' THEN '' ELSE 'ONLY ' END || rel::text
+	FROM pg_class c WHERE c.oid = rel
+$$;
+
+/*
+ * _booking_recompute_sql(key_type)
+ *		One query over every tracked bookings table that returns the daily
+ *		booking KPIs of SPEC section 3.
+ */
+CREATE FUNCTION livekpi._booking_recompute_sql(key_type text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t record;
+	parts text[] := '{}';
+BEGIN
+	FOR t IN SELECT * FROM livekpi.tracked_tables WHERE kind = 'bookings' ORDER BY relid::oid LOOP
+		parts := parts || format(
+			'SELECT %s::%s AS pid, %s AS ci, %s AS co, %s::numeric AS amt, %s AS cancelled, %s AS max_stay FROM %s',
+			livekpi._attname(t.relid, t.property_attnum), key_type,
+			livekpi._day_sql(t.relid, t.day1_attnum, t.timezone),
+			livekpi._day_sql(t.relid, t.day2_attnum, t.timezone),
+			livekpi._attname(t.relid, t.amount_attnum),
+			CASE WHEN t.status_attnum IS NULL THEN 'false'
+				 ELSE format('coalesce(%s::text = ANY (%L::text[]), false)',
+							 livekpi._attname(t.relid, t.status_attnum), t.statuses1) END,
+			t.max_stay_nights,
+			livekpi._from_sql(t.relid));
+	END LOOP;
+	IF cardinality(parts) = 0 THEN
+		parts := ARRAY[format('SELECT NULL::%s AS pid, NULL::date AS ci, NULL::date AS co, NULL::numeric AS amt, false AS cancelled, 0 AS max_stay WHERE false', key_type)];
+	END IF;
+
+	RETURN format($q$
+		WITH src AS (%s),
+		valid AS (
+			SELECT pid, ci, co - ci AS n, cancelled,
+				   CASE WHEN amt IS NULL OR amt IN ('NaN', 'Infinity', '-Infinity') THEN 0
+						ELSE amt END AS amt
+			FROM src
+			WHERE pid IS NOT NULL AND ci IS NOT NULL AND co IS NOT NULL
+			  AND isfinite(ci) AND isfinite(co) AND co - ci <= max_stay),
+		contrib AS (
+			SELECT pid, ci AS day, 0 AS nights,
+				   CASE WHEN NOT cancelled AND n <= 0 THEN amt ELSE 0 END AS rev,
+				   CASE WHEN cancelled THEN 0 ELSE 1 END AS arr,
+				   CASE WHEN cancelled THEN 1 ELSE 0 END AS canc
+			FROM valid
+			UNION ALL
+			SELECT pid, ci + i, 1,
+				   CASE WHEN i < n - 1 THEN round(amt / n, 2)
+						ELSE amt - round(amt / n, 2) * (n - 1) END,
+				   0, 0
+			FROM valid, generate_series(0, n - 1) AS i
+			WHERE NOT cancelled AND n >= 1)
+		SELECT pid, day, sum(nights)::bigint, sum(rev), sum(arr)::bigint, sum(canc)::bigint
+		FROM contrib GROUP BY pid, day
+	$q$, array_to_string(parts, ' UNION ALL '));
+END
+$$;
+
+/*
+ * _expense_recompute_sql(key_type)
+ *		One query over every tracked expenses table that returns the daily
+ *		expense KPIs of SPEC section 3.
+ */
+CREATE FUNCTION livekpi._expense_recompute_sql(key_type text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t record;
+	parts text[] := '{}';
+BEGIN
+	FOR t IN SELECT * FROM livekpi.tracked_tables WHERE kind = 'expenses' ORDER BY relid::oid LOOP
+		parts := parts || format(
+			'SELECT %s::%s AS pid, %s AS d, %s::numeric AS amt, %s AS cat, %s AS cls FROM %s',
+			livekpi._attname(t.relid, t.property_attnum), key_type,
+			livekpi._day_sql(t.relid, t.day1_attnum, t.timezone),
+			livekpi._attname(t.relid, t.amount_attnum),
+			CASE WHEN t.category_attnum IS NULL THEN '''uncategorized'''
+				 ELSE format('coalesce(%s::text, ''uncategorized'')',
+							 livekpi._attname(t.relid, t.category_attnum)) END,
+			CASE WHEN t.status_attnum IS NULL THEN '0'
+				 ELSE format('CASE WHEN %1$s::text = ANY (%2$L::text[]) THEN 0 WHEN %1$s::text = ANY (%3$L::text[]) THEN 2 ELSE 1 END',
+							 livekpi._attname(t.relid, t.status_attnum), t.statuses1, t.statuses2) END,
+			livekpi._from_sql(t.relid));
+	END LOOP;
+	IF cardinality(parts) = 0 THEN
+		parts := ARRAY[format('SELECT NULL::%s AS pid, NULL::date AS d, NULL::numeric AS amt, NULL::text AS cat, 0 AS cls WHERE false', key_type)];
+	END IF;
+
+	RETURN format($q$
+		WITH src AS (%s),
+		valid AS (
+			SELECT pid, d, cat, cls,
+				   CASE WHEN amt IS NULL OR amt IN ('NaN', 'Infinity', '-Infinity') THEN 0
+						ELSE amt END AS amt
+			FROM src
+			WHERE pid IS NOT NULL AND d IS NOT NULL AND isfinite(d))
+		SELECT pid, d, cat,
+			   sum(CASE WHEN cls = 0 THEN amt ELSE 0 END),
+			   sum(CASE WHEN cls = 1 THEN amt ELSE 0 END),
+			   sum(CASE WHEN cls = 2 THEN amt ELSE 0 END),
+			   count(*)
+		FROM valid GROUP BY pid, d, cat
+	$q$, array_to_string(parts, ' UNION ALL '));
+END
+$$;
+
+-- every partition (all levels) of a table, the table excluded
+CREATE FUNCTION livekpi._partitions(rel regclass) RETURNS oid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT coalesce(array_agg(p.relid::oid ORDER BY p.relid::oid), '{}')
+	FROM pg_partition_tree(rel) p WHERE p.relid <> rel
+$$;
+
+/*
+ * _create_capture_triggers(rel)
+ *		(Re)creates the capture triggers of a tracked table from its row in
+ *		tracked_tables and the settings stored there.  TRUNCATE triggers are
+ *		not cloned to partitions, so every partition gets its own.
+ */
+CREATE FUNCTION livekpi._create_capture_triggers(rel regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t livekpi.tracked_tables;
+	args text;
+	cols text;
+	part oid;
+	tg oid;
+BEGIN
+	SELECT * INTO STRICT t FROM livekpi.tracked_tables WHERE relid = rel;
+	PERFORM set_config('livekpi_internal.ddl', 'on', true);
+
+	args := array_to_string(ARRAY(SELECT quote_literal(x) FROM unnest(ARRAY[
+		CASE t.kind WHEN 'bookings' THEN 'B' ELSE 'E' END,
+		livekpi._key_kind((SELECT key_type FROM livekpi.state)),
+		rel::oid::text,
+		t.property_attnum::text, t.day1_attnum::text, coalesce(t.day2_attnum, 0)::text,
+		t.amount_attnum::text, coalesce(t.status_attnum, 0)::text,
+		coalesce(t.category_attnum, 0)::text,
+		t.max_stay_nights::text, t.timezone,
+		cardinality(t.statuses1)::text] || t.statuses1 || t.statuses2) AS x), ', ');
+
+	SELECT string_agg(livekpi._attname(rel, a), ', ') INTO cols
+	FROM unnest(ARRAY[t.property_attnum, t.day1_attnum, t.day2_attnum, t.amount_attnum,
+					  t.status_attnum, t.category_attnum]) AS a
+	WHERE a IS NOT NULL;
+
+	PERFORM livekpi._drop_capture_triggers(rel, t.partitions);
+	PERFORM set_config('livekpi_internal.ddl', 'on', true);
+	t.partitions := livekpi._partitions(rel);
+	UPDATE livekpi.tracked_tables SET partitions = t.partitions WHERE relid = rel;
+
+	EXECUTE format('CREATE TRIGGER livekpi_capture AFTER INSERT OR UPDATE OF %s OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION livekpi.capture(%s)',
+				   cols, rel, args);
+	EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER livekpi_capture', rel);
+
+	FOREACH part IN ARRAY ARRAY[rel::oid] || t.partitions LOOP
+		EXECUTE format('CREATE TRIGGER livekpi_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION livekpi.capture(%s)',
+					   part::regclass, args);
+		EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER livekpi_truncate', part::regclass);
+		IF part <> rel::oid THEN
+			EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER livekpi_capture', part::regclass);
+		END IF;
+		-- DROP EXTENSION takes these triggers with it
+		FOR tg IN SELECT oid FROM pg_trigger
+				  WHERE tgrelid = part AND tgname IN ('livekpi_capture', 'livekpi_truncate')
+					AND tgparentid = 0
+		LOOP
+			PERFORM livekpi._depend_on_extension('pg_trigger'::regclass, tg);
+		END LOOP;
+	END LOOP;
+	PERFORM set_config('livekpi_internal.ddl', 'off', true);
+END
+$$;
+
+CREATE FUNCTION livekpi._drop_capture_triggers(rel regclass, parts oid[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	part oid;
+BEGIN
+	PERFORM set_config('livekpi_internal.ddl', 'on', true);
+	FOREACH part IN ARRAY ARRAY[rel::oid] || parts LOOP
+		IF EXISTS (SELECT FROM pg_class WHERE oid = part) THEN
+			IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = part AND tgname = 'livekpi_capture'
+					   AND tgparentid = 0) THEN
+				EXECUTE format('DROP TRIGGER livekpi_capture ON %s', part::regclass);
+			END IF;
+			IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = part AND tgname = 'livekpi_truncate') THEN
+				EXECUTE format('DROP TRIGGER livekpi_truncate ON %s', part::regclass);
+			END IF;
+		END IF;
+	END LOOP;
+	PERFORM set_config('livekpi_internal.ddl', 'off', true);
+END
+$$;
+
+/*
+ * _lock_tracked_tables()
+ *		Takes SHARE locks on every tracked table without ever waiting while
+ *		holding some of them: all are tried with NOWAIT in OID order, and
+ *		when one is busy the attempt is rolled back, that one alone is waited
+ *		for, and the whole set is tried again.  Writers that touch several
+ *		tracked tables in any order cannot deadlock with a rebuild.
+ */
+CREATE FUNCTION livekpi._lock_tracked_tables() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r record;
+	busy regclass;
+BEGIN
+	LOOP
+		busy := NULL;
+		BEGIN
+			FOR r IN SELECT relid FROM livekpi.tracked_tables ORDER BY relid::oid LOOP
+				busy := r.relid;
+				EXECUTE format('LOCK TABLE %s IN SHARE MODE NOWAIT', r.relid);
+			END LOOP;
+			RETURN;
+		EXCEPTION WHEN lock_not_available THEN
+			NULL;
+		END;
+		BEGIN
+			EXECUTE format('LOCK TABLE %s IN SHARE MODE', busy);
+			RAISE EXCEPTION USING ERRCODE = 'LK001';
+		EXCEPTION WHEN SQLSTATE 'LK001' THEN
+			NULL;
+		END;
+	END LOOP;
+END
+$$;
+
+CREATE FUNCTION livekpi._require_read_committed(what text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'livekpi.% cannot run in a % transaction', what,
+			upper(current_setting('transaction_isolation'))
+			USING ERRCODE = 'invalid_transaction_state',
+				  DETAIL = 'It recomputes the KPIs from a snapshot taken after it locks the tracked tables.',
+				  HINT = 'Run it in a READ COMMITTED transaction.';
+	END IF;
+END
+$$;
+
+/*
+ * _rebuild(new_epoch)
+ *		Recomputes every KPI table from the tracked tables, consistently with
+ *		the stream: writers wait on the table locks, the apply worker on the
+ *		state row, and rebuild_lsn tells the worker which decoded changes
+ *		the recompute already holds.  Clients learn of it from a barrier.
+ */
+CREATE FUNCTION livekpi._rebuild(new_epoch boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	point pg_lsn;
+	s bigint;
+BEGIN
+	PERFORM livekpi._require_read_committed('rebuild()');
+	PERFORM livekpi._lock_tracked_tables();
+	PERFORM 1 FROM livekpi.state FOR UPDATE;
+	point := pg_current_wal_insert_lsn();
+	PERFORM livekpi._emit_rebuild_marker();
+
+	-- Each statement below takes a new snapshot, after the locks.
+	DELETE FROM livekpi.booking_daily;
+	DELETE FROM livekpi.booking_monthly;
+	DELETE FROM livekpi.expense_daily;
+	DELETE FROM livekpi.expense_monthly;
+	DELETE FROM livekpi.portfolio_monthly;
+
+	INSERT INTO livekpi.booking_daily
+		(property_id, day, nights_sold, room_revenue, arrivals, cancelled_arrivals, updated_at)
+	SELECT r.*, now() FROM livekpi._recompute_booking_daily() r;
+	INSERT INTO livekpi.expense_daily
+		(property_id, day, category, approved_amount, pending_amount, rejected_amount,
+		 expense_count, updated_at)
+	SELECT r.*, now() FROM livekpi._recompute_expense_daily() r;
+
+	INSERT INTO livekpi.booking_monthly
+		(property_id, month, nights_sold, room_revenue, arrivals, cancelled_arrivals, updated_at)
+	SELECT property_id, date_trunc('month', day)::date, sum(nights_sold), sum(room_revenue),
+		   sum(arrivals), sum(cancelled_arrivals), now()
+	FROM livekpi.booking_daily GROUP BY 1, 2;
+	INSERT INTO livekpi.expense_monthly
+		(property_id, month, category, approved_amount, pending_amount, rejected_amount,
+		 expense_count, updated_at)
+	SELECT property_id, date_trunc('month', day)::date, category, sum(approved_amount),
+		   sum(pending_amount), sum(rejected_amount), sum(expense_count), now()
+	FROM livekpi.expense_daily GROUP BY 1, 2, 3;
+	INSERT INTO livekpi.portfolio_monthly
+		(month, nights_sold, room_revenue, arrivals, cancelled_arrivals, approved_expenses,
+		 pending_expenses, expense_count, updated_at)
+	SELECT month, sum(n), sum(r), sum(a), sum(c), sum(ap), sum(pe), sum(ec), now()
+	FROM (SELECT month, nights_sold AS n, room_revenue AS r, arrivals AS a,
+				 cancelled_arrivals AS c, 0 AS ap, 0 AS pe, 0 AS ec
+		  FROM livekpi.booking_monthly
+		  UNION ALL
+		  SELECT month, 0, 0, 0, 0, approved_amount, pending_amount, expense_count
+		  FROM livekpi.expense_monthly) x
+	GROUP BY month;
+
+	INSERT INTO livekpi.properties (property_id, first_seen, updated_at)
+	SELECT DISTINCT property_id, now(), now()
+	FROM (SELECT property_id FROM livekpi.booking_monthly
+		  UNION ALL SELECT property_id FROM livekpi.expense_monthly) x
+	ON CONFLICT (property_id) DO NOTHING;
+
+	UPDATE livekpi.state
+	SET rebuild_lsn = point,
+		last_seq = last_seq + 1,
+		epoch = CASE WHEN new_epoch THEN gen_random_uuid()::text ELSE epoch END
+	RETURNING last_seq INTO s;
+	INSERT INTO livekpi.delta_log (seq, applied_at, committed_at, lsn, barrier)
+	VALUES (s, now(), now(), point, true);
+	PERFORM livekpi._wake_push();
+END
+$$;
+
+/*
+ * rebuild()
+ *		The user's rebuild: also puts the current livekpi.max_stay_nights and
+ *		livekpi.timezone into the capture triggers, which is how changing
+ *		them takes effect.
+ */
+CREATE FUNCTION livekpi.rebuild() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r record;
+BEGIN
+	PERFORM livekpi._require_read_committed('rebuild()');
+	PERFORM livekpi._lock_tracked_tables();
+	UPDATE livekpi.tracked_tables
+	SET max_stay_nights = current_setting('livekpi.max_stay_nights')::int,
+		timezone = current_setting('livekpi.timezone');
+	FOR r IN SELECT relid FROM livekpi.tracked_tables ORDER BY relid::oid LOOP
+		PERFORM livekpi._create_capture_triggers(r.relid);
+	END LOOP;
+	PERFORM livekpi._rebuild(false);
+END
+$$;
+
+-- The one key type (bigint, uuid or text) a column of this type maps to.
+CREATE FUNCTION livekpi._key_type_of(typ regtype) RETURNS regtype
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT CASE typ
+			   WHEN 'smallint'::regtype THEN 'bigint'::regtype
+			   WHEN 'integer'::regtype THEN 'bigint'::regtype
+			   WHEN 'bigint'::regtype THEN 'bigint'::regtype
+			   WHEN 'uuid'::regtype THEN 'uuid'::regtype
+			   WHEN 'text'::regtype THEN 'text'::regtype
+			   WHEN 'character varying'::regtype THEN 'text'::regtype
+		   END
+$$;
+
+/*
+ * _resolve_column(rel, column, role, allowed)
+ *		Attribute number of a mapped column, or an error naming the table and
+ *		the column.  allowed: 'key', 'date', 'amount' or 'text'.
+ */
+CREATE FUNCTION livekpi._resolve_column(rel regclass, col name, arg text, allowed text)
+RETURNS int2
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	a record;
+	ok boolean;
+BEGIN
+	SELECT att.attnum, att.atttypid::regtype AS typ, t.typcategory, t.typtype INTO a
+	FROM pg_attribute att JOIN pg_type t ON t.oid = att.atttypid
+	WHERE att.attrelid = rel AND att.attname = col AND att.attnum > 0 AND NOT att.attisdropped;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'column "%" of table % does not exist', col, rel
+			USING ERRCODE = 'undefined_column',
+				  HINT = format('Name the column with %s => ''...''.', arg);
+	END IF;
+	ok := CASE allowed
+			  WHEN 'key' THEN livekpi._key_type_of(a.typ) IS NOT NULL
+			  WHEN 'date' THEN a.typ IN ('date'::regtype, 'timestamp'::regtype, 'timestamptz'::regtype)
+			  WHEN 'amount' THEN a.typ IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype,
+										   'numeric'::regtype, 'real'::regtype, 'double precision'::regtype)
+			  ELSE a.typcategory = 'S' OR a.typtype = 'e'
+		  END;
+	IF NOT ok THEN
+		RAISE EXCEPTION 'column "%" of table % has unsupported type %', col, rel, a.typ
+			USING ERRCODE = 'datatype_mismatch',
+				  DETAIL = CASE allowed
+					  WHEN 'key' THEN 'A property key must be smallint, integer, bigint, uuid, text or varchar.'
+					  WHEN 'date' THEN 'A date column must be date, timestamp or timestamptz.'
+					  WHEN 'amount' THEN 'An amount must be smallint, integer, bigint, numeric, real or double precision.'
+					  ELSE 'A status or category column must be of a string type or an enum.' END;
+	END IF;
+	RETURN a.attnum;
+END
+$$;
+
+/*
+ * _track(...)
+ *		What track_bookings and track_expenses share: checks, the mapping row,
+ *		the triggers, and a rebuild that backfills the table's current rows.
+ */
+CREATE FUNCTION livekpi._track(rel regclass, kind text, property_column name,
+							   day1_column name, day2_column name, amount_column name,
+							   status_column name, category_column name,
+							   statuses1 text[], statuses2 text[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	c record;
+	key_attnum int2;
+	new_key regtype;
+	cur_key regtype;
+	other regclass;
+BEGIN
+	PERFORM livekpi._require_read_committed('track_' || kind || '()');
+	IF rel IS NULL THEN
+		RAISE EXCEPTION 'rel must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT relkind, relowner, relpersistence INTO c FROM pg_class WHERE oid = rel;
+	IF c.relkind NOT IN ('r', 'p') THEN
+		RAISE EXCEPTION '% is not a table', rel
+			USING ERRCODE = 'wrong_object_type',
+				  DETAIL = 'livekpi tracks ordinary and partitioned tables.';
+	END IF;
+	IF c.relpersistence = 't' THEN
+		RAISE EXCEPTION 'cannot track temporary table %', rel
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'The apply worker cannot see another session''s temporary tables.';
+	END IF;
+	IF NOT pg_has_role(current_user, c.relowner, 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', rel
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF EXISTS (SELECT FROM livekpi.tracked_tables WHERE relid = rel) THEN
+		RAISE EXCEPTION 'table % is already tracked', rel
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Call livekpi.untrack() first to track it with another mapping.';
+	END IF;
+	SELECT t.relid INTO other FROM livekpi.tracked_tables t
+	WHERE t.relid::oid IN (SELECT a.relid FROM pg_partition_ancestors(rel) a WHERE a.relid <> rel)
+	   OR t.relid::oid IN (SELECT p.relid FROM pg_partition_tree(rel) p WHERE p.relid <> rel)
+	LIMIT 1;
+	IF other IS NOT NULL THEN
+		RAISE EXCEPTION 'cannot track % because % is tracked and they share a partition tree', rel, other
+			USING ERRCODE = 'duplicate_object',
+				  DETAIL = 'Each row must be counted once: track either the partitioned table or its partitions.';
+	END IF;
+
+	key_attnum := livekpi._resolve_column(rel, property_column, 'property_column', 'key');
+	new_key := livekpi._key_type_of((SELECT atttypid FROM pg_attribute
+									  WHERE attrelid = rel AND attnum = key_attnum)::regtype);
+	SELECT key_type INTO cur_key FROM livekpi.state;
+	IF new_key <> cur_key THEN
+		IF EXISTS (SELECT FROM livekpi.tracked_tables) THEN
+			RAISE EXCEPTION 'property key column "%" of table % has type %, but the tracked tables use %',
+				property_column, rel, new_key, cur_key
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = 'All tracked tables share one property key type.';
+		END IF;
+		PERFORM livekpi._install_key_type(new_key);
+	END IF;
+
+	INSERT INTO livekpi.tracked_tables
+		(relid, kind, property_attnum, day1_attnum, day2_attnum, amount_attnum,
+		 status_attnum, category_attnum, statuses1, statuses2, max_stay_nights, timezone)
+	VALUES (rel, kind, key_attnum,
+			livekpi._resolve_column(rel, day1_column,
+				CASE kind WHEN 'bookings' THEN 'check_in_column' ELSE 'date_column' END, 'date'),
+			CASE WHEN kind = 'bookings'
+				 THEN livekpi._resolve_column(rel, day2_column, 'check_out_column', 'date') END,
+			livekpi._resolve_column(rel, amount_column, 'amount_column', 'amount'),
+			CASE WHEN status_column IS NOT NULL
+				 THEN livekpi._resolve_column(rel, status_column, 'status_column', 'text') END,
+			CASE WHEN category_column IS NOT NULL
+				 THEN livekpi._resolve_column(rel, category_column, 'category_column', 'text') END,
+			coalesce(statuses1, '{}'), coalesce(statuses2, '{}'),
+			current_setting('livekpi.max_stay_nights')::int,
+			current_setting('livekpi.timezone'));
+
+	PERFORM livekpi._create_capture_triggers(rel);
+	PERFORM livekpi._rebuild(false);
+	PERFORM livekpi._wake_apply();
+END
+$$;
+
+CREATE FUNCTION livekpi.track_bookings(
+	rel regclass,
+	property_column name DEFAULT 'property_id',
+	check_in_column name DEFAULT 'check_in',
+	check_out_column name DEFAULT 'check_out',
+	amount_column name DEFAULT 'total_amount',
+	status_column name DEFAULT 'status',
+	cancelled_statuses text[] DEFAULT '{cancelled,canceled}')
+RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+	SELECT livekpi._track(rel, 'bookings', property_column, check_in_column, check_out_column,
+						  amount_column, status_column, NULL, cancelled_statuses, '{}')
+$$;
+
+CREATE FUNCTION livekpi.track_expenses(
+	rel regclass,
+	property_column name DEFAULT 'property_id',
+	date_column name DEFAULT 'incurred_on',
+	amount_column name DEFAULT 'amount',
+	category_column name DEFAULT 'category',
+	status_column name DEFAULT 'approval_status',
+	approved_statuses text[] DEFAULT '{approved}',
+	rejected_statuses text[] DEFAULT '{rejected}')
+RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+	SELECT livekpi._track(rel, 'expenses', property_column, date_column, NULL,
+						  amount_column, status_column, category_column,
+						  approved_statuses, rejected_statuses)
+$$;
+
+CREATE FUNCTION livekpi.untrack(rel regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t livekpi.tracked_tables;
+BEGIN
+	PERFORM livekpi._require_read_committed('untrack()');
+	SELECT * INTO t FROM livekpi.tracked_tables WHERE relid = rel;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'table % is not tracked', rel
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = rel), 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', rel
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM livekpi._drop_capture_triggers(rel, t.partitions);
+	DELETE FROM livekpi.tracked_tables WHERE relid = rel;
+	PERFORM livekpi._rebuild(false);
+END
+$$;
+
+/*
+ * _on_ddl()
+ *		Keeps tracking true to the catalog after DDL: a dropped tracked table
+ *		is forgotten; a table whose capture trigger was dropped with a mapped
+ *		column (DROP COLUMN ... CASCADE) is untracked with a WARNING; when
+ *		the partitions of a tracked table change (ATTACH, DETACH, CREATE or
+ *		DROP of a partition), rows moved without firing triggers, so the new
+ *		partitions get their TRUNCATE triggers and the KPIs are rebuilt.
+ */
+CREATE FUNCTION livekpi._on_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t record;
+	changed boolean := false;
+	gone oid[];
+BEGIN
+	-- livekpi's own DDL on tracked tables is not news
+	IF current_setting('livekpi_internal.ddl', true) = 'on' THEN
+		RETURN;
+	END IF;
+	FOR t IN SELECT * FROM livekpi.tracked_tables LOOP
+		IF NOT EXISTS (SELECT FROM pg_class WHERE oid = t.relid) THEN
+			DELETE FROM livekpi.tracked_tables WHERE relid = t.relid;
+			changed := true;
+		ELSIF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.relid
+						  AND tgname = 'livekpi_capture' AND tgparentid = 0) THEN
+			RAISE WARNING 'table % is no longer tracked by livekpi', t.relid
+				USING DETAIL = 'A column it mapped was dropped.';
+			PERFORM livekpi._drop_capture_triggers(t.relid, t.partitions);
+			DELETE FROM livekpi.tracked_tables WHERE relid = t.relid;
+			changed := true;
+		ELSIF t.partitions IS DISTINCT FROM livekpi._partitions(t.relid) THEN
+			SELECT coalesce(array_agg(p), '{}') INTO gone
+			FROM unnest(t.partitions) p WHERE p <> ALL (livekpi._partitions(t.relid));
+			PERFORM livekpi._drop_capture_triggers(t.relid, gone);
+			PERFORM livekpi._create_capture_triggers(t.relid);
+			changed := true;
+		END IF;
+	END LOOP;
+	IF changed THEN
+		PERFORM livekpi._rebuild(false);
+	END IF;
+END
+$$;
+
+CREATE EVENT TRIGGER livekpi_ddl ON ddl_command_end
+	WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'DROP TABLE', 'DROP TRIGGER',
+				 'DROP SCHEMA', 'DROP OWNED')
+	EXECUTE FUNCTION livekpi._on_ddl();
+
+/*
+ * verify()
+ *		Recomputes every KPI table from the tracked tables and returns each
+ *		difference from what is stored; no rows means exact.
+ */
+CREATE FUNCTION livekpi.verify()
+RETURNS TABLE (kpi text, key text, column_name text, stored text, expected text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RETURN QUERY
+	WITH eb AS (SELECT * FROM livekpi._recompute_booking_daily()),
+	ee AS (SELECT * FROM livekpi._recompute_expense_daily()),
+	expected_rows AS (
+		SELECT 'booking_daily' AS t,
+			   jsonb_build_object('property_id', property_id, 'day', day) AS k,
+			   jsonb_build_object('nights_sold', nights_sold, 'room_revenue', room_revenue,
+								  'arrivals', arrivals, 'cancelled_arrivals', cancelled_arrivals) AS v
+		FROM eb
+		UNION ALL
+		SELECT 'booking_monthly', jsonb_build_object('property_id', property_id, 'month', month),
+			   jsonb_build_object('nights_sold', sum(nights_sold), 'room_revenue', sum(room_revenue),
+								  'arrivals', sum(arrivals), 'cancelled_arrivals', sum(cancelled_arrivals))
+		FROM (SELECT *, date_trunc('month', day)::date AS month FROM eb) x
+		GROUP BY property_id, month
+		UNION ALL
+		SELECT 'expense_daily',
+			   jsonb_build_object('property_id', property_id, 'day', day, 'category', category),
+			   jsonb_build_object('approved_amount', approved_amount, 'pending_amount', pending_amount,
+								  'rejected_amount', rejected_amount, 'expense_count', expense_count)
+		FROM ee
+		UNION ALL
+		SELECT 'expense_monthly',
+			   jsonb_build_object('property_id', property_id, 'month', month, 'category', category),
+			   jsonb_build_object('approved_amount', sum(approved_amount), 'pending_amount', sum(pending_amount),
+								  'rejected_amount', sum(rejected_amount), 'expense_count', sum(expense_count))
+		FROM (SELECT *, date_trunc('month', day)::date AS month FROM ee) x
+		GROUP BY property_id, month, category
+		UNION ALL
+		SELECT 'portfolio_monthly', jsonb_build_object('month', month),
+			   jsonb_build_object('nights_sold', sum(n), 'room_revenue', sum(r), 'arrivals', sum(a),
+								  'cancelled_arrivals', sum(c), 'approved_expenses', sum(ap),
+								  'pending_expenses', sum(pe), 'expense_count', sum(ec))
+		FROM (SELECT date_trunc('month', day)::date AS month, nights_sold AS n, room_revenue AS r,
+					 arrivals AS a, cancelled_arrivals AS c, 0 AS ap, 0 AS pe, 0 AS ec FROM eb
+			  UNION ALL
+			  SELECT date_trunc('month', day)::date, 0, 0, 0, 0, approved_amount, pending_amount,
+					 expense_count FROM ee) x
+		GROUP BY month),
+	stored_rows AS (
+		SELECT 'booking_daily' AS t,
+			   jsonb_build_object('property_id', property_id, 'day', day) AS k,
+			   jsonb_build_object('nights_sold', nights_sold, 'room_revenue', room_revenue,
+								  'arrivals', arrivals, 'cancelled_arrivals', cancelled_arrivals) AS v
+		FROM livekpi.booking_daily
+		UNION ALL
+		SELECT 'booking_monthly', jsonb_build_object('property_id', property_id, 'month', month),
+			   jsonb_build_object('nights_sold', nights_sold, 'room_revenue', room_revenue,
+								  'arrivals', arrivals, 'cancelled_arrivals', cancelled_arrivals)
+		FROM livekpi.booking_monthly
+		UNION ALL
+		SELECT 'expense_daily',
+			   jsonb_build_object('property_id', property_id, 'day', day, 'category', category),
+			   jsonb_build_object('approved_amount', approved_amount, 'pending_amount', pending_amount,
+								  'rejected_amount', rejected_amount, 'expense_count', expense_count)
+		FROM livekpi.expense_daily
+		UNION ALL
+		SELECT 'expense_monthly',
+			   jsonb_build_object('property_id', property_id, 'month', month, 'category', category),
+			   jsonb_build_object('approved_amount', approved_amount, 'pending_amount', pending_amount,
+								  'rejected_amount', rejected_amount, 'expense_count', expense_count)
+		FROM livekpi.expense_monthly
+		UNION ALL
+		SELECT 'portfolio_monthly', jsonb_build_object('month', month),
+			   jsonb_build_object('nights_sold', nights_sold, 'room_revenue', room_revenue,
+								  'arrivals', arrivals, 'cancelled_arrivals', cancelled_arrivals,
+								  'approved_expenses', approved_expenses,
+								  'pending_expenses', pending_expenses, 'expense_count', expense_count)
+		FROM livekpi.portfolio_monthly)
+	SELECT coalesce(s.t, e.t), coalesce(s.k, e.k)::text, c.col, s.v ->> c.col, e.v ->> c.col
+	FROM stored_rows s
+	FULL JOIN expected_rows e ON s.t = e.t AND s.k = e.k
+	CROSS JOIN LATERAL jsonb_object_keys(coalesce(e.v, s.v)) AS c(col)
+	WHERE (s.v -> c.col) IS DISTINCT FROM (e.v -> c.col)
+	UNION ALL
+	SELECT 'properties', jsonb_build_object('property_id', x.property_id)::text, 'property_id',
+		   NULL, x.property_id::text
+	FROM (SELECT property_id FROM eb UNION SELECT property_id FROM ee) x
+	WHERE NOT EXISTS (SELECT FROM livekpi.properties p WHERE p.property_id = x.property_id)
+	ORDER BY 1, 2, 3;
+END
+$$;

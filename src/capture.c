@@ -1,0 +1,499 @@
+/*-------------------------------------------------------------------------
+ *
+ * capture.c
+ *	  The trigger function livekpi.capture(): on a tracked table (and on
+ *	  livekpi.properties) it projects OLD and NEW onto the mapped columns,
+ *	  classifies them with the settings captured when the table was tracked,
+ *	  and writes one transactional logical-decoding message per changed row
+ *	  (per statement for TRUNCATE).  It never raises an error because of a
+ *	  value it finds odd: SPEC section 3 decides what counts, later.
+ *
+ * Trigger arguments (written by livekpi._create_capture_triggers):
+ *	  0 kind (B, E or U)      1 key kind (i, u, t)     2 tracked root relid
+ *	  3 key attnum            4 day1 attnum            5 day2 attnum
+ *	  6 amount attnum         7 status attnum          8 category attnum
+ *	  9 max_stay_nights       10 time zone             11 n = size of list 1
+ *	  12.. list 1 (cancelled or approved statuses), then list 2 (rejected)
+ *	  Attribute numbers are those of the tracked root table; 0 means none.
+ *
+ * Copyright (c) 2026, livekpi authors
+ *
+ * src/capture.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "replication/message.h"
+#include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "change.h"
+#include "livekpi.h"
+
+#define NUM_FIXED_ARGS 12
+
+typedef struct MappedColumn
+{
+	AttrNumber	attnum;			/* in the firing relation; 0 = not mapped */
+	Oid			typid;
+	bool		is_bpchar;
+	FmgrInfo	output;			/* status and category only */
+} MappedColumn;
+
+/* Everything the trigger needs, parsed once per trigger and relation. */
+typedef struct CaptureMapping
+{
+	Oid			tgoid;
+	Oid			firing_relid;
+	char		kind;
+	char		key_kind;
+	Oid			root_relid;
+	MappedColumn key;
+	MappedColumn day1;
+	MappedColumn day2;
+	MappedColumn amount;
+	MappedColumn status;
+	MappedColumn category;
+	int			max_stay;
+	text	   *timezone;
+	int			nlist1;
+	char	  **list1;
+	int			nlist2;
+	char	  **list2;
+	MemoryContext row_cxt;		/* reset for every row */
+} CaptureMapping;
+
+static StringInfo message_buf = NULL;
+
+static void
+protocol_error(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+			 errmsg("livekpi.capture() %s", what),
+			 errhint("livekpi creates its triggers itself; use livekpi.track_bookings() or livekpi.track_expenses().")));
+}
+
+/*
+ * map_column
+ *		Resolves a root-table attribute number in the firing relation, which
+ *		is a partition with its own attribute numbers when the root is a
+ *		partitioned table.  Matching by name is what PostgreSQL itself does
+ *		for partitions, and runs once per statement.
+ */
+static void
+map_column(MappedColumn *col, const char *arg, Oid root_relid, Relation rel,
+		   bool want_output, MemoryContext mcxt)
+{
+	AttrNumber	root_attnum = (AttrNumber) pg_strtoint32(arg);
+	TupleDesc	desc = RelationGetDescr(rel);
+	Form_pg_attribute att;
+
+	memset(col, 0, sizeof(*col));
+	if (root_attnum <= 0)
+		return;
+
+	if (RelationGetRelid(rel) == root_relid)
+		col->attnum = root_attnum;
+	else
+	{
+		char	   *name = get_attname(root_relid, root_attnum, false);
+
+		col->attnum = get_attnum(RelationGetRelid(rel), name);
+		if (col->attnum == InvalidAttrNumber)
+			elog(ERROR, "livekpi: column \"%s\" of the tracked table is missing in partition \"%s\"",
+				 name, RelationGetRelationName(rel));
+	}
+	att = TupleDescAttr(desc, col->attnum - 1);
+	if (att->attisdropped)
+		elog(ERROR, "livekpi: a mapped column of \"%s\" was dropped",
+			 RelationGetRelationName(rel));
+	col->typid = att->atttypid;
+	col->is_bpchar = (getBaseType(att->atttypid) == BPCHAROID);
+	if (want_output)
+	{
+		Oid			outfunc;
+		bool		isvarlena;
+
+		getTypeOutputInfo(att->atttypid, &outfunc, &isvarlena);
+		fmgr_info_cxt(outfunc, &col->output, mcxt);
+	}
+}
+
+static CaptureMapping *
+get_mapping(FunctionCallInfo fcinfo, TriggerData *trigdata)
+{
+	CaptureMapping *m = (CaptureMapping *) fcinfo->flinfo->fn_extra;
+	Trigger    *tg = trigdata->tg_trigger;
+	Relation	rel = trigdata->tg_relation;
+	MemoryContext old;
+	char	  **args = tg->tgargs;
+	int			i;
+
+	if (m != NULL && m->tgoid == tg->tgoid &&
+		m->firing_relid == RelationGetRelid(rel))
+		return m;
+
+	if (tg->tgnargs < NUM_FIXED_ARGS)
+		protocol_error("was called with the wrong number of trigger arguments");
+
+	old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+	m = palloc0(sizeof(CaptureMapping));
+	m->tgoid = tg->tgoid;
+	m->firing_relid = RelationGetRelid(rel);
+	m->kind = args[0][0];
+	m->key_kind = args[1][0];
+	m->root_relid = (Oid) strtoul(args[2], NULL, 10);
+	if (m->kind == CHANGE_UNITS)
+		m->root_relid = RelationGetRelid(rel);
+	if (m->kind != CHANGE_BOOKING && m->kind != CHANGE_EXPENSE && m->kind != CHANGE_UNITS)
+		protocol_error("was called with an unknown change kind");
+	if (m->key_kind != KEY_INT && m->key_kind != KEY_UUID && m->key_kind != KEY_TEXT)
+		protocol_error("was called with an unknown key kind");
+
+	map_column(&m->key, args[3], m->root_relid, rel, false, old);
+	map_column(&m->day1, args[4], m->root_relid, rel, false, old);
+	map_column(&m->day2, args[5], m->root_relid, rel, false, old);
+	map_column(&m->amount, args[6], m->root_relid, rel, false, old);
+	map_column(&m->status, args[7], m->root_relid, rel, true, fcinfo->flinfo->fn_mcxt);
+	map_column(&m->category, args[8], m->root_relid, rel, true, fcinfo->flinfo->fn_mcxt);
+	m->row_cxt = AllocSetContextCreate(fcinfo->flinfo->fn_mcxt, "livekpi capture row",
+									   ALLOCSET_SMALL_SIZES);
+	m->max_stay = pg_strtoint32(args[9]);
+	m->timezone = cstring_to_text(args[10]);
+	m->nlist1 = pg_strtoint32(args[11]);
+	if (m->nlist1 < 0 || NUM_FIXED_ARGS + m->nlist1 > tg->tgnargs)
+		protocol_error("was called with a malformed status list");
+	m->list1 = palloc(sizeof(char *) * Max(m->nlist1, 1));
+	for (i = 0; i < m->nlist1; i++)
+		m->list1[i] = pstrdup(args[NUM_FIXED_ARGS + i]);
+	m->nlist2 = tg->tgnargs - NUM_FIXED_ARGS - m->nlist1;
+	m->list2 = palloc(sizeof(char *) * Max(m->nlist2, 1));
+	for (i = 0; i < m->nlist2; i++)
+		m->list2[i] = pstrdup(args[NUM_FIXED_ARGS + m->nlist1 + i]);
+
+	if (message_buf == NULL)
+	{
+		MemoryContextSwitchTo(TopMemoryContext);
+		message_buf = makeStringInfo();
+	}
+	MemoryContextSwitchTo(old);
+
+	fcinfo->flinfo->fn_extra = m;
+	return m;
+}
+
+/* Text of a status or category value, compared the way SQL's ::text does. */
+static char *
+text_value(MappedColumn *col, Datum value, int *len)
+{
+	char	   *s = OutputFunctionCall(&col->output, value);
+	int			n = strlen(s);
+
+	if (col->is_bpchar)
+		while (n > 0 && s[n - 1] == ' ')
+			n--;
+	s[n] = '\0';
+	*len = n;
+	return s;
+}
+
+static bool
+in_list(const char *s, char **list, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(s, list[i]) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * to_day
+ *		A date, timestamp or timestamptz as a day, the way SQL's
+ *		(x AT TIME ZONE tz)::date and x::date do it.  Returns false for
+ *		infinite values, which no arithmetic can use.
+ */
+static bool
+to_day(CaptureMapping *m, MappedColumn *col, Datum value, DateADT *day)
+{
+	DateADT		d;
+
+	switch (col->typid)
+	{
+		case DATEOID:
+			d = DatumGetDateADT(value);
+			break;
+		case TIMESTAMPOID:
+			if (TIMESTAMP_NOT_FINITE(DatumGetTimestamp(value)))
+				return false;
+			d = DatumGetDateADT(DirectFunctionCall1(timestamp_date, value));
+			break;
+		case TIMESTAMPTZOID:
+			if (TIMESTAMP_NOT_FINITE(DatumGetTimestampTz(value)))
+				return false;
+			d = DatumGetDateADT(DirectFunctionCall1(timestamp_date,
+													DirectFunctionCall2(timestamptz_zone,
+																		PointerGetDatum(m->timezone),
+																		value)));
+			break;
+		default:
+			elog(ERROR, "livekpi: unsupported date type %u", col->typid);
+	}
+	if (DATE_NOT_FINITE(d))
+		return false;
+	*day = d;
+	return true;
+}
+
+static Numeric
+to_numeric(MappedColumn *col, Datum value)
+{
+	switch (col->typid)
+	{
+		case NUMERICOID:
+			return DatumGetNumeric(value);
+		case INT2OID:
+			return DatumGetNumeric(DirectFunctionCall1(int2_numeric, value));
+		case INT4OID:
+			return DatumGetNumeric(DirectFunctionCall1(int4_numeric, value));
+		case INT8OID:
+			return DatumGetNumeric(DirectFunctionCall1(int8_numeric, value));
+		case FLOAT4OID:
+			return DatumGetNumeric(DirectFunctionCall1(float4_numeric, value));
+		case FLOAT8OID:
+			return DatumGetNumeric(DirectFunctionCall1(float8_numeric, value));
+	}
+	elog(ERROR, "livekpi: unsupported amount type %u", col->typid);
+	return NULL;				/* keep compiler quiet */
+}
+
+static Datum
+to_key(CaptureMapping *m, Datum value)
+{
+	switch (m->key.typid)
+	{
+		case INT2OID:
+			return Int64GetDatum((int64) DatumGetInt16(value));
+		case INT4OID:
+			return Int64GetDatum((int64) DatumGetInt32(value));
+		case INT8OID:
+			return value;
+		default:
+			/* uuid, text and varchar are passed through */
+			return value;
+	}
+}
+
+/* Projects one row onto the mapped columns, as SPEC section 3 reads it. */
+static void
+project(CaptureMapping *m, HeapTuple tuple, TupleDesc desc, ChangeImage *img)
+{
+	Datum		v;
+	bool		isnull;
+
+	memset(img, 0, sizeof(*img));
+
+	v = heap_getattr(tuple, m->key.attnum, desc, &isnull);
+	if (isnull)
+		img->flags |= IMG_KEY_NULL;
+	else
+		img->key = to_key(m, v);
+
+	if (m->kind == CHANGE_UNITS)
+		return;
+
+	v = heap_getattr(tuple, m->day1.attnum, desc, &isnull);
+	if (isnull || !to_day(m, &m->day1, v, &img->day1))
+		img->flags |= IMG_DAY1_SKIP;
+
+	if (m->kind == CHANGE_BOOKING)
+	{
+		v = heap_getattr(tuple, m->day2.attnum, desc, &isnull);
+		if (isnull || !to_day(m, &m->day2, v, &img->day2))
+			img->flags |= IMG_DAY2_SKIP;
+		if (!(img->flags & (IMG_DAY1_SKIP | IMG_DAY2_SKIP)) &&
+			(int64) img->day2 - (int64) img->day1 > m->max_stay)
+			img->flags |= IMG_TOO_LONG;
+	}
+
+	v = heap_getattr(tuple, m->amount.attnum, desc, &isnull);
+	if (isnull)
+		img->flags |= IMG_AMOUNT_NULL;
+	else
+	{
+		img->amount = to_numeric(&m->amount, v);
+		if (numeric_is_nan(img->amount) || numeric_is_inf(img->amount))
+		{
+			img->flags |= IMG_AMOUNT_ODD;
+			img->amount = NULL;
+		}
+	}
+
+	if (m->kind == CHANGE_BOOKING)
+	{
+		if (m->status.attnum)
+		{
+			v = heap_getattr(tuple, m->status.attnum, desc, &isnull);
+			if (!isnull)
+			{
+				int			len;
+
+				if (in_list(text_value(&m->status, v, &len), m->list1, m->nlist1))
+					img->flags |= IMG_CANCELLED;
+			}
+		}
+	}
+	else
+	{
+		ExpenseClass cls = EXPENSE_APPROVED;
+
+		if (m->status.attnum)
+		{
+			v = heap_getattr(tuple, m->status.attnum, desc, &isnull);
+			cls = EXPENSE_PENDING;
+			if (!isnull)
+			{
+				int			len;
+				char	   *s = text_value(&m->status, v, &len);
+
+				if (in_list(s, m->list1, m->nlist1))
+					cls = EXPENSE_APPROVED;
+				else if (in_list(s, m->list2, m->nlist2))
+					cls = EXPENSE_REJECTED;
+			}
+		}
+		img->flags |= (uint8) (cls << IMG_CLASS_SHIFT);
+
+		img->flags |= IMG_CATEGORY_NULL;
+		if (m->category.attnum)
+		{
+			v = heap_getattr(tuple, m->category.attnum, desc, &isnull);
+			if (!isnull)
+			{
+				img->category = text_value(&m->category, v, &img->category_len);
+				img->flags &= ~IMG_CATEGORY_NULL;
+			}
+		}
+	}
+}
+
+static void
+emit(StringInfo buf)
+{
+	LogLogicalMessage(LIVEKPI_MESSAGE_PREFIX, buf->data, buf->len, true);
+	livekpi_wake_apply_at_commit();
+}
+
+/*
+ * livekpi.capture()
+ *		AFTER ROW trigger for INSERT, UPDATE OF the mapped columns and
+ *		DELETE, and AFTER STATEMENT trigger for TRUNCATE.  An UPDATE that
+ *		leaves the projection unchanged writes nothing.
+ */
+PG_FUNCTION_INFO_V1(livekpi_capture);
+Datum
+livekpi_capture(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	TriggerEvent ev;
+	CaptureMapping *m;
+	TupleDesc	desc;
+	ChangeImage old_img,
+				new_img;
+	bool		has_old,
+				has_new;
+	MemoryContext old_cxt;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("livekpi.capture() was not called by trigger manager")));
+	ev = trigdata->tg_event;
+	if (!TRIGGER_FIRED_AFTER(ev))
+		protocol_error("must be fired AFTER");
+
+	m = get_mapping(fcinfo, trigdata);
+	resetStringInfo(message_buf);
+
+	if (TRIGGER_FIRED_BY_TRUNCATE(ev))
+	{
+		if (m->kind == CHANGE_UNITS)
+			return PointerGetDatum(NULL);
+		change_encode_header(message_buf, CHANGE_TRUNCATE, m->key_kind,
+							 m->root_relid, false, false);
+		emit(message_buf);
+		return PointerGetDatum(NULL);
+	}
+	if (!TRIGGER_FIRED_FOR_ROW(ev))
+		protocol_error("must be fired FOR EACH ROW for INSERT, UPDATE and DELETE");
+
+	has_old = TRIGGER_FIRED_BY_UPDATE(ev) || TRIGGER_FIRED_BY_DELETE(ev);
+	has_new = TRIGGER_FIRED_BY_UPDATE(ev) || TRIGGER_FIRED_BY_INSERT(ev);
+	desc = RelationGetDescr(trigdata->tg_relation);
+
+	/* Conversions allocate; keep them out of the (long) query context. */
+	MemoryContextReset(m->row_cxt);
+	old_cxt = MemoryContextSwitchTo(m->row_cxt);
+
+	change_encode_header(message_buf, m->kind, m->key_kind, m->root_relid,
+						 has_old, has_new);
+	if (has_old)
+	{
+		project(m, trigdata->tg_trigtuple, desc, &old_img);
+		change_encode_image(message_buf, m->kind, m->key_kind, &old_img);
+	}
+	if (has_new)
+	{
+		int			old_end = message_buf->len;
+		int			old_len = old_end - 7;
+
+		project(m, TRIGGER_FIRED_BY_UPDATE(ev) ? trigdata->tg_newtuple : trigdata->tg_trigtuple,
+				desc, &new_img);
+		change_encode_image(message_buf, m->kind, m->key_kind, &new_img);
+
+		/* An UPDATE that changes nothing we project is not a change. */
+		if (has_old && m->kind != CHANGE_UNITS &&
+			message_buf->len - old_end == old_len &&
+			memcmp(message_buf->data + 7, message_buf->data + old_end, old_len) == 0)
+		{
+			MemoryContextSwitchTo(old_cxt);
+			return PointerGetDatum(NULL);
+		}
+	}
+	MemoryContextSwitchTo(old_cxt);
+	emit(message_buf);
+
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * livekpi._emit_rebuild_marker()
+ *		Written by a rebuild into its own transaction's stream: the apply
+ *		worker drops the changes that transaction made before it, which the
+ *		rebuild has already counted.
+ */
+PG_FUNCTION_INFO_V1(livekpi_emit_rebuild_marker);
+Datum
+livekpi_emit_rebuild_marker(PG_FUNCTION_ARGS)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	change_encode_header(&buf, CHANGE_REBUILD, KEY_INT, InvalidOid, false, false);
+	LogLogicalMessage(LIVEKPI_MESSAGE_PREFIX, buf.data, buf.len, true);
+	pfree(buf.data);
+	PG_RETURN_VOID();
+}
