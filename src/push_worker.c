@@ -963,6 +963,8 @@ ws_established(struct lws *wsi, PushClient *c)
 	c->pos = -1;
 	c->slot = -1;
 	lws_get_peer_simple(wsi, c->peer, sizeof(c->peer));
+	if (strncmp(c->peer, "::ffff:", 7) == 0 && strchr(c->peer, '.') != NULL)
+		memmove(c->peer, c->peer + 7, strlen(c->peer + 7) + 1);	/* IPv4-mapped */
 	dlist_push_tail(&all_clients, &c->node);
 	nclients++;
 
