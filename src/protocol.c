@@ -535,23 +535,30 @@ parse_properties(Parser *ps, LkClientMessage *msg)
 
 /*
  * valid_date_text
- *		YYYY-MM-DD with plausible month and day; the worker casts it to
- *		date afterwards, which catches February 30th.
+ *		A real calendar date written YYYY-MM-DD (year 1 to 9999), so that
+ *		the worker's cast to date cannot fail.
  */
 static bool
 valid_date_text(const char *s, size_t len)
 {
-	int			month,
+	static const int mdays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	int			year,
+				month,
 				day;
+	bool		leap;
 
 	if (len != 10 || s[4] != '-' || s[7] != '-')
 		return false;
 	for (int i = 0; i < 10; i++)
 		if (i != 4 && i != 7 && (s[i] < '0' || s[i] > '9'))
 			return false;
+	year = ((s[0] - '0') * 1000 + (s[1] - '0') * 100 + (s[2] - '0') * 10 + (s[3] - '0'));
 	month = (s[5] - '0') * 10 + (s[6] - '0');
 	day = (s[8] - '0') * 10 + (s[9] - '0');
-	return month >= 1 && month <= 12 && day >= 1 && day <= 31;
+	if (year < 1 || month < 1 || month > 12 || day < 1)
+		return false;
+	leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+	return day <= mdays[month - 1] + (month == 2 && leap ? 1 : 0);
 }
 
 static bool
