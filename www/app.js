@@ -442,7 +442,9 @@ function renderTrend() {
 	for (let i = 11; i >= 0; i--)
 		months.push(addMonths(selection.month, -i));
 	const rows = months.map((m) => figures(m));
-	const xs = months.map((_, i) => i);
+	/* x is the month number (year * 12 + month), so that a new selection
+	 * changes the scale and uPlot redraws the axis labels */
+	const xs = months.map(monthIndex);
 	const revenue = rows.map((r) => r ? r.room_revenue : 0);
 	const occ = rows.map((r) => (r && r.occupancy !== null) ? r.occupancy * 100 : null);
 	const data = [xs, revenue, occ];
@@ -451,8 +453,6 @@ function renderTrend() {
 	if (trendChart && lastTrendData === sig)
 		return;
 	lastTrendData = sig;
-	const labels = months.map((m, i) => (i === 0 || m.endsWith('-01-01'))
-		? fmt.monthShortYear.format(monthDate(m)) : fmt.monthShort.format(monthDate(m)));
 
 	const accent = css('--accent');
 	const accentSoft = css('--accent-soft');
@@ -470,12 +470,12 @@ function renderTrend() {
 				['Occupancy', u.data[2][i] === null ? DASH : fmt.pct.format(u.data[2][i] / 100), css('--accent-2')],
 			])],
 			scales: {
-				x: { time: false, range: [-0.5, 11.5] },
+				x: { time: false, range: (u) => [u.data[0][0] - 0.5, u.data[0][11] + 0.5] },
 				money: { range: (u, min, max) => [0, max > 0 ? max * 1.12 : 1] },
 				pct: { range: [0, 100] },
 			},
 			series: [
-				{ label: 'Month', value: (u, v) => v === null ? DASH : fmt.monthLong.format(monthDate(currentTrendMonths[v])) },
+				{ label: 'Month', value: (u, v) => v === null ? DASH : fmt.monthLong.format(monthDate(monthFromIndex(v))) },
 				{
 					label: 'Revenue', scale: 'money', width: 0,
 					fill: accentSoft, stroke: accent,
@@ -491,24 +491,23 @@ function renderTrend() {
 				},
 			],
 			axes: [
-				{ ...axisStyle(), grid: { show: false }, splits: () => xs, gap: 6, size: 30,
-					values: (u) => {
+				{ ...axisStyle(), grid: { show: false }, splits: (u) => u.data[0].slice(), gap: 6, size: 30,
+					values: (u, splits) => {
 						const per = u.bbox.width / (globalThis.devicePixelRatio || 1) / 12;
 						const step = per >= 44 ? 1 : per >= 24 ? 2 : 3;
-						return currentTrendLabels.map((l, i) => ((11 - i) % step === 0 ? l : ''));
+						const last = u.data[0][11];
+						return splits.map((v) => ((last - v) % step === 0 ? monthLabel(v, v === u.data[0][0]) : ''));
 					} },
 				{ ...axisStyle(), scale: 'money', values: (u, vals) => vals.map((v) => fmt.moneyCompact.format(v)), size: 62 },
 				{ ...axisStyle(), scale: 'pct', side: 1, grid: { show: false }, values: (u, vals) => vals.map((v) => v + '%'), size: 44 },
 			],
 		};
 		currentTrendMonths = months;
-		currentTrendLabels = labels;
 		currentTrendFills = fills;
 		trendChart = new uPlot(opts, data, el);
 		observeSize(el, () => trendChart, 260);
 	} else {
 		currentTrendMonths = months;
-		currentTrendLabels = labels;
 		currentTrendFills = fills;
 		trendChart.setData(data);
 	}
@@ -517,7 +516,20 @@ function renderTrend() {
 			occ[i] === null ? DASH : fmt.pct.format(occ[i] / 100), format('int', rows[i]?.nights_sold ?? 0)]));
 }
 let currentTrendMonths = [];
-let currentTrendLabels = [];
+
+function monthIndex(month) {
+	const [y, m] = month.split('-').map(Number);
+	return y * 12 + (m - 1);
+}
+
+function monthFromIndex(i) {
+	return `${Math.floor(i / 12)}-${String((i % 12) + 1).padStart(2, '0')}-01`;
+}
+
+function monthLabel(i, first) {
+	const d = monthDate(monthFromIndex(i));
+	return (first || i % 12 === 0) ? fmt.monthShortYear.format(d) : fmt.monthShort.format(d);
+}
 let currentTrendFills = [];
 
 let currentCats = [];
@@ -555,7 +567,10 @@ function renderExpenses() {
 	const data = [xs, approved, pending];
 	const height = Math.max(140, 46 + cats.length * 34);
 	const maxTotal = Math.max(...cats.map((c) => c.approved + c.pending), 1);
-	if (expChart && expChart.data[0].length !== xs.length) {
+	/* uPlot keeps axis labels while the scale stays the same: a new set of
+	 * categories gets a new chart */
+	const names = JSON.stringify(cats.map((c) => c.name));
+	if (expChart && expChart.livekpiNames !== names) {
 		expChart.destroy();
 		expChart = null;
 	}
@@ -599,6 +614,7 @@ function renderExpenses() {
 				{ ...axisStyle(), side: 2, space: 64, size: 30, values: (u, vals) => vals.map((v) => fmt.moneyCompact.format(v)) },
 			],
 		}, data, el);
+		expChart.livekpiNames = names;
 		expMax = maxTotal;
 		observeSize(el, () => expChart, () => Math.max(140, 46 + currentCats.length * 34));
 	} else {
