@@ -324,7 +324,8 @@ function renderCards(row, prevRow, selectionChanged) {
 				label = fmt.pct0.format(Math.abs(d));
 			}
 			if (d !== undefined && Number.isFinite(d)) {
-				const dir = Math.abs(d) < 0.0005 ? 0 : Math.sign(d);
+				/* what rounds to "0%" or "0 pts" is no change */
+				const dir = Math.abs(d) < (c.kind === 'pct' ? 0.05 : 0.005) ? 0 : Math.sign(d);
 				trend.textContent = `${dir > 0 ? '▲' : dir < 0 ? '▼' : '■'} ${label} vs ${prevName}`;
 				trend.classList.add(dir === 0 ? 'flat' : dir === c.good ? 'good' : 'bad');
 				trend.setAttribute('aria-label', `${dir > 0 ? 'up' : dir < 0 ? 'down' : 'unchanged,'} ${label} versus ${prevName}`);
