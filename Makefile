@@ -20,11 +20,13 @@ PG_CFLAGS = -Werror -Wall -Wmissing-prototypes -Wpointer-arith -Wendif-labels \
 	-Wformat-security -Wno-format-truncation -Wno-stringop-truncation
 SHLIB_LINK = -lwebsockets
 
-REGRESS = preload_check setup capture booking_rules expense_rules views mapping \
-	key_types partitions dml_forms truncate_rebuild operations
-REGRESS_OPTS = --temp-config=$(srcdir)/test/livekpi.conf --temp-instance=./tmp_regress
+REGRESS = setup booking_rules expense_rules views mapping key_types partitions \
+	dml_forms decoder operations
+REGRESS_OPTS = --temp-config=$(srcdir)/test/livekpi.conf --temp-config=$(srcdir)/test/regress.conf \
+	--temp-instance=./tmp_regress
 ISOLATION = writers_concurrent rebuild_vs_writers track_vs_writers
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-config=$(srcdir)/test/livekpi.conf \
+	--temp-config=$(srcdir)/test/isolation.conf \
 	--temp-instance=./tmp_iso
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl

@@ -28,6 +28,7 @@
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "lib/stringinfo.h"
 #include "replication/message.h"
 #include "utils/builtins.h"
@@ -439,6 +440,14 @@ livekpi_capture(PG_FUNCTION_ARGS)
 	}
 	if (!TRIGGER_FIRED_FOR_ROW(ev))
 		protocol_error("must be fired FOR EACH ROW for INSERT, UPDATE and DELETE");
+
+	/*
+	 * The apply worker registers properties itself and already publishes
+	 * what that changes; only users' edits of livekpi.properties are news.
+	 */
+	if (m->kind == CHANGE_UNITS && livekpi_shared != NULL &&
+		livekpi_shared->apply_pid == MyProcPid)
+		return PointerGetDatum(NULL);
 
 	has_old = TRIGGER_FIRED_BY_UPDATE(ev) || TRIGGER_FIRED_BY_DELETE(ev);
 	has_new = TRIGGER_FIRED_BY_UPDATE(ev) || TRIGGER_FIRED_BY_INSERT(ev);

@@ -225,8 +225,15 @@ BEGIN
 	FOR obj IN SELECT unnest(ARRAY['properties', 'booking_daily', 'booking_monthly',
 									'expense_daily', 'expense_monthly']) AS t
 	LOOP
-		EXECUTE format('ALTER TABLE livekpi.%I ALTER COLUMN property_id TYPE %s USING property_id::text::%s',
-					   obj.t, k, k);
+		BEGIN
+			EXECUTE format('ALTER TABLE livekpi.%I ALTER COLUMN property_id TYPE %s USING property_id::text::%s',
+						   obj.t, k, k);
+		EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+			RAISE EXCEPTION 'livekpi.% holds property keys that cannot become %', obj.t, k
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = 'The first table tracked with another key type changes the key type of the KPI tables.',
+					  HINT = 'Delete the rows of livekpi.properties left from the tables tracked before, or track a table whose key type matches them.';
+		END;
 	END LOOP;
 
 	-- The capture trigger on livekpi.properties carries the key kind.

@@ -1,0 +1,62 @@
+-- Every way rows change: COPY, INSERT ... ON CONFLICT, MERGE, savepoints,
+-- rollbacks, TRUNCATE; and the delta_log row a change produces.
+\set SHOW_CONTEXT never
+TRUNCATE bookings, expenses;
+SELECT livekpi.sync('30s');
+
+COPY bookings (id, property_id, check_in, check_out, total_amount, status) FROM stdin;
+1	60	2026-10-01	2026-10-03	100	confirmed
+2	60	2026-10-02	2026-10-03	50	confirmed
+\.
+INSERT INTO bookings (id, property_id, check_in, check_out, total_amount, status)
+VALUES (2, 60, '2026-10-02', '2026-10-04', 80, 'confirmed')
+ON CONFLICT (id) DO UPDATE SET check_out = excluded.check_out, total_amount = excluded.total_amount;
+MERGE INTO bookings b
+USING (VALUES (1, 'cancelled'), (3, 'confirmed')) AS s(id, status) ON b.id = s.id
+WHEN MATCHED THEN UPDATE SET status = s.status
+WHEN NOT MATCHED THEN INSERT (id, property_id, check_in, check_out, total_amount, status)
+	VALUES (s.id, 61, '2026-10-05', '2026-10-06', 10, s.status);
+BEGIN;
+INSERT INTO bookings (id, property_id, check_in, check_out, total_amount) VALUES (4, 62, '2026-10-01', '2026-10-02', 1);
+SAVEPOINT s1;
+INSERT INTO bookings (id, property_id, check_in, check_out, total_amount) VALUES (5, 63, '2026-10-01', '2026-10-02', 1);
+UPDATE bookings SET total_amount = 999 WHERE id = 4;
+ROLLBACK TO s1;
+SAVEPOINT s2;
+INSERT INTO bookings (id, property_id, check_in, check_out, total_amount) VALUES (6, 64, '2026-10-01', '2026-10-02', 2);
+RELEASE s2;
+COMMIT;
+BEGIN;
+INSERT INTO bookings (id, property_id, check_in, check_out, total_amount) VALUES (7, 65, '2026-10-01', '2026-10-02', 1);
+ROLLBACK;
+SELECT livekpi.sync('30s');
+SELECT * FROM bd;
+
+-- one committed change, one delta_log row with the touched SPEC 7 rows
+SELECT last_seq AS seq_before FROM livekpi.state \gset
+INSERT INTO bookings (id, property_id, check_in, check_out, total_amount) VALUES (8, 66, '2026-10-31', '2026-11-01', 12.5);
+SELECT livekpi.sync('30s');
+SELECT seq - :seq_before AS seq_step, barrier, committed_at <= applied_at AS ordered,
+	   lsn IS NOT NULL AS has_lsn,
+	   (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(upserts) k) AS views,
+	   (upserts -> 'booking_daily' -> 0) - 'updated_at' AS booking_daily_row,
+	   upserts -> 'property_kpis' -> 0 -> 'room_revenue' AS property_revenue,
+	   deletes
+FROM livekpi.delta_log WHERE seq > :seq_before;
+-- the upserted row is exactly to_jsonb of the view row (the workers run in UTC)
+SET TimeZone = 'UTC';
+SELECT (SELECT upserts -> 'property_kpis' -> 0 FROM livekpi.delta_log WHERE seq = :seq_before + 1)
+	   = to_jsonb(k) AS same_as_view
+FROM livekpi.property_kpis k WHERE property_id = 66;
+RESET TimeZone;
+DELETE FROM bookings WHERE id = 8;
+SELECT livekpi.sync('30s');
+SELECT upserts ? 'property_kpis' AS upserted, deletes FROM livekpi.delta_log
+WHERE seq = (SELECT last_seq FROM livekpi.state);
+
+-- TRUNCATE: the worker rebuilds and writes a barrier
+TRUNCATE bookings;
+SELECT livekpi.sync('30s');
+SELECT barrier FROM livekpi.delta_log WHERE seq = (SELECT last_seq FROM livekpi.state);
+SELECT count(*) AS rows_left FROM livekpi.booking_daily;
+SELECT count(*) AS differences FROM livekpi.verify();

@@ -1,0 +1,73 @@
+-- SPEC section 5: status, pause/resume, sync, rebuild, retention, epoch,
+-- privileges.
+\set SHOW_CONTEXT never
+SELECT apply_pid IS NOT NULL AS apply_running, slot_name, slot_ready, paused,
+	   slot_wal_status, lag_bytes >= 0 AS lag_known, last_seq > 0 AS has_batches,
+	   batches > 0 AS counted, epoch = livekpi.epoch() AS same_epoch
+FROM livekpi.status;
+
+-- pause: changes wait in the slot; sync() gives up; resume applies them
+SELECT livekpi.pause();
+INSERT INTO bookings (id, property_id, check_in, check_out, total_amount) VALUES (200, 80, '2026-12-01', '2026-12-02', 5);
+SELECT livekpi.sync('300ms');
+SELECT paused FROM livekpi.status;
+SELECT count(*) AS applied_while_paused FROM livekpi.booking_daily WHERE property_id = 80;
+SELECT livekpi.resume();
+SELECT livekpi.sync('30s');
+SELECT paused, apply_state <> 'paused' AS running FROM livekpi.status;
+SELECT count(*) AS applied_after_resume FROM livekpi.booking_daily WHERE property_id = 80;
+
+-- rebuild(): a barrier batch, same epoch, still exact
+SELECT livekpi.epoch() AS epoch_before \gset
+SELECT livekpi.rebuild();
+SELECT barrier, upserts, deletes FROM livekpi.delta_log WHERE seq = (SELECT last_seq FROM livekpi.state);
+SELECT livekpi.epoch() = :'epoch_before' AS same_epoch;
+SELECT count(*) AS differences FROM livekpi.verify();
+
+-- retention keeps at most livekpi.delta_retention_batches rows
+ALTER SYSTEM SET livekpi.delta_retention_batches = 3;
+SELECT pg_reload_conf();
+INSERT INTO bookings (id, property_id, check_in, check_out, total_amount) VALUES (201, 81, '2026-12-01', '2026-12-02', 5);
+SELECT livekpi.sync('30s');
+INSERT INTO bookings (id, property_id, check_in, check_out, total_amount) VALUES (202, 81, '2026-12-01', '2026-12-02', 5);
+SELECT livekpi.sync('30s');
+INSERT INTO bookings (id, property_id, check_in, check_out, total_amount) VALUES (203, 81, '2026-12-01', '2026-12-02', 5);
+SELECT livekpi.sync('30s');
+INSERT INTO bookings (id, property_id, check_in, check_out, total_amount) VALUES (204, 81, '2026-12-01', '2026-12-02', 5);
+SELECT livekpi.sync('30s');
+SELECT count(*) <= 3 AS bounded, max(seq) = (SELECT last_seq FROM livekpi.state) AS newest_kept
+FROM livekpi.delta_log;
+ALTER SYSTEM RESET livekpi.delta_retention_batches;
+SELECT pg_reload_conf();
+
+-- nothing is granted to PUBLIC
+SELECT count(*) AS public_functions
+FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+WHERE p.pronamespace = 'livekpi'::regnamespace AND a.grantee = 0;
+SELECT count(*) AS public_tables
+FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+WHERE c.relnamespace = 'livekpi'::regnamespace AND a.grantee = 0;
+
+-- SECURITY DEFINER is not used; every function pins search_path
+SELECT count(*) AS unpinned
+FROM pg_proc p
+WHERE p.pronamespace = 'livekpi'::regnamespace AND p.prolang <> 13 /* C */
+  AND NOT coalesce(p.proconfig::text[] @> ARRAY['search_path=pg_catalog, pg_temp'], false);
+
+-- DROP EXTENSION takes the capture triggers, the slot and the origin with it
+SELECT count(*) > 0 AS has_triggers FROM pg_trigger WHERE tgname IN ('livekpi_capture', 'livekpi_truncate');
+DROP VIEW bd, ed;
+DROP EXTENSION livekpi;
+SELECT count(*) AS triggers_left FROM pg_trigger WHERE tgname IN ('livekpi_capture', 'livekpi_truncate');
+DO $$
+DECLARE
+	deadline timestamptz := clock_timestamp() + interval '30 s';
+BEGIN
+	WHILE EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = 'livekpi')
+		  AND clock_timestamp() < deadline LOOP
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+END
+$$;
+SELECT count(*) AS slots_left FROM pg_replication_slots WHERE slot_name = 'livekpi';
+SELECT count(*) AS origins_left FROM pg_replication_origin WHERE roname = 'livekpi';
