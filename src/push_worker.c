@@ -34,6 +34,7 @@
 
 #include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -59,6 +60,7 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -75,7 +77,8 @@
 #define LK_TOKEN_RECHECK_MS		500
 #define LK_WRITE_CHUNK			(64 * 1024)
 #define LK_BATCHES_PER_READ		256
-#define LK_MAX_SCOPES_CACHED	64
+#define LK_CO_KEYLEN			320
+#define LK_SOCKET_SNDBUF		(128 * 1024)
 
 /* WebSocket close codes of SPEC section 7 */
 #define LK_CLOSE_UNSUPPORTED	1003
@@ -95,8 +98,9 @@ LkPushShared *livekpi_push_shared = NULL;
  */
 typedef enum OutKind
 {
-	OUT_CONTROL,				/* welcome, heartbeat, resync, error */
-	OUT_SNAPSHOT,
+	OUT_CONTROL,				/* welcome, error: never dropped */
+	OUT_STALE,					/* heartbeat, resync: replaced by a resync */
+	OUT_SNAPSHOT,				/* replaced by a resync */
 	OUT_DELTA					/* counts toward client_buffer_limit */
 } OutKind;
 
@@ -174,6 +178,20 @@ typedef struct PushClient
 	size_t		sent_off;		/* bytes of qhead->msg already written */
 	size_t		queued_bytes;
 	size_t		queued_delta_bytes;
+	int			queued_snapshots;
+
+	/*
+	 * Coalesced delta of a slow client: once its queue holds half of
+	 * client_buffer_limit, further batches are merged here by (view, key), the newest row (or
+	 * delete) winning; it is queued as one delta when the queue drains.
+	 */
+	MemoryContext co_cxt;
+	HTAB	   *co_hash;
+	uint64		co_order;
+	size_t		co_bytes;
+	int64		co_seq;
+	char		co_applied_at[64];
+	char		co_committed_at[64];
 
 	/* close after the queue drains */
 	bool		close_pending;
@@ -444,6 +462,8 @@ client_enqueue(PushClient *c, OutMsg *m)
 	c->queued_bytes += m->len;
 	if (m->kind == OUT_DELTA)
 		c->queued_delta_bytes += m->len;
+	if (m->kind == OUT_SNAPSHOT)
+		c->queued_snapshots++;
 	lws_callback_on_writable(c->wsi);
 }
 
@@ -465,16 +485,29 @@ client_enqueue_text(PushClient *c, OutKind kind, const char *text)
  *		is going to get a resync and a snapshot instead.
  */
 static void
+co_reset(PushClient *c)
+{
+	if (c->co_cxt)
+		MemoryContextDelete(c->co_cxt);
+	c->co_cxt = NULL;
+	c->co_hash = NULL;
+	c->co_bytes = 0;
+	c->co_order = 0;
+}
+
+static void
 client_drop_pending_deltas(PushClient *c)
 {
 	QNode	   *prev = NULL;
 	QNode	   *n = c->qhead;
 
+	co_reset(c);
+
 	while (n)
 	{
 		QNode	   *next = n->next;
 
-		if (n->msg->kind == OUT_DELTA && !(n == c->qhead && c->sent_off > 0))
+		if (n->msg->kind != OUT_CONTROL && !(n == c->qhead && c->sent_off > 0))
 		{
 			if (prev)
 				prev->next = next;
@@ -483,7 +516,10 @@ client_drop_pending_deltas(PushClient *c)
 			if (c->qtail == n)
 				c->qtail = prev;
 			c->queued_bytes -= n->msg->len;
-			c->queued_delta_bytes -= n->msg->len;
+			if (n->msg->kind == OUT_DELTA)
+				c->queued_delta_bytes -= n->msg->len;
+			if (n->msg->kind == OUT_SNAPSHOT)
+				c->queued_snapshots--;
 			outmsg_release(n->msg);
 			free(n);
 		}
@@ -506,6 +542,7 @@ client_free_queue(PushClient *c)
 	}
 	c->qtail = NULL;
 	c->queued_bytes = c->queued_delta_bytes = 0;
+	c->queued_snapshots = 0;
 }
 
 static void
@@ -976,6 +1013,19 @@ ws_established(struct lws *wsi, PushClient *c)
 		return;
 	}
 	c->slot = slot_acquire(c);
+
+	/*
+	 * Bound what the kernel holds for each client: Linux would otherwise
+	 * grow a socket's send buffer to megabytes, which times 10,000 clients
+	 * is more memory than the queues we account for, and which hides a
+	 * stalled reader from client_buffer_limit.
+	 */
+	{
+		int			sndbuf = LK_SOCKET_SNDBUF;
+
+		(void) setsockopt(lws_get_socket_fd(wsi), SOL_SOCKET, SO_SNDBUF,
+						  &sndbuf, sizeof(sndbuf));
+	}
 }
 
 static void
@@ -988,6 +1038,7 @@ ws_closed(PushClient *c)
 	slot_release(c->slot);
 	c->slot = -1;
 	client_free_queue(c);
+	co_reset(c);
 	free(c->inbuf);
 	free(c->request);
 	if (c->token_props)
@@ -1123,6 +1174,8 @@ ws_writeable(struct lws *wsi, PushClient *c)
 			c->queued_bytes -= m->len;
 			if (m->kind == OUT_DELTA)
 				c->queued_delta_bytes -= m->len;
+			if (m->kind == OUT_SNAPSHOT)
+				c->queued_snapshots--;
 			c->sent_off = 0;
 			outmsg_release(m);
 			free(node);
@@ -1378,6 +1431,7 @@ typedef struct BatchRow
 	char	   *json;
 	char	   *prop;			/* property key text, NULL for portfolio */
 	char	   *day;			/* booking_daily's day */
+	char	   *key;			/* the key object as text */
 } BatchRow;
 
 typedef struct Batch
@@ -1404,7 +1458,13 @@ typedef struct BatchRead
 static const char *batch_sql =
 "SELECT d.seq, d.barrier, to_json(d.applied_at) #>> '{}', "
 "       to_json(d.committed_at) #>> '{}', e.kind, e.view, e.elem::text, "
-"       e.elem ->> 'property_id', e.elem ->> 'day' "
+"       e.elem ->> 'property_id', e.elem ->> 'day', "
+"       CASE e.view "
+"         WHEN 'property_kpis' THEN jsonb_build_object('property_id', e.elem -> 'property_id', 'month', e.elem -> 'month') "
+"         WHEN 'portfolio_kpis' THEN jsonb_build_object('month', e.elem -> 'month') "
+"         WHEN 'expense_monthly' THEN jsonb_build_object('property_id', e.elem -> 'property_id', 'month', e.elem -> 'month', 'category', e.elem -> 'category') "
+"         WHEN 'booking_daily' THEN jsonb_build_object('property_id', e.elem -> 'property_id', 'day', e.elem -> 'day') "
+"       END::text "
 "  FROM livekpi.delta_log d "
 "  LEFT JOIN LATERAL ( "
 "       SELECT 0 AS kind, u.key AS view, r.value AS elem "
@@ -1493,6 +1553,7 @@ read_batches_step(void *arg)
 			r->json = spi_text(tup, desc, 7);
 			r->prop = spi_text(tup, desc, 8);
 			r->day = spi_text(tup, desc, 9);
+			r->key = spi_text(tup, desc, 10);
 		}
 	}
 	MemoryContextSwitchTo(old);
@@ -1586,7 +1647,7 @@ send_resync(PushClient *c, int64 seq)
 
 	snprintf(buf, sizeof(buf), "{\"type\":\"resync\",\"seq\":" INT64_FORMAT "}", seq);
 	client_drop_pending_deltas(c);
-	client_enqueue_text(c, OUT_CONTROL, buf);
+	client_enqueue_text(c, OUT_STALE, buf);
 	c->need_snapshot = true;
 }
 
@@ -1596,9 +1657,179 @@ send_resync(PushClient *c, int64 seq)
  *		applying backpressure: past client_buffer_limit of pending deltas
  *		the client gets a resync and, once drained, a new snapshot.
  */
+typedef struct CoEntry
+{
+	char		key[LK_CO_KEYLEN];	/* view letter + key object text */
+	uint8		view;
+	bool		is_delete;
+	uint64		order;
+	char	   *json;
+	size_t		len;
+} CoEntry;
+
+/*
+ * coalesce_batch
+ *		Merge the in-scope rows of a batch into the client's coalesced
+ *		delta.  Returns false when a key is too long to merge safely (the
+ *		caller then falls back to a resync).
+ */
+static bool
+coalesce_batch(PushClient *c, const Batch *b)
+{
+	if (c->co_hash == NULL)
+	{
+		HASHCTL		ctl;
+
+		c->co_cxt = AllocSetContextCreate(TopMemoryContext, "livekpi coalesced delta",
+										  ALLOCSET_DEFAULT_SIZES);
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = LK_CO_KEYLEN;
+		ctl.entrysize = sizeof(CoEntry);
+		ctl.hcxt = c->co_cxt;
+		c->co_hash = hash_create("livekpi coalesced delta", 64, &ctl,
+								 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		c->co_bytes = 0;
+	}
+	for (int i = 0; i < b->nrows; i++)
+	{
+		const BatchRow *r = &b->rows[i];
+		char		key[LK_CO_KEYLEN];
+		CoEntry    *e;
+		bool		found;
+		size_t		len;
+
+		if (!row_in_scope(&c->scope, r))
+			continue;
+		if (r->key == NULL || strlen(r->key) + 2 >= LK_CO_KEYLEN)
+			return false;
+		snprintf(key, sizeof(key), "%c%s", 'a' + r->view, r->key);
+		e = hash_search(c->co_hash, key, HASH_ENTER, &found);
+		if (found)
+		{
+			c->co_bytes -= e->len;
+			pfree(e->json);
+		}
+		len = strlen(r->json);
+		e->view = r->view;
+		e->is_delete = r->is_delete;
+		e->order = c->co_order++;
+		e->json = MemoryContextStrdup(c->co_cxt, r->json);
+		e->len = len + 1;
+		c->co_bytes += e->len;
+	}
+	c->co_seq = b->seq;
+	strlcpy(c->co_applied_at, b->applied_at ? b->applied_at : "", sizeof(c->co_applied_at));
+	strlcpy(c->co_committed_at, b->committed_at ? b->committed_at : "", sizeof(c->co_committed_at));
+	return true;
+}
+
+static int
+cmp_co_entry(const void *a, const void *b)
+{
+	const CoEntry *x = *(CoEntry *const *) a;
+	const CoEntry *y = *(CoEntry *const *) b;
+
+	if (x->is_delete != y->is_delete)
+		return x->is_delete ? 1 : -1;
+	if (x->view != y->view)
+		return x->view < y->view ? -1 : 1;
+	return x->order < y->order ? -1 : x->order > y->order ? 1 : 0;
+}
+
+/*
+ * flush_coalesced
+ *		Queue a client's coalesced delta as one message once the delta
+ *		before it has gone out.  It carries the seq and times of the last
+ *		batch merged into it.
+ */
+static void
+flush_coalesced(PushClient *c)
+{
+	HASH_SEQ_STATUS st;
+	CoEntry    *e;
+	CoEntry   **all;
+	long		n = hash_get_num_entries(c->co_hash);
+	long		k = 0;
+	StringInfoData buf;
+	OutMsg	   *m;
+
+	all = palloc(sizeof(CoEntry *) * Max(n, 1));
+	hash_seq_init(&st, c->co_hash);
+	while ((e = hash_seq_search(&st)) != NULL)
+		all[k++] = e;
+	qsort(all, k, sizeof(CoEntry *), cmp_co_entry);
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"type\":\"delta\",\"seq\":" INT64_FORMAT
+					 ",\"applied_at\":\"%s\",\"committed_at\":\"%s\",\"upserts\":{",
+					 c->co_seq, c->co_applied_at, c->co_committed_at);
+	for (int kind = 0; kind < 2; kind++)
+	{
+		int			open_view = -1;
+
+		if (kind == 1)
+			appendStringInfoString(&buf, "},\"deletes\":{");
+		for (long i = 0; i < k; i++)
+		{
+			if (all[i]->is_delete != (kind == 1))
+				continue;
+			if (open_view != all[i]->view)
+			{
+				if (open_view >= 0)
+					appendStringInfoString(&buf, "],");
+				appendStringInfo(&buf, "\"%s\":[", lk_view_names[all[i]->view]);
+				open_view = all[i]->view;
+			}
+			else
+				appendStringInfoChar(&buf, ',');
+			appendStringInfoString(&buf, all[i]->json);
+		}
+		if (open_view >= 0)
+			appendStringInfoChar(&buf, ']');
+	}
+	appendStringInfoString(&buf, "}}");
+	co_reset(c);
+	m = outmsg_new(OUT_DELTA, buf.data, buf.len);
+	pfree(buf.data);
+	pfree(all);
+	if (m == NULL)
+	{
+		client_fail(c, "internal", "out of memory", LK_CLOSE_INTERNAL);
+		return;
+	}
+	outmsg_hold(m);
+	client_enqueue(c, m);
+	outmsg_release(m);
+}
+
+static void
+flush_all_coalesced(void)
+{
+	dlist_iter	it;
+
+	dlist_foreach(it, &all_clients)
+	{
+		PushClient *c = dlist_container(PushClient, node, it.cur);
+
+		if (c->co_hash && c->queued_delta_bytes == 0 && c->phase == PHASE_LIVE)
+			flush_coalesced(c);
+	}
+}
+
+/*
+ * deliver_batch
+ *		Give one batch to one client (whose position is just before it).
+ *		Backpressure: once a client's queued deltas pass half of
+ *		client_buffer_limit, later batches are coalesced by key into one
+ *		pending delta, queued when the queue drains; past client_buffer_limit
+ *		of pending deltas the client gets a resync and, once drained, a new
+ *		snapshot.  Memory per client is so bounded by the limit.
+ */
 static void
 deliver_batch(PushClient *c, const Batch *b, OutMsg *m)
 {
+	size_t		limit = (size_t) livekpi_client_buffer_limit * 1024;
+
 	if (b->barrier)
 	{
 		send_resync(c, b->seq);
@@ -1608,12 +1839,13 @@ deliver_batch(PushClient *c, const Batch *b, OutMsg *m)
 	c->pos = b->seq;
 	if (m == NULL)
 		return;
-	if (c->queued_delta_bytes + m->len > (size_t) livekpi_client_buffer_limit * 1024)
+	if (c->co_hash == NULL && c->queued_delta_bytes + m->len <= limit / 2)
 	{
-		send_resync(c, b->seq);
+		client_enqueue(c, m);
 		return;
 	}
-	client_enqueue(c, m);
+	if (!coalesce_batch(c, b) || c->queued_delta_bytes + c->co_bytes > limit)
+		send_resync(c, b->seq);
 }
 
 static bool
@@ -1946,7 +2178,7 @@ send_snapshots(void)
 		PushClient *c = dlist_container(PushClient, node, it.cur);
 
 		if (c->phase == PHASE_LIVE && c->need_snapshot && c->hello_done &&
-			c->request == NULL)
+			c->request == NULL && c->queued_snapshots == 0 && c->queued_delta_bytes == 0)
 			nwant++;
 	}
 	if (nwant == 0)
@@ -1958,7 +2190,7 @@ send_snapshots(void)
 		PushClient *c = dlist_container(PushClient, node, it.cur);
 
 		if (c->phase == PHASE_LIVE && c->need_snapshot && c->hello_done &&
-			c->request == NULL)
+			c->request == NULL && c->queued_snapshots == 0 && c->queued_delta_bytes == 0)
 			want[nwant++] = c;
 	}
 	qsort(want, nwant, sizeof(PushClient *), cmp_client_sig);
@@ -2613,7 +2845,7 @@ housekeeping(void)
 			client_fail(c, "bad_message", "no hello within 10 s", LK_CLOSE_POLICY);
 			continue;
 		}
-		if (client_is_live(c) && livekpi_heartbeat_interval > 0 &&
+		if (client_is_live(c) && livekpi_heartbeat_interval > 0 && c->qhead == NULL &&
 			TimestampDifferenceExceeds(c->last_heartbeat, now,
 									   livekpi_heartbeat_interval * 1000))
 		{
@@ -2625,7 +2857,7 @@ housekeeping(void)
 					 "{\"type\":\"heartbeat\",\"seq\":" INT64_FORMAT
 					 ",\"server_time\":\"%s\",\"lag_ms\":%ld}",
 					 c->pos, now_json, lag_ms);
-			client_enqueue_text(c, OUT_CONTROL, buf);
+			client_enqueue_text(c, OUT_STALE, buf);
 			c->last_heartbeat = now;
 		}
 		if (publish)
@@ -2863,6 +3095,7 @@ livekpi_push_main(Datum main_arg)
 		}
 		if (catchup_pending)
 			catch_up();
+		flush_all_coalesced();
 		send_snapshots();
 		if (tick_pending)
 		{

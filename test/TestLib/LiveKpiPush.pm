@@ -185,7 +185,14 @@ sub ws_send
 	my ($c, $msg) = @_;
 	$msg = $json->encode($msg) if ref $msg;
 	$c->{in} .= "$msg\n";
-	eval { $c->{h}->pump_nb if $c->{h}->pumpable; 1 };
+	# IPC::Run writes only while pumped: push it all out now
+	my $deadline = time() + 10;
+	while (length($c->{in}) && time() < $deadline)
+	{
+		last unless eval { $c->{h}->pump_nb if $c->{h}->pumpable; 1 };
+		last unless $c->{h}->pumpable;
+		usleep(1000) if length($c->{in});
+	}
 	return;
 }
 
