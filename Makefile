@@ -37,6 +37,30 @@ EXTRA_CLEAN = livekpi--1.0.sql results output_iso tmp_regress tmp_iso tmp_check
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# --- push worker begin
+# livekpi-tail (SPEC section 8), built and installed with the extension, and
+# the libFuzzer target of the client-message parser (src/protocol.c).
+LIVEKPI_TAIL = src/tail/livekpi-tail
+LIVEKPI_FUZZ = test/fuzz/fuzz_protocol
+all: $(LIVEKPI_TAIL)
+$(LIVEKPI_TAIL): src/tail/livekpi_tail.c
+	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -Werror -o $@ $< -lwebsockets
+install: install-livekpi-tail
+.PHONY: install-livekpi-tail uninstall-livekpi-tail fuzz
+install-livekpi-tail: $(LIVEKPI_TAIL)
+	$(MKDIR_P) '$(DESTDIR)$(bindir)'
+	$(INSTALL_PROGRAM) $(LIVEKPI_TAIL) '$(DESTDIR)$(bindir)/livekpi-tail'
+uninstall: uninstall-livekpi-tail
+uninstall-livekpi-tail:
+	rm -f '$(DESTDIR)$(bindir)/livekpi-tail'
+$(LIVEKPI_FUZZ): test/fuzz/fuzz_protocol.c src/protocol.c src/protocol.h
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+		-I$(srcdir)/src -o $@ test/fuzz/fuzz_protocol.c src/protocol.c
+fuzz: $(LIVEKPI_FUZZ)
+	./test/fuzz/run-brief.sh $${FUZZ_SECONDS:-300}
+EXTRA_CLEAN += $(LIVEKPI_TAIL) $(LIVEKPI_FUZZ)
+# --- push worker end
+
 livekpi--1.0.sql: $(SQL_PARTS)
 	cat $^ > $@
 
