@@ -2974,9 +2974,8 @@ create_listener(void)
 			info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
 		if (tls)
 		{
-			info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT |
-				LWS_SERVER_OPTION_REDIRECT_HTTP_TO_HTTPS;
-			info.options &= ~LWS_SERVER_OPTION_REDIRECT_HTTP_TO_HTTPS;
+			/* TLS only: no plain-text redirect on the same port */
+			info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
 			info.ssl_cert_filepath = livekpi_ssl_cert_file;
 			info.ssl_private_key_filepath = livekpi_ssl_key_file;
 		}
