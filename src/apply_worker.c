@@ -36,6 +36,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -64,8 +65,15 @@ typedef struct PendingTxn
 	XLogRecPtr	end_lsn;
 	TimestampTz commit_time;
 	bool		has_truncate;
-	List	   *messages;		/* of StringInfo (change records) */
+	List	   *messages;		/* of PendingMessage */
 } PendingTxn;
+
+/* A change record, copied out of the decoder's buffer at its exact size. */
+typedef struct PendingMessage
+{
+	int			len;
+	char		data[FLEXIBLE_ARRAY_MEMBER];
+} PendingMessage;
 
 static LogicalDecodingContext *decoding = NULL;
 static RepOriginId origin_id = InvalidRepOriginId;
@@ -156,7 +164,7 @@ decoding_write(LogicalDecodingContext *ctx, XLogRecPtr lsn,
 			{
 				const char *body = pq_getmsgbytes(&msg, msg.len - msg.cursor);
 				int			len = out->len - 1;
-				StringInfo	copy;
+				PendingMessage *copy;
 
 				if (current == NULL)
 					elog(ERROR, "livekpi: change record outside a transaction");
@@ -169,8 +177,9 @@ decoding_write(LogicalDecodingContext *ctx, XLogRecPtr lsn,
 				}
 				if (len > 0 && body[0] == CHANGE_TRUNCATE)
 					current->has_truncate = true;
-				copy = makeStringInfo();
-				appendBinaryStringInfo(copy, body, len);
+				copy = palloc(offsetof(PendingMessage, data) + len);
+				copy->len = len;
+				memcpy(copy->data, body, len);
 				current->messages = lappend(current->messages, copy);
 				pending_changes++;
 				break;
@@ -195,6 +204,27 @@ decoding_write(LogicalDecodingContext *ctx, XLogRecPtr lsn,
 }
 
 /*
+ * set_decoding_flag
+ *		PROC_IN_LOGICAL_DECODING makes every other backend leave this
+ *		process's transaction out of its snapshots, which is right for a
+ *		walsender that never writes and wrong for a worker that does: a
+ *		batch would look aborted to its readers while it runs, and they
+ *		would set hint bits accordingly.  So the flag is on only while the
+ *		worker decodes, outside any transaction of its own.
+ */
+static void
+set_decoding_flag(bool on)
+{
+	LWLockAcquire(ProcArrayLock, LW_EXCLUSIVE);
+	if (on)
+		MyProc->statusFlags |= PROC_IN_LOGICAL_DECODING;
+	else
+		MyProc->statusFlags &= ~PROC_IN_LOGICAL_DECODING;
+	ProcGlobal->statusFlags[MyProc->pgxactoff] = MyProc->statusFlags;
+	LWLockRelease(ProcArrayLock);
+}
+
+/*
  * decode_until
  *		Reads WAL up to end_of_wal, or until max_changes changes are
  *		pending; the plugin emits a transaction only at its commit, so the
@@ -204,6 +234,10 @@ decoding_write(LogicalDecodingContext *ctx, XLogRecPtr lsn,
 static bool
 decode_until(XLogRecPtr end_of_wal, int64 max_changes)
 {
+	bool		stopped_early = false;
+
+	Assert(!IsTransactionOrTransactionBlock());
+	set_decoding_flag(true);
 	while (decoding->reader->EndRecPtr < end_of_wal)
 	{
 		XLogRecord *record;
@@ -215,10 +249,14 @@ decode_until(XLogRecPtr end_of_wal, int64 max_changes)
 		if (record != NULL)
 			LogicalDecodingProcessRecord(decoding, decoding->reader);
 		if (pending_changes >= max_changes)
-			return true;
+		{
+			stopped_early = true;
+			break;
+		}
 		CHECK_FOR_INTERRUPTS();
 	}
-	return false;
+	set_decoding_flag(false);
+	return stopped_early;
 }
 
 /* ---- slot and origin ------------------------------------------------- */
@@ -310,6 +348,7 @@ acquire_slot(void)
 									 reader_routine(), decoding_prepare_write,
 									 decoding_write, NULL);
 	XLogBeginRead(decoding->reader, MyReplicationSlot->data.restart_lsn);
+	set_decoding_flag(false);
 	return created;
 }
 
@@ -449,7 +488,7 @@ apply_pending(void)
 				continue;
 			foreach(mc, t->messages)
 			{
-				StringInfo	m = lfirst(mc);
+				PendingMessage *m = lfirst(mc);
 				Change		c;
 				MemoryContext old = MemoryContextSwitchTo(batch_cxt);
 
