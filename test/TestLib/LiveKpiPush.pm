@@ -316,7 +316,17 @@ sub rows_equal_sql
 		'postgres', qq{
 SELECT coalesce((SELECT jsonb_agg(x ORDER BY x::text) FROM jsonb_array_elements('$lit'::jsonb) x), '[]')
 	 = coalesce((SELECT jsonb_agg(to_jsonb(r) ORDER BY to_jsonb(r)::text) FROM ($sql) r), '[]')});
-	return $out eq 't';
+	return 1 if $out eq 't';
+	my $diff = $node->safe_psql(
+		'postgres', qq{
+WITH mine AS (SELECT x FROM jsonb_array_elements('$lit'::jsonb) x),
+	 theirs AS (SELECT to_jsonb(r) AS x FROM ($sql) r)
+SELECT 'client only: ' || x::text FROM (SELECT x FROM mine EXCEPT ALL SELECT x FROM theirs) a
+UNION ALL
+SELECT 'SQL only:    ' || x::text FROM (SELECT x FROM theirs EXCEPT ALL SELECT x FROM mine) b
+LIMIT 10});
+	diag("rows differ from $sql:\n$diff");
+	return 0;
 }
 
 package TestLib::LiveKpiPush::Client;
