@@ -64,6 +64,18 @@ EXTRA_CLEAN += $(LIVEKPI_TAIL) $(LIVEKPI_FUZZ)
 livekpi--1.0.sql: $(SQL_PARTS)
 	cat $^ > $@
 
+# The dashboard and livekpi.js, served by the push worker from
+# $(datadir)/livekpi/www; www/build.sh copies the pinned chart library in.
+WWW_FILES = index.html app.js livekpi.js style.css sw.js
+.PHONY: www install-www
+www:
+	./www/build.sh
+install: install-www
+install-www: www
+	$(MKDIR_P) '$(DESTDIR)$(datadir)/livekpi/www/vendor'
+	$(INSTALL_DATA) $(addprefix www/,$(WWW_FILES)) '$(DESTDIR)$(datadir)/livekpi/www/'
+	$(INSTALL_DATA) www/vendor/* '$(DESTDIR)$(datadir)/livekpi/www/vendor/'
+
 .PHONY: test demo bench deps
 
 deps:
