@@ -218,6 +218,8 @@ static volatile bool pm_dead = false;
 static volatile bool wake_pending = true;
 static volatile bool tick_pending = true;
 static bool requests_pending = false;
+static bool snapshots_pending = false;	/* some client may want a snapshot */
+static int	co_clients = 0;		/* clients with a coalesced delta */
 static bool catchup_pending = false;
 
 static struct lws_context *lws_ctx = NULL;
@@ -487,6 +489,8 @@ client_enqueue_text(PushClient *c, OutKind kind, const char *text)
 static void
 co_reset(PushClient *c)
 {
+	if (c->co_hash)
+		co_clients--;
 	if (c->co_cxt)
 		MemoryContextDelete(c->co_cxt);
 	c->co_cxt = NULL;
@@ -1194,8 +1198,11 @@ ws_writeable(struct lws *wsi, PushClient *c)
 						 (unsigned char *) c->close_reason, strlen(c->close_reason));
 		return -1;
 	}
-	if (c->hello_done || c->need_snapshot)
-		catchup_pending = true; /* a drained client may take more */
+	/* a drained client may take more */
+	if (c->hello_done && c->pos < broadcast_seq)
+		catchup_pending = true;
+	if (c->need_snapshot)
+		snapshots_pending = true;
 	return 0;
 }
 
@@ -1649,6 +1656,7 @@ send_resync(PushClient *c, int64 seq)
 	client_drop_pending_deltas(c);
 	client_enqueue_text(c, OUT_STALE, buf);
 	c->need_snapshot = true;
+	snapshots_pending = true;
 }
 
 /*
@@ -1688,6 +1696,7 @@ coalesce_batch(PushClient *c, const Batch *b)
 		ctl.hcxt = c->co_cxt;
 		c->co_hash = hash_create("livekpi coalesced delta", 64, &ctl,
 								 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		co_clients++;
 		c->co_bytes = 0;
 	}
 	for (int i = 0; i < b->nrows; i++)
@@ -1806,6 +1815,9 @@ static void
 flush_all_coalesced(void)
 {
 	dlist_iter	it;
+
+	if (co_clients == 0)
+		return;
 
 	dlist_foreach(it, &all_clients)
 	{
@@ -2172,6 +2184,10 @@ send_snapshots(void)
 	PushClient **want;
 	int			nwant = 0;
 	dlist_iter	it;
+
+	if (!snapshots_pending)
+		return;
+	snapshots_pending = false;
 
 	dlist_foreach(it, &all_clients)
 	{
@@ -2642,7 +2658,10 @@ apply_request(RequestJob *job)
 		catchup_pending = true;
 	}
 	else
+	{
 		c->need_snapshot = true;
+		snapshots_pending = true;
+	}
 	slot_publish(c);
 }
 
