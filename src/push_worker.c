@@ -198,6 +198,10 @@ typedef struct PushClient
 	int			close_code;
 	char		close_reason[64];
 
+	/* HTTP request waiting for a token check (/metrics from afar) */
+	char	   *http_token;
+	bool		http_pending;
+
 	/* HTTP response (PHASE_HTTP) */
 	char	   *http_body;
 	size_t		http_len;
@@ -206,6 +210,7 @@ typedef struct PushClient
 } PushClient;
 
 static dlist_head all_clients = DLIST_STATIC_INIT(all_clients);
+static dlist_head http_waiting = DLIST_STATIC_INIT(http_waiting);
 static int	nclients = 0;
 static int	max_clients_effective = 0;
 
@@ -876,10 +881,25 @@ handle_http(struct lws *wsi, PushClient *c, const char *uri)
 	}
 	else if (strcmp(uri, "/metrics") == 0)
 	{
+		char		auth[LK_MAX_TOKEN + 16];
+
 		if (!peer_is_loopback(wsi))
 		{
+			/* others need "Authorization: Bearer <token>", checked by SQL */
+			if (lws_hdr_copy(wsi, auth, sizeof(auth), WSI_TOKEN_HTTP_AUTHORIZATION) > 7 &&
+				pg_strncasecmp(auth, "Bearer ", 7) == 0)
+			{
+				c->http_token = strdup(auth + 7);
+				if (c->http_token == NULL)
+					return -1;
+				c->wsi = wsi;
+				c->http_pending = true;
+				dlist_push_tail(&http_waiting, &c->node);
+				requests_pending = true;
+				return 0;
+			}
 			http_prepare(c, 401, "text/plain; charset=utf-8",
-						 "metrics are served to loopback peers only\n");
+						 "metrics need \"Authorization: Bearer <token>\" from this address\n");
 		}
 		else
 		{
@@ -1237,8 +1257,15 @@ push_callback(struct lws *wsi, enum lws_callback_reasons reason,
 			return 0;
 
 		case LWS_CALLBACK_CLOSED_HTTP:
+			if (c && c->phase == PHASE_HTTP && c->http_pending)
+			{
+				dlist_delete(&c->node);
+				c->http_pending = false;
+			}
 			if (c && c->phase == PHASE_HTTP)
 			{
+				free(c->http_token);
+				c->http_token = NULL;
 				free(c->http_body);
 				c->http_body = NULL;
 			}
@@ -2665,6 +2692,54 @@ apply_request(RequestJob *job)
 	slot_publish(c);
 }
 
+typedef struct MetricsAuth
+{
+	const char *secret;
+	LkTokenStatus status;
+} MetricsAuth;
+
+static void
+metrics_auth_step(void *arg)
+{
+	MetricsAuth *ma = (MetricsAuth *) arg;
+	LkToken		token;
+
+	ma->status = livekpi_token_lookup(ma->secret, &token, round_cxt);
+}
+
+/*
+ * process_http_waiting
+ *		Answer /metrics requests from non-loopback peers once their bearer
+ *		token is checked (any valid token will do).
+ */
+static void
+process_http_waiting(void)
+{
+	dlist_mutable_iter it;
+
+	dlist_foreach_modify(it, &http_waiting)
+	{
+		PushClient *c = dlist_container(PushClient, node, it.cur);
+		MetricsAuth ma;
+		char		body[4096];
+
+		dlist_delete(&c->node);
+		c->http_pending = false;
+		ma.secret = c->http_token;
+		ma.status = LK_TOKEN_UNKNOWN;
+		if (run_step("checking a metrics token", metrics_auth_step, &ma, false) &&
+			ma.status == LK_TOKEN_OK)
+		{
+			int			status = metrics_body(body, sizeof(body));
+
+			http_prepare(c, status, "text/plain; version=0.0.4; charset=utf-8", body);
+		}
+		else
+			http_prepare(c, 401, "text/plain; charset=utf-8", "invalid token\n");
+		lws_callback_on_writable(c->wsi);
+	}
+}
+
 /*
  * process_requests
  *		Handle every hello and subscribe received since the last round.
@@ -2675,6 +2750,7 @@ process_requests(void)
 	dlist_iter	it;
 
 	requests_pending = false;
+	process_http_waiting();
 	dlist_foreach(it, &all_clients)
 	{
 		PushClient *c = dlist_container(PushClient, node, it.cur);
@@ -2989,7 +3065,12 @@ create_listener(void)
 		snprintf(name, sizeof(name), "livekpi-%s", tok);
 		info.vhost_name = name;
 		info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
-		if (info.iface == NULL && strcmp(tok, "0.0.0.0") == 0)
+
+		/*
+		 * lws with IPv6 on binds an IPv4 literal as the IPv6 wildcard:
+		 * listen on IPv4 only for IPv4 addresses (and "0.0.0.0").
+		 */
+		if (strchr(tok, ':') == NULL && strcmp(tok, "*") != 0)
 			info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
 		if (tls)
 		{

@@ -15,6 +15,7 @@ use lib "$FindBin::RealBin/..";
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
+use HTTP::Tiny;
 use Test::More;
 use TestLib::LiveKpi;
 use TestLib::LiveKpiPush;
@@ -34,6 +35,16 @@ like($hdr->{'content-type'}, qr{application/json}, '/healthz is JSON');
 is($hdr->{'x-content-type-options'}, 'nosniff', 'nosniff header');
 is($hdr->{'x-frame-options'}, 'DENY', 'no framing');
 like($hdr->{'content-security-policy'}, qr/default-src 'self'/, 'CSP header');
+
+# listen_addresses = '127.0.0.1' means loopback only
+my ($ip) = grep { !/^127\./ } map { m{inet (\d+\.\d+\.\d+\.\d+)/} ? $1 : () }
+  split /\n/, `ip -4 -o addr show 2>/dev/null`;
+SKIP:
+{
+	skip 'no non-loopback IPv4 address', 1 unless $ip;
+	my $r = HTTP::Tiny->new(timeout => 5)->get("http://$ip:$node->{livekpi_port}/healthz");
+	is($r->{status}, 599, "not listening on $ip");
+}
 
 ($st, $body) = http_get($node, '/no/such/thing');
 is($st, 404, 'unknown path is 404');
