@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# test/fuzz/run-brief.sh [SECONDS]
-#	  Build the client-message fuzz target and run it briefly (make test);
-#	  `make fuzz` runs it longer.  Needs clang with libFuzzer.
+# test/fuzz/run-brief.sh [SECONDS | TREE]
+#	  Build the client-message fuzz target (src/protocol.c) and run it for
+#	  SECONDS (default $FUZZ_SECONDS, else 20).  Given a directory instead
+#	  (as test/run-tests.sh passes its scratch tree to test/suites/*.sh),
+#	  build and run there.  `make fuzz` runs it for 300 s.  A crash fails
+#	  the run and leaves the input in crash-* in the current directory.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
-secs=${1:-${FUZZ_SECONDS:-20}}
+secs=${FUZZ_SECONDS:-20}
+if [ $# -gt 0 ]; then
+	if [ -d "$1" ]; then top=$(cd "$1" && pwd); else secs=$1; fi
+fi
+if ! command -v clang >/dev/null; then
+	echo "run-brief.sh: clang (with libFuzzer) is required" >&2
+	exit 1
+fi
 make -s -C "$top" test/fuzz/fuzz_protocol
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp "$top"/test/fuzz/corpus/* "$work"/
 "$top"/test/fuzz/fuzz_protocol -max_total_time="$secs" -max_len=70000 \
-	-print_final_stats=1 "$work" 2>&1 | tail -n 5
+	-print_final_stats=1 "$work" 2>&1 | tail -n 6
