@@ -126,6 +126,24 @@ record_error(const char *message)
 	SpinLockRelease(&livekpi_shared->mutex);
 }
 
+static void
+apply_decoding_work_mem(void)
+{
+	char		value[32];
+
+	snprintf(value, sizeof(value), "%dkB", livekpi_decoding_work_mem);
+	SetConfigOption("logical_decoding_work_mem", value, PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+/* Reloads the configuration file and re-applies what the worker derives. */
+static void
+reload_config(void)
+{
+	ConfigReloadPending = false;
+	ProcessConfigFile(PGC_SIGHUP);
+	apply_decoding_work_mem();
+}
+
 /* ---- decoding -------------------------------------------------------- */
 
 static void
@@ -656,10 +674,7 @@ wait_for_extension(void)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
+			reload_config();
 	}
 }
 
@@ -725,6 +740,7 @@ livekpi_apply_main(Datum main_arg)
 	SetConfigOption("search_path", "pg_catalog", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("application_name", "livekpi apply", PGC_SUSET, PGC_S_OVERRIDE);
 	allow_own_output_plugin();
+	apply_decoding_work_mem();
 
 	on_shmem_exit(apply_shmem_exit, (Datum) 0);
 	SpinLockAcquire(&livekpi_shared->mutex);
@@ -759,10 +775,7 @@ livekpi_apply_main(Datum main_arg)
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
+			reload_config();
 
 		now = GetCurrentTimestamp();
 		if (TimestampDifferenceExceeds(last_extension_check, now, IDLE_TIMEOUT_MS))
@@ -808,10 +821,7 @@ livekpi_apply_main(Datum main_arg)
 			{
 				CHECK_FOR_INTERRUPTS();
 				if (ConfigReloadPending)
-				{
-					ConfigReloadPending = false;
-					ProcessConfigFile(PGC_SIGHUP);
-				}
+					reload_config();
 				if (!extension_exists())
 					drop_slot_and_exit();
 			}

@@ -22,6 +22,7 @@
 char	   *livekpi_database = NULL;
 int			livekpi_flush_interval = 500;
 int			livekpi_max_batch_changes = 100000;
+int			livekpi_decoding_work_mem = 262144;
 int			livekpi_delta_retention = 900;
 int			livekpi_delta_retention_batches = 100000;
 int			livekpi_max_lag = 30;
@@ -98,6 +99,14 @@ livekpi_define_gucs(void)
 							&livekpi_max_batch_changes,
 							100000, 1, 10000000,
 							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("livekpi.decoding_work_mem",
+							gettext_noop("Memory the apply worker's decoder uses before it spills a large transaction to disk."),
+							gettext_noop("The apply worker's logical_decoding_work_mem: a bulk load decodes several times faster when it fits."),
+							&livekpi_decoding_work_mem,
+							262144, 64, INT_MAX / 1024,
+							PGC_SIGHUP, GUC_UNIT_KB,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("livekpi.delta_retention",

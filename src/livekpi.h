@@ -33,6 +33,7 @@
 extern char *livekpi_database;
 extern int	livekpi_flush_interval;
 extern int	livekpi_max_batch_changes;
+extern int	livekpi_decoding_work_mem;
 extern int	livekpi_delta_retention;
 extern int	livekpi_delta_retention_batches;
 extern int	livekpi_max_lag;

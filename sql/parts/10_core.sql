@@ -535,55 +535,78 @@ BEGIN
 		p_key %1$s[], OUT upserts jsonb, OUT deletes jsonb)
 	LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $body$
 	DECLARE
-		props_changed boolean := cardinality(p_key) > 0;
+		pk_key %1$s[];
+		pk_month date[];
+		pf_month date[];
+		rows jsonb[];
 	BEGIN
 		/*
 		 * The SPEC section 7 rows this batch touched: for each view, the
 		 * keys it touched that still exist go to upserts (to_jsonb of the
-		 * view row), the others to deletes.
+		 * view row), the others to deletes.  Rows are collected as
+		 * [view, row or null, key].
 		 */
-		WITH
-		bd AS (SELECT DISTINCT d.k AS property_id, d.day FROM unnest(b_key, b_day) AS d(k, day)),
-		em AS (SELECT DISTINCT d.k AS property_id, date_trunc('month', d.day)::date AS month, d.cat AS category
-			   FROM unnest(e_key, e_day, e_category) AS d(k, day, cat)),
-		pk AS (SELECT d.k AS property_id, date_trunc('month', d.day)::date AS month
-			   FROM unnest(b_key || e_key, b_day || e_day) AS d(k, day)
-			   UNION
-			   SELECT x.property_id, x.month FROM livekpi.booking_monthly x
-			   WHERE x.property_id = ANY (p_key)
-			   UNION
-			   SELECT x.property_id, x.month FROM livekpi.expense_monthly x
-			   WHERE x.property_id = ANY (p_key)),
-		pf AS (SELECT date_trunc('month', d)::date AS month FROM unnest(b_day || e_day) AS d
-			   UNION
-			   SELECT x.month FROM livekpi.portfolio_monthly x WHERE props_changed),
-		rows AS (
-			SELECT 'booking_daily' AS view, to_jsonb(r) AS row,
-				   jsonb_build_object('property_id', k.property_id, 'day', k.day) AS key
-			FROM bd k LEFT JOIN livekpi.booking_daily r
-				ON r.property_id = k.property_id AND r.day = k.day
-			UNION ALL
-			SELECT 'expense_monthly', to_jsonb(r),
-				   jsonb_build_object('property_id', k.property_id, 'month', k.month, 'category', k.category)
-			FROM em k LEFT JOIN livekpi.expense_monthly r
-				ON r.property_id = k.property_id AND r.month = k.month AND r.category = k.category
-			UNION ALL
-			SELECT 'property_kpis', (SELECT to_jsonb(r) FROM livekpi.property_kpis r
-									 WHERE r.property_id = k.property_id AND r.month = k.month),
-				   jsonb_build_object('property_id', k.property_id, 'month', k.month)
-			FROM pk k
-			UNION ALL
-			SELECT 'portfolio_kpis', (SELECT to_jsonb(r) FROM livekpi.portfolio_kpis r
-									  WHERE r.month = k.month),
-				   jsonb_build_object('month', k.month)
-			FROM pf k)
-		SELECT coalesce((SELECT jsonb_object_agg(view, list) FROM
-						 (SELECT view, jsonb_agg(row ORDER BY key) AS list FROM rows
-						  WHERE row IS NOT NULL GROUP BY view) u), '{}'),
-			   coalesce((SELECT jsonb_object_agg(view, list) FROM
-						 (SELECT view, jsonb_agg(key ORDER BY key) AS list FROM rows
-						  WHERE row IS NULL GROUP BY view) d), '{}')
-		INTO upserts, deletes;
+		SELECT array_agg(jsonb_build_array('booking_daily', to_jsonb(r),
+										   jsonb_build_object('property_id', k.k, 'day', k.day)))
+		INTO rows
+		FROM (SELECT DISTINCT d.k, d.day FROM unnest(b_key, b_day) AS d(k, day)) k
+		LEFT JOIN livekpi.booking_daily r ON r.property_id = k.k AND r.day = k.day;
+
+		rows := rows || ARRAY(
+			SELECT jsonb_build_array('expense_monthly', to_jsonb(r),
+									 jsonb_build_object('property_id', k.k, 'month', k.month,
+														'category', k.cat))
+			FROM (SELECT DISTINCT d.k, date_trunc('month', d.day)::date AS month, d.cat
+				  FROM unnest(e_key, e_day, e_category) AS d(k, day, cat)) k
+			LEFT JOIN livekpi.expense_monthly r
+				ON r.property_id = k.k AND r.month = k.month AND r.category = k.cat);
+
+		SELECT array_agg(x.k), array_agg(x.month) INTO pk_key, pk_month
+		FROM (SELECT d.k, date_trunc('month', d.day)::date AS month
+			  FROM unnest(b_key || e_key, b_day || e_day) AS d(k, day)
+			  UNION
+			  SELECT m.property_id, m.month FROM livekpi.booking_monthly m
+			  WHERE m.property_id = ANY (p_key)
+			  UNION
+			  SELECT m.property_id, m.month FROM livekpi.expense_monthly m
+			  WHERE m.property_id = ANY (p_key)) x;
+
+		/*
+		 * A few keys are looked up one by one through the view's indexes;
+		 * many are joined with the whole view at once.  Both read the view.
+		 */
+		IF cardinality(pk_key) <= 64 THEN
+			rows := rows || ARRAY(
+				SELECT jsonb_build_array('property_kpis',
+					(SELECT to_jsonb(r) FROM livekpi.property_kpis r
+					 WHERE r.property_id = k.k AND r.month = k.month),
+					jsonb_build_object('property_id', k.k, 'month', k.month))
+				FROM unnest(pk_key, pk_month) AS k(k, month));
+		ELSE
+			rows := rows || ARRAY(
+				SELECT jsonb_build_array('property_kpis', to_jsonb(r),
+					jsonb_build_object('property_id', k.k, 'month', k.month))
+				FROM unnest(pk_key, pk_month) AS k(k, month)
+				LEFT JOIN livekpi.property_kpis r ON r.property_id = k.k AND r.month = k.month);
+		END IF;
+
+		SELECT array_agg(DISTINCT m) INTO pf_month
+		FROM (SELECT date_trunc('month', d)::date AS m FROM unnest(b_day || e_day) AS d
+			  UNION ALL
+			  SELECT x.month FROM livekpi.portfolio_monthly x WHERE cardinality(p_key) > 0) x;
+		rows := rows || ARRAY(
+			SELECT jsonb_build_array('portfolio_kpis', to_jsonb(r), jsonb_build_object('month', k.month))
+			FROM unnest(pf_month) AS k(month)
+			LEFT JOIN livekpi.portfolio_kpis r ON r.month = k.month);
+
+		SELECT coalesce(jsonb_object_agg(v, list) FILTER (WHERE kind = 'u'), '{}'),
+			   coalesce(jsonb_object_agg(v, list) FILTER (WHERE kind = 'd'), '{}')
+		INTO upserts, deletes
+		FROM (SELECT x ->> 0 AS v,
+					 CASE WHEN jsonb_typeof(x -> 1) = 'object' THEN 'u' ELSE 'd' END AS kind,
+					 jsonb_agg(CASE WHEN jsonb_typeof(x -> 1) = 'object' THEN x -> 1 ELSE x -> 2 END) AS list
+			  FROM unnest(rows) AS x
+			  GROUP BY 1, 2) g;
 	END
 	$body$$f$, k);
 
