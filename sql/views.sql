@@ -31,7 +31,8 @@ SELECT property_id, month, units, available_nights, occupancy, revpar
 FROM livekpi.property_kpis WHERE property_id = 1 ORDER BY 2;
 SELECT seq > :seq_before AS new_batch,
 	   jsonb_path_query_array(upserts, '$.property_kpis[*].units') AS property_units,
-	   jsonb_path_query_array(upserts, '$.portfolio_kpis[*].available_nights') AS portfolio_available
+	   ARRAY(SELECT (x ->> 'available_nights')::int
+			 FROM jsonb_array_elements(upserts -> 'portfolio_kpis') x ORDER BY 1) AS portfolio_available
 FROM livekpi.delta_log WHERE seq = (SELECT last_seq FROM livekpi.state);
 \set VERBOSITY terse
 UPDATE livekpi.properties SET units = 0 WHERE property_id = 1;	-- refused by the CHECK
