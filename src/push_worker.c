@@ -253,6 +253,7 @@ static int64 stat_bytes = 0;
 static char www_dir[MAXPGPATH];
 
 static void client_enqueue(PushClient *c, OutMsg *m);
+static void snap_cache_clear(void);
 
 /* ----------------------------------------------------------------
  * Registration and shared memory
@@ -1995,6 +1996,7 @@ poll_batches(void)
 		bool		first = broadcast_seq < 0;
 
 		broadcast_seq = br.state_seq;
+		snap_cache_clear();
 		if (first)
 			return;
 		/* everything a client holds may be stale: start over */
@@ -2008,6 +2010,8 @@ poll_batches(void)
 		return;
 	}
 
+	if (broadcast_seq < br.state_seq)
+		snap_cache_clear();
 	while (broadcast_seq < br.state_seq)
 	{
 		BatchRead	rd;
@@ -2199,6 +2203,61 @@ snapshot_step(void *arg)
 }
 
 /*
+ * The snapshots built since the last batch, by scope signature: clients
+ * that reconnect together (after a restart, say) share one query per
+ * scope even across rounds.  A cached snapshot older than the newest
+ * batch would still be correct (the client replays from its seq), but
+ * the cache is emptied at every new batch so snapshots stay fresh.
+ */
+#define LK_SNAP_CACHE 32
+typedef struct SnapCacheEntry
+{
+	char	   *signature;
+	int64		seq;
+	OutMsg	   *msg;
+} SnapCacheEntry;
+
+static SnapCacheEntry snap_cache[LK_SNAP_CACHE];
+static int	snap_cache_n = 0;
+
+static void
+snap_cache_clear(void)
+{
+	for (int i = 0; i < snap_cache_n; i++)
+	{
+		free(snap_cache[i].signature);
+		outmsg_release(snap_cache[i].msg);
+	}
+	snap_cache_n = 0;
+}
+
+static SnapCacheEntry *
+snap_cache_find(const char *signature)
+{
+	for (int i = 0; i < snap_cache_n; i++)
+		if (strcmp(snap_cache[i].signature, signature) == 0)
+			return &snap_cache[i];
+	return NULL;
+}
+
+static void
+snap_cache_add(const char *signature, int64 seq, OutMsg *m)
+{
+	char	   *sig;
+
+	if (snap_cache_n >= LK_SNAP_CACHE || m == NULL)
+		return;
+	sig = strdup(signature);
+	if (sig == NULL)
+		return;
+	outmsg_hold(m);
+	snap_cache[snap_cache_n].signature = sig;
+	snap_cache[snap_cache_n].seq = seq;
+	snap_cache[snap_cache_n].msg = m;
+	snap_cache_n++;
+}
+
+/*
  * send_snapshots
  *		Every client that needs a snapshot (and whose queue is drained of
  *		deltas) gets one; clients with the same scope share one snapshot
@@ -2242,22 +2301,35 @@ send_snapshots(void)
 		int			end = start + 1;
 		SnapshotJob job;
 		OutMsg	   *m;
+		SnapCacheEntry *hit;
 
 		while (end < nwant &&
 			   strcmp(want[end]->scope.signature, want[start]->scope.signature) == 0)
 			end++;
 		memset(&job, 0, sizeof(job));
 		job.scope = &want[start]->scope;
-		if (!run_step("building a snapshot", snapshot_step, &job, true))
+		hit = snap_cache_find(job.scope->signature);
+		if (hit)
 		{
-			for (int k = start; k < end; k++)
-				client_fail(want[k], "internal", "could not build the snapshot",
-							LK_CLOSE_INTERNAL);
-			start = end;
-			continue;
+			m = hit->msg;
+			job.seq = hit->seq;
+			outmsg_hold(m);
 		}
-		m = outmsg_new(OUT_SNAPSHOT, job.json, strlen(job.json));
-		outmsg_hold(m);
+		else
+		{
+			if (!run_step("building a snapshot", snapshot_step, &job, true))
+			{
+				for (int k = start; k < end; k++)
+					client_fail(want[k], "internal", "could not build the snapshot",
+								LK_CLOSE_INTERNAL);
+				start = end;
+				continue;
+			}
+			m = outmsg_new(OUT_SNAPSHOT, job.json, strlen(job.json));
+			outmsg_hold(m);
+			if (job.seq == broadcast_seq)
+				snap_cache_add(job.scope->signature, job.seq, m);
+		}
 		for (int k = start; k < end; k++)
 		{
 			PushClient *c = want[k];
