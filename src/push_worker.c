@@ -238,6 +238,7 @@ static MemoryContext round_cxt = NULL;
 static char server_epoch[LK_MAX_EPOCH + 1] = "";
 static char key_type[64] = "text";
 static int64 broadcast_seq = -1;	/* newest batch dispatched to live clients */
+static char broadcast_epoch[LK_MAX_EPOCH + 1] = "";	/* epoch of broadcast_seq */
 static char last_committed_at[64] = "";
 static char last_applied_at[64] = "";
 
@@ -1982,20 +1983,19 @@ static void
 poll_batches(void)
 {
 	BatchRead	br;
-	char		old_epoch[LK_MAX_EPOCH + 1];
 
-	strlcpy(old_epoch, server_epoch, sizeof(old_epoch));
 	memset(&br, 0, sizeof(br));
 	if (!run_step("reading livekpi.state", state_step, &br, false) || !br.state_ok)
 		return;
 
 	if (broadcast_seq < 0 ||
-		strcmp(old_epoch, server_epoch) != 0 || br.state_seq < broadcast_seq)
+		strcmp(broadcast_epoch, server_epoch) != 0 || br.state_seq < broadcast_seq)
 	{
 		dlist_iter	it;
 		bool		first = broadcast_seq < 0;
 
 		broadcast_seq = br.state_seq;
+		strlcpy(broadcast_epoch, server_epoch, sizeof(broadcast_epoch));
 		snap_cache_clear();
 		if (first)
 			return;

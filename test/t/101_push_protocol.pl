@@ -231,6 +231,18 @@ my $r = ws_expect($a, 'resync');
 is($r->{seq}, $bseq, 'barrier: resync with its seq');
 $s = ws_expect($a, 'snapshot');
 ok($s && $s->{seq} >= $bseq, 'barrier: followed by a snapshot');
+
+############################################################
+# a new epoch (a renumbering rebuild, a recreated extension): resync
+my $cur = ws_open($node, name => 'epoch', hello => { type => 'hello', token => $all });
+ok(ws_expect($cur, 'snapshot'), 'connected before the epoch changes');
+$node->safe_psql('postgres',
+	"BEGIN; UPDATE livekpi.state SET epoch = 'epoch-two'; SELECT livekpi._tokens_changed(); COMMIT;");
+$r = ws_expect($cur, 'resync');
+ok($r, 'new epoch: connected client gets resync');
+ok(ws_expect($cur, 'snapshot'), 'and a snapshot');
+my $n = ws_open($node, name => 'epoch2', hello => { type => 'hello', token => $all });
+is(ws_expect($n, 'welcome')->{epoch}, 'epoch-two', 'welcome carries the new epoch');
 ws_close($a);
 
 $node->stop;
