@@ -20,6 +20,8 @@ COMMENT ON TABLE livekpi.push_tokens IS
 CREATE UNIQUE INDEX push_tokens_live_label ON livekpi.push_tokens (label)
 	WHERE revoked_at IS NULL;
 SELECT pg_catalog.pg_extension_config_dump('livekpi.push_tokens', '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('livekpi.push_tokens', 'id')::regclass, '');
 
 CREATE FUNCTION livekpi._token_secret() RETURNS text
 	LANGUAGE c VOLATILE STRICT
