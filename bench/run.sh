@@ -1,0 +1,387 @@
+#!/usr/bin/env bash
+# bench/run.sh: the SPEC section 9 benchmarks that concern the core
+# pipeline (`make bench`).  One throwaway cluster under bench/out/, every
+# figure measured in the same run as its baseline, workers running during
+# every write benchmark; rewrites BENCHMARKS.md (bench/report.py).
+#
+#   write overhead   pgbench booking mix, tracked vs untracked vs a PL/pgSQL
+#                    queue-table + NOTIFY trigger, alternated rounds
+#   bulk load        INSERT ... SELECT of 300,000 bookings, same three tables;
+#                    apply throughput until sync() returns
+#   rebuild          livekpi.rebuild() over 1M bookings + 1M expenses vs
+#                    REFRESH MATERIALIZED VIEW of the same KPIs in plain SQL
+#   KPI read         one property-month from property_kpis vs the same
+#                    figures aggregated from the raw rows
+#   WAL              extra WAL of the tracked transaction per row, and the
+#                    apply worker's WAL per change
+#
+# Environment (defaults in brackets):
+#   BENCH_QUICK=1           small sizes and short runs, to check the script;
+#                           writes bench/out/BENCHMARKS.quick.md instead
+#   BENCH_ROUNDS [3]        alternated rounds of the write and bulk tests
+#   BENCH_SECONDS [20]      pgbench duration of each write round
+#   BENCH_CLIENTS [2]       pgbench clients of the write rounds
+#   BENCH_BULK_ROWS [300000]
+#   BENCH_BOOKINGS [1000000], BENCH_EXPENSES [1000000], BENCH_PROPERTIES [2000]
+#   BENCH_READ_SECONDS [10] pgbench duration of each read test
+#   BENCH_REPORT            output file [BENCHMARKS.md at the top of the tree]
+#   BENCH_KEEP=1            leave the cluster running at the end
+#
+# Timings never decide a test: this script fails only when a step errors.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+. "$top/test/lib.sh"
+
+started=$(date +%s)
+if [ -n "${MAKELEVEL:-}" ]; then command_line="make bench"; else command_line="./bench/run.sh"; fi
+for v in $(env | sed -n 's/^\(BENCH_[A-Z_]*\)=.*/\1/p' | sort); do
+	command_line="$v=${!v} $command_line"
+done
+
+quick=${BENCH_QUICK:-0}
+if [ "$quick" = 1 ]; then
+	rounds=${BENCH_ROUNDS:-2} seconds=${BENCH_SECONDS:-3} clients=${BENCH_CLIENTS:-2}
+	bulk_rows=${BENCH_BULK_ROWS:-30000} bookings=${BENCH_BOOKINGS:-50000}
+	expenses=${BENCH_EXPENSES:-50000} properties=${BENCH_PROPERTIES:-200}
+	read_seconds=${BENCH_READ_SECONDS:-2} write_rows=20000 wal_single=1000 wal_bulk=5000
+	report=${BENCH_REPORT:-$top/bench/out/BENCHMARKS.quick.md}
+else
+	rounds=${BENCH_ROUNDS:-3} seconds=${BENCH_SECONDS:-20} clients=${BENCH_CLIENTS:-2}
+	bulk_rows=${BENCH_BULK_ROWS:-300000} bookings=${BENCH_BOOKINGS:-1000000}
+	expenses=${BENCH_EXPENSES:-1000000} properties=${BENCH_PROPERTIES:-2000}
+	read_seconds=${BENCH_READ_SECONDS:-10} write_rows=200000 wal_single=5000 wal_bulk=20000
+	report=${BENCH_REPORT:-$top/BENCHMARKS.md}
+fi
+years=3
+
+out=$top/bench/out
+dir=$out/cluster
+work=$out/work
+results=$out/results.tsv
+mkdir -p "$out"
+chmod 755 "$out"
+if [ -f "$dir/data/postmaster.pid" ]; then cluster_stop "$dir"; fi
+rm -rf "$dir" "$work"
+mkdir -p "$work"
+: > "$results"
+
+log() { printf '[%4ds] %s\n' $(($(date +%s) - started)) "$*"; }
+res() { printf '%s\t%s\n' "$1" "$2" >> "$results"; }
+
+# livekpi present in this PostgreSQL?  Without it only the baselines run.
+have_livekpi=1
+if [ ! -f "$($PG_CONFIG --pkglibdir)/livekpi.so" ] ||
+	[ ! -f "$($PG_CONFIG --sharedir)/extension/livekpi.control" ]; then
+	have_livekpi=0
+	log "livekpi is not installed for $PG_CONFIG: measuring the baselines only"
+fi
+preload="shared_preload_libraries = 'livekpi'"
+[ $have_livekpi = 1 ] || preload="shared_preload_libraries = ''"
+
+port=$(free_port)
+push_port=$(free_port)
+settings=(
+	"$preload"
+	"shared_buffers = '2GB'"
+	"max_wal_size = '20GB'"
+	"checkpoint_timeout = '1h'"
+	"work_mem = '64MB'"
+	"maintenance_work_mem = '512MB'"
+	"livekpi.flush_interval = 500"
+	"livekpi.listen_addresses = '127.0.0.1'"
+	"livekpi.port = $push_port"
+)
+cleanup() {
+	[ "${BENCH_KEEP:-0}" = 1 ] && return
+	[ -n "${sampler:-}" ] && kill "$sampler" 2>/dev/null
+	cluster_stop "$dir"
+}
+trap cleanup EXIT
+log "cluster in $dir, port $port"
+cluster_start "$dir" "$port" "${settings[@]}"
+
+PSQL=(psql -X -q -At -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres)
+PGBENCH=(pgbench -h "$dir" -p "$port" -U postgres -n)
+q() { "${PSQL[@]}" -c "$1"; }
+# timed SQL...: runs the statements in one session and prints the
+# duration in ms of each, one a line (autocommit: commits included).
+timed() {
+	{
+		echo '\timing on'
+		for stmt in "$@"; do echo "${stmt%;};"; done
+	} | "${PSQL[@]}" | tee "$work/timed.out" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p'
+	if grep -qx f "$work/timed.out"; then sync_failed; fi
+}
+# A sync() that times out means the apply worker is stuck: stop here.
+sync_failed() {
+	echo "bench: livekpi.sync() timed out; livekpi.status.last_error: $(status last_error)" >&2
+	tail -n 20 "$dir/server.log" >&2
+	exit 1
+}
+qsync() { [ "$(q "SELECT livekpi.sync('$1')")" = t ] || sync_failed; }
+# status FIELD: one field of livekpi.status ('' when absent).
+status() { q "SELECT to_jsonb(s)->>'$1' FROM livekpi.status s" 2>/dev/null || true; }
+median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print(statistics.median(v) if v else "")' "$@"; }
+
+# --- machine ------------------------------------------------------------------
+res date "$(date -u '+%Y-%m-%d %H:%M UTC')"
+res command "$command_line"
+res nproc "$(nproc)"
+res memory "$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+res cpu "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
+res pg_version "$(q 'SELECT version()')"
+res git "$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+res settings "$(printf '%s; ' "${settings[@]:1}")synchronous_commit = on, fsync = on, autovacuum = on"
+res quick "$quick"
+res have_livekpi "$have_livekpi"
+res sizes "rounds=$rounds seconds=$seconds clients=$clients bulk_rows=$bulk_rows bookings=$bookings expenses=$expenses properties=$properties write_rows=$write_rows"
+
+# --- data ---------------------------------------------------------------------
+if [ $have_livekpi = 1 ]; then
+	q "CREATE EXTENSION livekpi"
+fi
+log "generating $bookings bookings and $expenses expenses over $properties properties"
+"${PSQL[@]}" -v schema=gen -v properties="$properties" -v years=$years \
+	-v bookings="$bookings" -v expenses="$expenses" -f "$top/bench/datagen.sql" 2>&1 |
+	grep -v -E 'NOTICE:  datagen: (bookings|expenses) [0-9]' || true
+q "SELECT 1 FROM gen.bookings LIMIT 1" >/dev/null
+res data_nights "$(q "SELECT round(avg(check_out - check_in), 2) FROM gen.bookings")"
+wstart=$(q "SELECT (date_trunc('year', current_date) - interval '$((years - 1)) years')::date")
+"${PSQL[@]}" -v write_rows=$write_rows -v bulk_rows="$bulk_rows" -v wal_rows=$wal_bulk -f "$top/bench/setup.sql"
+q "VACUUM ANALYZE"
+for t in w_plain w_tracked w_queue; do
+	sed "s/@TABLE@/bench.$t/g" "$top/bench/write_mix.sql" > "$work/write_$t.sql"
+done
+
+# --- backfill, rebuild and its baseline -----------------------------------------
+if [ $have_livekpi = 1 ]; then
+	log "tracking gen.bookings and gen.expenses (backfill)"
+	ms=$(timed "SELECT livekpi.track_bookings('gen.bookings')")
+	res backfill_bookings_ms "$ms"
+	ms=$(timed "SELECT livekpi.track_expenses('gen.expenses')")
+	res backfill_expenses_ms "$ms"
+	q "INSERT INTO livekpi.properties (property_id, units)
+	   SELECT id, units FROM gen.properties
+	   ON CONFLICT (property_id) DO UPDATE SET units = EXCLUDED.units" >/dev/null
+	qsync 120s
+fi
+mv_refresh=(
+	"REFRESH MATERIALIZED VIEW bench.mv_booking_daily;"
+	"REFRESH MATERIALIZED VIEW bench.mv_booking_monthly;"
+	"REFRESH MATERIALIZED VIEW bench.mv_expense_daily;"
+	"REFRESH MATERIALIZED VIEW bench.mv_expense_monthly;"
+	"REFRESH MATERIALIZED VIEW bench.mv_portfolio_monthly;"
+)
+for r in $(seq 1 "$rounds"); do
+	q "CHECKPOINT"
+	ms=$(timed "${mv_refresh[@]}" | paste -sd+ | bc -l)
+	res refresh_ms_r$r "$ms"
+	log "rebuild round $r: REFRESH of the KPI matviews $ms ms"
+	if [ $have_livekpi = 1 ]; then
+		q "CHECKPOINT"
+		ms=$(timed "SELECT livekpi.rebuild()")
+		res rebuild_ms_r$r "$ms"
+		log "rebuild round $r: livekpi.rebuild() $ms ms"
+	fi
+done
+q "VACUUM ANALYZE"
+
+# --- KPI read ------------------------------------------------------------------
+months=$((years * 12))
+read_test() { # name script
+	local name=$1 script=$2 d=$work/read_$1
+	mkdir -p "$d"
+	(cd "$d" && "${PGBENCH[@]}" -M prepared -c 1 -T "$read_seconds" -l \
+		-D props="$properties" -D months=$months -D wstart="$wstart" -f "$script" postgres >pgbench.out 2>&1) ||
+		{ cat "$d/pgbench.out"; return 1; }
+	# per-transaction log: client tx latency_us script epoch epoch_us
+	cat "$d"/pgbench_log.* | awk '{print $3}' | sort -n | awk '
+		{ v[NR] = $1 }
+		END { p = int(NR * 0.99); if (p < 1) p = 1; printf "%s %s %d\n", v[int((NR + 1) / 2)], v[p], NR }'
+}
+# server-side execution time (EXPLAIN ANALYZE, planning and round trip left out)
+exec_ms() { # query-template with %s for the property and %s for the month
+	q "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY bench.execution_ms(format(\$q\$$1\$q\$,
+	              1 + floor(random() * $properties)::int,
+	              (DATE '$wstart' + make_interval(months => floor(random() * $((years * 12)))::int))::date)))::numeric, 4)
+	   FROM generate_series(1, 500)"
+}
+res read_raw_exec_ms "$(exec_ms "SELECT * FROM bench.raw_property_month(%s, %L)")"
+log "KPI read: raw aggregate"
+set -- $(read_test raw "$top/bench/read_raw.sql")
+res read_raw_median_us "$1"
+res read_raw_p99_us "$2"
+res read_raw_count "$3"
+if [ $have_livekpi = 1 ]; then
+	log "KPI read: property_kpis"
+	set -- $(read_test kpi "$top/bench/read_kpi.sql")
+	res read_kpi_exec_ms "$(exec_ms "SELECT * FROM livekpi.property_kpis WHERE property_id = %s AND month = %L")"
+	res read_kpi_median_us "$1"
+	res read_kpi_p99_us "$2"
+	res read_kpi_count "$3"
+	res read_kpi_plan "$(q "EXPLAIN (COSTS OFF) SELECT * FROM livekpi.property_kpis
+		WHERE property_id = 17 AND month = DATE '$wstart' + 6" | tr '\n' '~')"
+	# The two must agree: compare 50 property-months that have KPI rows.
+	res read_match "$(q "
+		WITH s AS (SELECT * FROM livekpi.property_kpis
+		           WHERE property_id <= $properties ORDER BY random() LIMIT 50)
+		SELECT count(*) FILTER (WHERE to_jsonb(s) - 'updated_at' = to_jsonb(r)) || '/' || count(*)
+		FROM s, LATERAL bench.raw_property_month(s.property_id::int, s.month) r")"
+fi
+
+# --- write overhead --------------------------------------------------------------
+if [ $have_livekpi = 1 ]; then
+	log "tracking the write and bulk tables"
+	q "SELECT livekpi.track_bookings('bench.w_tracked')" >/dev/null
+	q "SELECT livekpi.track_bookings('bench.b_tracked')" >/dev/null
+	q "SELECT livekpi.track_bookings('bench.wal_tracked')" >/dev/null
+	qsync 120s
+	kinds="plain tracked queue"
+else
+	kinds="plain queue"
+fi
+# Samples the apply lag every 200 ms while the benchmarks write.
+if [ $have_livekpi = 1 ]; then
+	(
+		while sleep 0.2; do
+			"${PSQL[@]}" -c "SELECT extract(epoch FROM clock_timestamp()), to_jsonb(s)->>'lag_ms',
+			                        to_jsonb(s)->>'lag_bytes' FROM livekpi.status s" 2>/dev/null || true
+		done
+	) > "$work/lag.txt" &
+	sampler=$!
+fi
+order=($kinds)
+for r in $(seq 1 "$rounds"); do
+	for k in "${order[@]}"; do
+		q "TRUNCATE bench.queue; CHECKPOINT"
+		t0=$(date +%s.%N)
+		"${PGBENCH[@]}" -M prepared -c "$clients" -j "$clients" -T "$seconds" \
+			-D rows=$write_rows -D props=100001 -f "$work/write_w_$k.sql" postgres > "$work/write_${k}_$r.out" 2>&1 ||
+			{ cat "$work/write_${k}_$r.out"; exit 1; }
+		t1=$(date +%s.%N)
+		tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$work/write_${k}_$r.out")
+		res write_tps_${k}_r$r "$tps"
+		res write_window_${k}_r$r "$t0 $t1"
+		extra=""
+		if [ "$k" = tracked ]; then
+			ms=$(timed "SELECT livekpi.sync('120s')")
+			res write_sync_ms_r$r "$ms"
+			extra=", sync() after it $ms ms"
+		fi
+		log "write round $r: $k $tps tps$extra"
+	done
+	order=("${order[@]:1}" "${order[0]}")
+done
+if [ -n "${sampler:-}" ]; then
+	kill "$sampler" 2>/dev/null || true
+	wait "$sampler" 2>/dev/null || true
+	sampler=
+fi
+if [ $have_livekpi = 1 ]; then
+	# highest lag sampled during the tracked rounds
+	for r in $(seq 1 "$rounds"); do
+		set -- $(awk -F'\t' -v r="write_window_tracked_r$r" '$1 == r {print $2}' "$results")
+		awk -F'|' -v a="$1" -v b="$2" '$1 >= a && $1 <= b && $2 != "" {print $2}' "$work/lag.txt"
+	done | sort -n | tail -1 | { read -r v || true; res write_max_lag_ms "${v:-}"; }
+fi
+
+# --- bulk load ----------------------------------------------------------------------
+q "VACUUM ANALYZE bench.bulk_src"
+order=($kinds)
+for r in $(seq 1 "$rounds"); do
+	for k in "${order[@]}"; do
+		q "TRUNCATE bench.queue; CHECKPOINT"
+		if [ "$k" = tracked ]; then
+			before=$(status changes_applied)
+			out=$(timed "INSERT INTO bench.b_tracked SELECT * FROM bench.bulk_src" \
+				"SELECT livekpi.sync('300s')")
+			set -- $out
+			res bulk_ms_tracked_r$r "$1"
+			res bulk_sync_ms_r$r "$2"
+			after=$(status changes_applied)
+			res bulk_changes_r$r "$([ -n "$before" ] && [ -n "$after" ] && echo $((after - before)) || echo)"
+			out=$(timed "DELETE FROM bench.b_tracked" "SELECT livekpi.sync('300s')")
+			set -- $out
+			res bulk_delete_ms_tracked_r$r "$1"
+			res bulk_delete_sync_ms_r$r "$2"
+		else
+			set -- $(timed "INSERT INTO bench.b_$k SELECT * FROM bench.bulk_src" "DELETE FROM bench.b_$k")
+			res bulk_ms_${k}_r$r "$1"
+			res bulk_delete_ms_${k}_r$r "$2"
+		fi
+		q "VACUUM bench.b_$k"
+		log "bulk round $r: $k insert $(awk -F'\t' -v key="bulk_ms_${k}_r$r" '$1 == key {print $2}' "$results") ms"
+	done
+	order=("${order[@]:1}" "${order[0]}")
+done
+if [ $have_livekpi = 1 ]; then
+	# apply worker WAL per change on a bulk load: the WAL written between the
+	# commit of the INSERT and the return of sync() (nothing else runs)
+	q "CHECKPOINT"
+	q "INSERT INTO bench.b_tracked SELECT * FROM bench.bulk_src"
+	a=$(q "SELECT bench.flushed_lsn()")
+	qsync 300s
+	b=$(q "SELECT bench.flushed_lsn()")
+	res apply_wal_bulk "$(q "SELECT round(bytes / $bulk_rows, 1) || ' ' || records || ' ' || transactions
+	                         FROM bench.livekpi_wal('$a', '$b')")"
+	res apply_wal_bulk_window "$(q "SELECT round(('$b'::pg_lsn - '$a'::pg_lsn) / $bulk_rows, 1)")"
+	q "DELETE FROM bench.b_tracked"
+	qsync 300s
+fi
+
+# --- WAL per row -----------------------------------------------------------------------
+log "WAL per row"
+wal_tables="wal_plain"
+[ $have_livekpi = 1 ] && wal_tables="wal_plain wal_tracked"
+q "CHECKPOINT"
+for r in $(seq 0 "$rounds"); do	# round 0 warms up (full-page images after the checkpoint)
+	for t in $wal_tables; do
+		k=${t#wal_}
+		for form in single bulk; do
+			n=$wal_single single=true
+			[ $form = bulk ] && n=$wal_bulk single=false
+			for op in insert update delete; do
+				line=$(q "SELECT p.touched, p.end_lsn - p.start_lsn, p.start_lsn, p.end_lsn
+				          FROM bench.wal_probe('bench.$t', '$op', $n, $single) p")
+				IFS='|' read -r touched bytes a b <<<"$line"
+				q "SELECT bench.flushed_lsn()" >/dev/null
+				# full-page images depend on checkpoint timing, not on livekpi: left out
+				line=$(q "SELECT coalesce(sum(fpi_size), 0),
+				                 coalesce(sum(combined_size) FILTER (WHERE
+				                          \"resource_manager/record_type\" = 'LogicalMessage'), 0)
+				          FROM pg_get_wal_stats('$a', '$b')")
+				IFS='|' read -r fpi msg <<<"$line"
+				[ "$r" = 0 ] && continue
+				res wal_${k}_${op}_${form}_r$r "$(python3 -c "print(round(($bytes - $fpi) / $touched, 1))")"
+				res walfpi_${k}_${op}_${form}_r$r "$(python3 -c "print(round($fpi / $touched, 1))")"
+				res walmsg_${k}_${op}_${form}_r$r "$(python3 -c "print(round($msg / $touched, 1))")"
+			done
+		done
+		q "VACUUM bench.$t"
+	done
+done
+
+# apply worker WAL per change under the OLTP mix (many small transactions)
+if [ $have_livekpi = 1 ]; then
+	log "apply worker WAL per change, OLTP mix"
+	qsync 120s
+	before=$(status changes_applied)
+	a=$(q "SELECT bench.flushed_lsn()")
+	"${PGBENCH[@]}" -M prepared -c "$clients" -j "$clients" -t 1500 \
+		-D rows=$write_rows -D props=100001 -f "$work/write_w_tracked.sql" postgres > "$work/apply_wal.out" 2>&1 ||
+		{ cat "$work/apply_wal.out"; exit 1; }
+	qsync 120s
+	b=$(q "SELECT bench.flushed_lsn()")
+	after=$(status changes_applied)
+	changes=$([ -n "$before" ] && [ -n "$after" ] && echo $((after - before)) || echo $((clients * 1500)))
+	res apply_wal_oltp "$(q "SELECT round(bytes / $changes, 1) || ' ' || records || ' ' || transactions || ' $changes'
+	                         FROM bench.livekpi_wal('$a', '$b')")"
+	res apply_status "$(q "SELECT to_jsonb(s) FROM livekpi.status s")"
+	log "verify()"
+	res verify_differences "$(q "SELECT count(*) FROM livekpi.verify()")"
+fi
+
+res duration_s $(($(date +%s) - started))
+python3 "$top/bench/report.py" "$results" > "$report.tmp"
+mv "$report.tmp" "$report"
+log "wrote $report"
