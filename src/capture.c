@@ -49,6 +49,7 @@ typedef struct MappedColumn
 	AttrNumber	attnum;			/* in the firing relation; 0 = not mapped */
 	Oid			typid;
 	bool		is_bpchar;
+	bool		is_varlena_text;	/* text, varchar or bpchar */
 	FmgrInfo	output;			/* status and category only */
 } MappedColumn;
 
@@ -122,6 +123,8 @@ map_column(MappedColumn *col, const char *arg, Oid root_relid, Relation rel,
 			 RelationGetRelationName(rel));
 	col->typid = att->atttypid;
 	col->is_bpchar = (getBaseType(att->atttypid) == BPCHAROID);
+	col->is_varlena_text = (att->atttypid == TEXTOID || att->atttypid == VARCHAROID ||
+							att->atttypid == BPCHAROID);
 	if (want_output)
 	{
 		Oid			outfunc;
@@ -199,8 +202,23 @@ get_mapping(FunctionCallInfo fcinfo, TriggerData *trigdata)
 static char *
 text_value(MappedColumn *col, Datum value, int *len)
 {
-	char	   *s = OutputFunctionCall(&col->output, value);
-	int			n = strlen(s);
+	char	   *s;
+	int			n;
+
+	if (col->is_varlena_text)
+	{
+		/* text, varchar and char(n): the bytes themselves, no output call */
+		text	   *t = DatumGetTextPP(value);
+
+		n = VARSIZE_ANY_EXHDR(t);
+		s = palloc(n + 1);
+		memcpy(s, VARDATA_ANY(t), n);
+	}
+	else
+	{
+		s = OutputFunctionCall(&col->output, value);
+		n = strlen(s);
+	}
 
 	if (col->is_bpchar)
 		while (n > 0 && s[n - 1] == ' ')
@@ -259,13 +277,20 @@ to_day(CaptureMapping *m, MappedColumn *col, Datum value, DateADT *day)
 	return true;
 }
 
+/*
+ * to_numeric
+ *		An amount as a numeric.  A numeric column's value is used as stored,
+ *		packed header and all, to spare a copy per row: the change record
+ *		carries only the bytes after the varlena header, which do not depend
+ *		on the header's size.
+ */
 static Numeric
 to_numeric(MappedColumn *col, Datum value)
 {
 	switch (col->typid)
 	{
 		case NUMERICOID:
-			return DatumGetNumeric(value);
+			return (Numeric) PG_DETOAST_DATUM_PACKED(value);
 		case INT2OID:
 			return DatumGetNumeric(DirectFunctionCall1(int2_numeric, value));
 		case INT4OID:
@@ -279,6 +304,24 @@ to_numeric(MappedColumn *col, Datum value)
 	}
 	elog(ERROR, "livekpi: unsupported amount type %u", col->typid);
 	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * numeric_not_finite
+ *		NaN and the infinities, for a numeric that may have a packed header.
+ *		numeric_is_nan() wants an aligned, unpacked value; the first two
+ *		bytes of the on-disk format say it as well: both top bits set marks
+ *		the special values (NUMERIC_SPECIAL in numeric.c).
+ */
+static bool
+numeric_not_finite(Numeric num)
+{
+	uint16		header;
+
+	if (VARSIZE_ANY_EXHDR(num) < sizeof(uint16))
+		return false;
+	memcpy(&header, VARDATA_ANY(num), sizeof(uint16));
+	return (header & 0xC000) == 0xC000;
 }
 
 static Datum
@@ -336,7 +379,7 @@ project(CaptureMapping *m, HeapTuple tuple, TupleDesc desc, ChangeImage *img)
 	else
 	{
 		img->amount = to_numeric(&m->amount, v);
-		if (numeric_is_nan(img->amount) || numeric_is_inf(img->amount))
+		if (numeric_not_finite(img->amount))
 		{
 			img->flags |= IMG_AMOUNT_ODD;
 			img->amount = NULL;

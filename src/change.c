@@ -96,10 +96,11 @@ change_encode_image(StringInfo buf, char kind, char key_kind,
 		put_int32(buf, img->day2);
 	if (!(img->flags & (IMG_AMOUNT_NULL | IMG_AMOUNT_ODD)))
 	{
-		Size		len = VARSIZE(img->amount) - VARHDRSZ;
+		/* the amount may be a packed (short-header) numeric straight from the row */
+		Size		len = VARSIZE_ANY_EXHDR(img->amount);
 
 		put_varint(buf, len);
-		appendBinaryStringInfo(buf, VARDATA(img->amount), len);
+		appendBinaryStringInfo(buf, VARDATA_ANY(img->amount), len);
 	}
 	if (kind == CHANGE_EXPENSE && !(img->flags & IMG_CATEGORY_NULL))
 	{
