@@ -35,18 +35,23 @@ ROLLBACK;
 
 -- only the owner may track
 CREATE ROLE livekpi_regress_other;
+GRANT CREATE ON SCHEMA public TO livekpi_regress_other;
 GRANT USAGE ON SCHEMA livekpi TO livekpi_regress_other;
 GRANT EXECUTE ON FUNCTION livekpi.track_bookings(regclass, name, name, name, name, name, text[]),
 	livekpi._track(regclass, text, name, name, name, name, name, name, text[], text[]),
 	livekpi._require_read_committed(text) TO livekpi_regress_other;
-GRANT SELECT ON livekpi.tracked_tables TO livekpi_regress_other;
 SET ROLE livekpi_regress_other;
 SELECT livekpi.track_bookings('stays', property_column => 'prop', check_in_column => 'arrive',
 							  check_out_column => 'leave', amount_column => 'price');
+-- livekpi's DDL event trigger does not get in the way of other users' DDL
+CREATE TABLE other_users_table (x int);
+ALTER TABLE other_users_table ADD COLUMN y int;
+DROP TABLE other_users_table;
 RESET ROLE;
 REVOKE ALL ON SCHEMA livekpi FROM livekpi_regress_other;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA livekpi FROM livekpi_regress_other;
 REVOKE ALL ON ALL TABLES IN SCHEMA livekpi FROM livekpi_regress_other;
+REVOKE CREATE ON SCHEMA public FROM livekpi_regress_other;
 DROP ROLE livekpi_regress_other;
 
 -- a correct mapping works; renaming a mapped column keeps working

@@ -571,9 +571,11 @@ $$;
  *		the partitions of a tracked table change (ATTACH, DETACH, CREATE or
  *		DROP of a partition), rows moved without firing triggers, so the new
  *		partitions get their TRUNCATE triggers and the KPIs are rebuilt.
+ *		SECURITY DEFINER: it runs on every user's DDL, and users need no
+ *		access to livekpi's own tables for that.
  */
 CREATE FUNCTION livekpi._on_ddl() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	t record;
 	changed boolean := false;
