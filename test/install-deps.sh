@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(build-essential postgresql-15 postgresql-server-dev-15 postgresql-client-15
 	postgresql-contrib libwebsockets-dev libipc-run-perl python3-websockets
-	chromium nodejs npm rsync clang libclang-rt-14-dev jq)
+	chromium nodejs npm rsync clang libclang-rt-14-dev jq openssl iproute2)
 
 missing=()
 for p in "${packages[@]}"; do
