@@ -33,24 +33,31 @@ BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT livekpi.rebuild();
 ROLLBACK;
 
--- only the owner may track
+-- only the owner may track; the owner needs nothing but EXECUTE
 CREATE ROLE livekpi_regress_other;
 GRANT CREATE ON SCHEMA public TO livekpi_regress_other;
 GRANT USAGE ON SCHEMA livekpi TO livekpi_regress_other;
 GRANT EXECUTE ON FUNCTION livekpi.track_bookings(regclass, name, name, name, name, name, text[]),
-	livekpi._track(regclass, text, name, name, name, name, name, name, text[], text[]),
-	livekpi._require_read_committed(text) TO livekpi_regress_other;
+	livekpi.untrack(regclass) TO livekpi_regress_other;
 SET ROLE livekpi_regress_other;
 SELECT livekpi.track_bookings('stays', property_column => 'prop', check_in_column => 'arrive',
 							  check_out_column => 'leave', amount_column => 'price');
--- livekpi's DDL event trigger does not get in the way of other users' DDL
+CREATE TABLE others_stays (property_id int, check_in date, check_out date, total_amount numeric, status text);
+INSERT INTO others_stays VALUES (300, '2026-07-01', '2026-07-02', 9, 'ok');
+SELECT livekpi.track_bookings('others_stays');
+RESET ROLE;
+SELECT livekpi.sync('30s');
+SELECT * FROM bd WHERE property_id = 300;
+SET ROLE livekpi_regress_other;
+SELECT livekpi.untrack('others_stays');
+-- livekpi's DDL event triggers do not get in the way of other users' DDL
 CREATE TABLE other_users_table (x int);
 ALTER TABLE other_users_table ADD COLUMN y int;
-DROP TABLE other_users_table;
+DROP TABLE other_users_table, others_stays;
 RESET ROLE;
+SELECT count(*) AS rows_of_300 FROM livekpi.booking_daily WHERE property_id = 300;
 REVOKE ALL ON SCHEMA livekpi FROM livekpi_regress_other;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA livekpi FROM livekpi_regress_other;
-REVOKE ALL ON ALL TABLES IN SCHEMA livekpi FROM livekpi_regress_other;
 REVOKE CREATE ON SCHEMA public FROM livekpi_regress_other;
 DROP ROLE livekpi_regress_other;
 

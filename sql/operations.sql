@@ -71,3 +71,4 @@ END
 $$;
 SELECT count(*) AS slots_left FROM pg_replication_slots WHERE slot_name = 'livekpi';
 SELECT count(*) AS origins_left FROM pg_replication_origin WHERE roname = 'livekpi';
+SELECT count(*) AS schema_left FROM pg_namespace WHERE nspname = 'livekpi';

@@ -144,6 +144,20 @@ reload_config(void)
 	apply_decoding_work_mem();
 }
 
+/* Counts a batch in the duration histogram; the caller holds the mutex. */
+static void
+record_duration(int64 us)
+{
+	static const int bounds_ms[] = LIVEKPI_DURATION_BOUNDS_MS;
+	int			i;
+
+	for (i = 0; i < lengthof(bounds_ms); i++)
+		if (us <= (int64) bounds_ms[i] * 1000)
+			break;
+	livekpi_shared->batch_duration_counts[i]++;
+	livekpi_shared->batch_duration_sum_us += us;
+}
+
 /* ---- decoding -------------------------------------------------------- */
 
 static void
@@ -580,6 +594,7 @@ apply_pending(void)
 	}
 	livekpi_shared->rows_written += rows_written;
 	livekpi_shared->last_batch_at = batch_start;
+	record_duration(GetCurrentTimestamp() - batch_start);
 	livekpi_shared->last_commit_time = last_commit;
 	livekpi_shared->confirmed_lsn = MyReplicationSlot->data.confirmed_flush;
 	SpinLockRelease(&livekpi_shared->mutex);

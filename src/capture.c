@@ -9,12 +9,14 @@
  *	  value it finds odd: SPEC section 3 decides what counts, later.
  *
  * Trigger arguments (written by livekpi._create_capture_triggers):
- *	  0 kind (B, E or U)      1 key kind (i, u, t)     2 tracked root relid
+ *	  0 kind (B, E or U)      1 key kind (i, u, t)     2 unused (0)
  *	  3 key attnum            4 day1 attnum            5 day2 attnum
  *	  6 amount attnum         7 status attnum          8 category attnum
  *	  9 max_stay_nights       10 time zone             11 n = size of list 1
  *	  12.. list 1 (cancelled or approved statuses), then list 2 (rejected)
  *	  Attribute numbers are those of the tracked root table; 0 means none.
+ *	  The tracked root is found from the catalog, not from an argument, so
+ *	  that triggers restored by pg_dump into a new database keep working.
  *
  * Copyright (c) 2026, livekpi authors
  *
@@ -24,7 +26,12 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "catalog/partition.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
@@ -33,6 +40,7 @@
 #include "replication/message.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -77,6 +85,53 @@ typedef struct CaptureMapping
 } CaptureMapping;
 
 static StringInfo message_buf = NULL;
+
+/* Whether relid has livekpi's own (not cloned) capture trigger. */
+static bool
+has_own_capture_trigger(Oid relid)
+{
+	Relation	tgrel;
+	ScanKeyData keys[2];
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	bool		found = false;
+
+	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	ScanKeyInit(&keys[0], Anum_pg_trigger_tgrelid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(relid));
+	ScanKeyInit(&keys[1], Anum_pg_trigger_tgname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("livekpi_capture"));
+	scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true, NULL, 2, keys);
+	if (HeapTupleIsValid(tuple = systable_getnext(scan)))
+		found = !OidIsValid(((Form_pg_trigger) GETSTRUCT(tuple))->tgparentid);
+	systable_endscan(scan);
+	table_close(tgrel, AccessShareLock);
+	return found;
+}
+
+/*
+ * tracked_root
+ *		The tracked table a row of rel belongs to: rel itself, or the
+ *		nearest partition ancestor that carries livekpi's own capture
+ *		trigger (partitions have clones of it, or only a TRUNCATE trigger).
+ */
+static Oid
+tracked_root(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	ListCell   *lc;
+	List	   *ancestors;
+
+	if (!rel->rd_rel->relispartition || has_own_capture_trigger(relid))
+		return relid;
+	ancestors = get_partition_ancestors(relid);
+	foreach(lc, ancestors)
+	{
+		if (has_own_capture_trigger(lfirst_oid(lc)))
+			return lfirst_oid(lc);
+	}
+	return relid;
+}
 
 static void
 protocol_error(const char *what)
@@ -158,9 +213,7 @@ get_mapping(FunctionCallInfo fcinfo, TriggerData *trigdata)
 	m->firing_relid = RelationGetRelid(rel);
 	m->kind = args[0][0];
 	m->key_kind = args[1][0];
-	m->root_relid = (Oid) strtoul(args[2], NULL, 10);
-	if (m->kind == CHANGE_UNITS)
-		m->root_relid = RelationGetRelid(rel);
+	m->root_relid = m->kind == CHANGE_UNITS ? RelationGetRelid(rel) : tracked_root(rel);
 	if (m->kind != CHANGE_BOOKING && m->kind != CHANGE_EXPENSE && m->kind != CHANGE_UNITS)
 		protocol_error("was called with an unknown change kind");
 	if (m->key_kind != KEY_INT && m->key_kind != KEY_UUID && m->key_kind != KEY_TEXT)

@@ -27,6 +27,8 @@
 #include "replication/origin.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "miscadmin.h"
+#include "utils/datetime.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -195,14 +197,21 @@ json_key(StringInfo out, char key_kind, const ChangeImage *img)
 		escape_json(out, change_key_to_cstring(key_kind, img->key));
 }
 
+/* A day as an ISO 8601 date, whatever the session's DateStyle. */
 static void
 json_day(StringInfo out, bool skip, DateADT day)
 {
+	struct pg_tm tm;
+	char		buf[MAXDATELEN + 1];
+
 	if (skip)
+	{
 		appendStringInfoString(out, "null");
-	else
-		escape_json(out, DatumGetCString(DirectFunctionCall1(date_out,
-															 DateADTGetDatum(day))));
+		return;
+	}
+	j2date(day + POSTGRES_EPOCH_JDATE, &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
+	EncodeDateOnly(&tm, USE_XSD_DATES, buf);
+	escape_json(out, buf);
 }
 
 static void

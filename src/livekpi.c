@@ -33,6 +33,7 @@
 #include "storage/lwlock.h"
 #include "storage/latch.h"
 #include "storage/shmem.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/pg_lsn.h"
@@ -227,6 +228,31 @@ livekpi_set_push_state(const char *state)
 	SpinLockRelease(&livekpi_shared->mutex);
 }
 
+/*
+ * livekpi_apply_lag_ms
+ *		How far the apply worker is behind: 0 when it has read all the WAL
+ *		flushed so far, else the time since it last had.  One definition for
+ *		livekpi.status, /healthz, /metrics and heartbeats.
+ */
+int64
+livekpi_apply_lag_ms(void)
+{
+	XLogRecPtr	processed;
+	TimestampTz caught_up_at;
+	XLogRecPtr	flush;
+
+	if (livekpi_shared == NULL)
+		return 0;
+	flush = RecoveryInProgress() ? GetXLogReplayRecPtr(NULL) : GetFlushRecPtr(NULL);
+	SpinLockAcquire(&livekpi_shared->mutex);
+	processed = livekpi_shared->processed_lsn;
+	caught_up_at = livekpi_shared->caught_up_at;
+	SpinLockRelease(&livekpi_shared->mutex);
+	if (caught_up_at == 0 || processed >= flush)
+		return 0;
+	return Max(0, (GetCurrentTimestamp() - caught_up_at) / 1000);
+}
+
 static void
 require_preload(void)
 {
@@ -379,8 +405,8 @@ Datum
 livekpi_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[24];
-	bool		nulls[24];
+	Datum		values[26];
+	bool		nulls[26];
 	LiveKpiShared s;
 	XLogRecPtr	flush;
 	int			i = 0;
@@ -406,7 +432,7 @@ livekpi_status(PG_FUNCTION_ARGS)
 	PUT_NULL_IF(s.confirmed_lsn == InvalidXLogRecPtr, LSNGetDatum(s.confirmed_lsn));
 	PUT_NULL_IF(s.processed_lsn == InvalidXLogRecPtr,
 				Int64GetDatum(flush > s.processed_lsn ? (int64) (flush - s.processed_lsn) : 0));
-	PUT_NULL_IF(s.caught_up_at == 0, TimestampTzGetDatum(s.caught_up_at));
+	PUT(Int64GetDatum(livekpi_apply_lag_ms()));
 	PUT_NULL_IF(s.last_seq == 0, Int64GetDatum(s.last_seq));
 	PUT_NULL_IF(s.last_batch_at == 0, TimestampTzGetDatum(s.last_batch_at));
 	PUT_NULL_IF(s.last_commit_time == 0, TimestampTzGetDatum(s.last_commit_time));
@@ -422,9 +448,11 @@ livekpi_status(PG_FUNCTION_ARGS)
 	PUT(Int32GetDatum(s.clients));
 	PUT(Int64GetDatum(s.messages_sent));
 	PUT(Int64GetDatum(s.bytes_sent));
+	PUT_NULL_IF(s.push_error[0] == '\0', CStringGetTextDatum(s.push_error));
+	PUT_NULL_IF(s.push_error_at == 0, TimestampTzGetDatum(s.push_error_at));
 #undef PUT
 #undef PUT_NULL_IF
-	Assert(i == 24);
+	Assert(i == 26);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
@@ -460,4 +488,18 @@ livekpi_depend_on_extension(PG_FUNCTION_ARGS)
 	extension.objectSubId = 0;
 	recordDependencyOn(&object, &extension, DEPENDENCY_AUTO);
 	PG_RETURN_VOID();
+}
+
+/*
+ * livekpi._caller_owns(rel)
+ *		Whether the role that called into livekpi owns rel.  track_* and
+ *		untrack run as SECURITY DEFINER so that a table's owner needs no
+ *		privileges on livekpi's own tables; GetOuterUserId() is the caller's
+ *		role (SET ROLE included), which SECURITY DEFINER does not change.
+ */
+PG_FUNCTION_INFO_V1(livekpi_caller_owns);
+Datum
+livekpi_caller_owns(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(pg_class_ownercheck(PG_GETARG_OID(0), GetOuterUserId()));
 }

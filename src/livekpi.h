@@ -25,6 +25,13 @@
 #define LIVEKPI_ORIGIN_NAME		"livekpi"
 #define LIVEKPI_MESSAGE_PREFIX	"livekpi"
 
+/*
+ * Upper bounds (ms) of the batch-duration histogram buckets published for
+ * /metrics; the last bucket is +Inf.
+ */
+#define LIVEKPI_DURATION_BUCKETS 12
+#define LIVEKPI_DURATION_BOUNDS_MS {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000}
+
 /* Size of the text buffers published in shared memory. */
 #define LIVEKPI_STATE_LEN		32
 #define LIVEKPI_ERROR_LEN		512
@@ -78,6 +85,8 @@ typedef struct LiveKpiShared
 	int64		rebuilds;
 	char		last_error[LIVEKPI_ERROR_LEN];
 	TimestampTz last_error_at;
+	int64		batch_duration_counts[LIVEKPI_DURATION_BUCKETS];	/* not cumulative */
+	int64		batch_duration_sum_us;
 
 	/* push worker */
 	pid_t		push_pid;
@@ -106,6 +115,7 @@ extern void livekpi_wake_push_now(void);
 extern void livekpi_set_apply_state(const char *state);
 extern void livekpi_set_push_state(const char *state);
 extern bool livekpi_loaded_via_preload(void);
+extern int64 livekpi_apply_lag_ms(void);
 
 /* apply_worker.c */
 extern void livekpi_register_apply_worker(void);

@@ -725,31 +725,25 @@ http_prepare(PushClient *c, int status, const char *type, const char *body)
 /*
  * health_body
  *		The /healthz answer, from the workers' shared state: 503 when the
- *		apply worker is not running or its last batch lagged past max_lag.
+ *		apply worker is not running or lags past max_lag.
  */
 static int
 health_body(char *buf, size_t len)
 {
 	pid_t		apply_pid;
 	int64		last_seq;
-	TimestampTz commit_time,
-				batch_at;
 	char		state[LIVEKPI_STATE_LEN];
 	int			clients;
-	long		lag_ms = 0;
+	long		lag_ms = (long) livekpi_apply_lag_ms();
 	bool		ok;
 
 	SpinLockAcquire(&livekpi_shared->mutex);
 	apply_pid = livekpi_shared->apply_pid;
 	last_seq = livekpi_shared->last_seq;
-	commit_time = livekpi_shared->last_commit_time;
-	batch_at = livekpi_shared->last_batch_at;
 	strlcpy(state, livekpi_shared->apply_state, sizeof(state));
 	clients = livekpi_shared->clients;
 	SpinLockRelease(&livekpi_shared->mutex);
 
-	if (commit_time != 0 && batch_at > commit_time)
-		lag_ms = (long) ((batch_at - commit_time) / 1000);
 	ok = apply_pid != 0 && lag_ms <= (long) livekpi_max_lag * 1000L;
 	snprintf(buf, len,
 			 "{\"status\":\"%s\",\"apply_worker\":%s,\"apply_state\":\"%s\","
@@ -762,15 +756,19 @@ health_body(char *buf, size_t len)
 static int
 metrics_body(char *buf, size_t len)
 {
+	static const int bounds_ms[] = LIVEKPI_DURATION_BOUNDS_MS;
 	int64		batches,
 				changes,
 				rows,
 				msgs,
-				bytes;
+				bytes,
+				sum_us;
+	int64		counts[LIVEKPI_DURATION_BUCKETS];
+	int64		cumulative = 0;
 	int			clients;
-	TimestampTz commit_time,
-				batch_at;
-	double		lag = 0;
+	double		lag = (double) livekpi_apply_lag_ms() / 1000.0;
+	int			n;
+	int			i;
 
 	SpinLockAcquire(&livekpi_shared->mutex);
 	batches = livekpi_shared->batches;
@@ -779,35 +777,49 @@ metrics_body(char *buf, size_t len)
 	msgs = livekpi_shared->messages_sent;
 	bytes = livekpi_shared->bytes_sent;
 	clients = livekpi_shared->clients;
-	commit_time = livekpi_shared->last_commit_time;
-	batch_at = livekpi_shared->last_batch_at;
+	memcpy(counts, livekpi_shared->batch_duration_counts, sizeof(counts));
+	sum_us = livekpi_shared->batch_duration_sum_us;
 	SpinLockRelease(&livekpi_shared->mutex);
-	if (commit_time != 0 && batch_at > commit_time)
-		lag = (double) (batch_at - commit_time) / 1000000.0;
 
-	snprintf(buf, len,
-			 "# HELP livekpi_batches_total Batches applied.\n"
-			 "# TYPE livekpi_batches_total counter\n"
-			 "livekpi_batches_total " INT64_FORMAT "\n"
-			 "# HELP livekpi_changes_total Row changes applied.\n"
-			 "# TYPE livekpi_changes_total counter\n"
-			 "livekpi_changes_total " INT64_FORMAT "\n"
-			 "# HELP livekpi_rows_written_total KPI rows written.\n"
-			 "# TYPE livekpi_rows_written_total counter\n"
-			 "livekpi_rows_written_total " INT64_FORMAT "\n"
-			 "# HELP livekpi_lag_seconds Commit-to-apply lag of the last batch.\n"
-			 "# TYPE livekpi_lag_seconds gauge\n"
-			 "livekpi_lag_seconds %.6f\n"
-			 "# HELP livekpi_clients Open WebSocket connections.\n"
-			 "# TYPE livekpi_clients gauge\n"
-			 "livekpi_clients %d\n"
-			 "# HELP livekpi_messages_sent_total WebSocket messages sent.\n"
-			 "# TYPE livekpi_messages_sent_total counter\n"
-			 "livekpi_messages_sent_total " INT64_FORMAT "\n"
-			 "# HELP livekpi_bytes_sent_total WebSocket payload bytes sent.\n"
-			 "# TYPE livekpi_bytes_sent_total counter\n"
-			 "livekpi_bytes_sent_total " INT64_FORMAT "\n",
-			 batches, changes, rows, lag, clients, msgs, bytes);
+	n = snprintf(buf, len,
+				 "# HELP livekpi_batches_total Batches applied.\n"
+				 "# TYPE livekpi_batches_total counter\n"
+				 "livekpi_batches_total " INT64_FORMAT "\n"
+				 "# HELP livekpi_changes_total Row changes applied.\n"
+				 "# TYPE livekpi_changes_total counter\n"
+				 "livekpi_changes_total " INT64_FORMAT "\n"
+				 "# HELP livekpi_rows_written_total KPI rows written.\n"
+				 "# TYPE livekpi_rows_written_total counter\n"
+				 "livekpi_rows_written_total " INT64_FORMAT "\n"
+				 "# HELP livekpi_lag_seconds Apply lag: 0 while all flushed WAL is read, else the time since it was.\n"
+				 "# TYPE livekpi_lag_seconds gauge\n"
+				 "livekpi_lag_seconds %.3f\n"
+				 "# HELP livekpi_clients Open WebSocket connections.\n"
+				 "# TYPE livekpi_clients gauge\n"
+				 "livekpi_clients %d\n"
+				 "# HELP livekpi_messages_sent_total WebSocket messages sent.\n"
+				 "# TYPE livekpi_messages_sent_total counter\n"
+				 "livekpi_messages_sent_total " INT64_FORMAT "\n"
+				 "# HELP livekpi_bytes_sent_total WebSocket payload bytes sent.\n"
+				 "# TYPE livekpi_bytes_sent_total counter\n"
+				 "livekpi_bytes_sent_total " INT64_FORMAT "\n"
+				 "# HELP livekpi_batch_duration_seconds Time to apply a batch.\n"
+				 "# TYPE livekpi_batch_duration_seconds histogram\n",
+				 batches, changes, rows, lag, clients, msgs, bytes);
+	for (i = 0; i < LIVEKPI_DURATION_BUCKETS && n >= 0 && (size_t) n < len; i++)
+	{
+		cumulative += counts[i];
+		if (i < lengthof(bounds_ms))
+			n += snprintf(buf + n, len - n,
+						  "livekpi_batch_duration_seconds_bucket{le=\"%g\"} " INT64_FORMAT "\n",
+						  bounds_ms[i] / 1000.0, cumulative);
+		else
+			n += snprintf(buf + n, len - n,
+						  "livekpi_batch_duration_seconds_bucket{le=\"+Inf\"} " INT64_FORMAT "\n"
+						  "livekpi_batch_duration_seconds_sum %.6f\n"
+						  "livekpi_batch_duration_seconds_count " INT64_FORMAT "\n",
+						  cumulative, sum_us / 1000000.0, cumulative);
+	}
 	return 200;
 }
 
@@ -2987,20 +2999,8 @@ housekeeping(void)
 	TimestampTz now = GetCurrentTimestamp();
 	dlist_iter	it;
 	char	   *now_json = NULL;
-	long		lag_ms = 0;
+	long		lag_ms = (long) livekpi_apply_lag_ms();
 	bool		publish = TimestampDifferenceExceeds(last_slot_publish, now, 250);
-
-	{
-		TimestampTz commit_time,
-					batch_at;
-
-		SpinLockAcquire(&livekpi_shared->mutex);
-		commit_time = livekpi_shared->last_commit_time;
-		batch_at = livekpi_shared->last_batch_at;
-		SpinLockRelease(&livekpi_shared->mutex);
-		if (commit_time != 0 && batch_at > commit_time)
-			lag_ms = (long) ((batch_at - commit_time) / 1000);
-	}
 
 	dlist_foreach(it, &all_clients)
 	{

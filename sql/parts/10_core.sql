@@ -13,9 +13,12 @@
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION livekpi" to load this file. \quit
 
-CREATE FUNCTION @extschema@._check_requirements() RETURNS void
+-- The schema is made here, not named in the control file, so that it is a
+-- member of the extension and DROP EXTENSION removes it.
+CREATE SCHEMA livekpi;
+CREATE FUNCTION livekpi._check_requirements() RETURNS void
 	AS 'MODULE_PATHNAME', 'livekpi_check_requirements' LANGUAGE C;
-SELECT @extschema@._check_requirements();
+SELECT livekpi._check_requirements();
 
 CREATE FUNCTION livekpi._wake_apply() RETURNS void
 	AS 'MODULE_PATHNAME', 'livekpi_wake_apply' LANGUAGE C;
@@ -25,6 +28,8 @@ CREATE FUNCTION livekpi._emit_rebuild_marker() RETURNS void
 	AS 'MODULE_PATHNAME', 'livekpi_emit_rebuild_marker' LANGUAGE C;
 CREATE FUNCTION livekpi._depend_on_extension(classid regclass, objid oid) RETURNS void
 	AS 'MODULE_PATHNAME', 'livekpi_depend_on_extension' LANGUAGE C STRICT;
+CREATE FUNCTION livekpi._caller_owns(rel regclass) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'livekpi_caller_owns' LANGUAGE C STRICT;
 CREATE FUNCTION livekpi.capture() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'livekpi_capture' LANGUAGE C;
 

@@ -7,7 +7,7 @@
  *-------------------------------------------------------------------------
  */
 
-ALTER TABLE livekpi.tracked_tables ADD COLUMN partitions oid[] NOT NULL DEFAULT '{}';
+ALTER TABLE livekpi.tracked_tables ADD COLUMN partitions regclass[] NOT NULL DEFAULT '{}';
 
 -- quote_ident of a column by attribute number (follows renames)
 CREATE FUNCTION livekpi._attname(rel regclass, attnum int2) RETURNS text
@@ -138,9 +138,9 @@ END
 $$;
 
 -- every partition (all levels) of a table, the table excluded
-CREATE FUNCTION livekpi._partitions(rel regclass) RETURNS oid[]
+CREATE FUNCTION livekpi._partitions(rel regclass) RETURNS regclass[]
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-	SELECT coalesce(array_agg(p.relid::oid ORDER BY p.relid::oid), '{}')
+	SELECT coalesce(array_agg(p.relid ORDER BY p.relid::oid), '{}')
 	FROM pg_partition_tree(rel) p WHERE p.relid <> rel
 $$;
 
@@ -165,7 +165,7 @@ BEGIN
 	args := array_to_string(ARRAY(SELECT quote_literal(x) FROM unnest(ARRAY[
 		CASE t.kind WHEN 'bookings' THEN 'B' ELSE 'E' END,
 		livekpi._key_kind((SELECT key_type FROM livekpi.state)),
-		rel::oid::text,
+		'0',
 		t.property_attnum::text, t.day1_attnum::text, coalesce(t.day2_attnum, 0)::text,
 		t.amount_attnum::text, coalesce(t.status_attnum, 0)::text,
 		coalesce(t.category_attnum, 0)::text,
@@ -186,7 +186,7 @@ BEGIN
 				   cols, rel, args);
 	EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER livekpi_capture', rel);
 
-	FOREACH part IN ARRAY ARRAY[rel::oid] || t.partitions LOOP
+	FOREACH part IN ARRAY ARRAY[rel::oid] || t.partitions::oid[] LOOP
 		EXECUTE format('CREATE TRIGGER livekpi_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION livekpi.capture(%s)',
 					   part::regclass, args);
 		EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER livekpi_truncate', part::regclass);
@@ -205,13 +205,13 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION livekpi._drop_capture_triggers(rel regclass, parts oid[]) RETURNS void
+CREATE FUNCTION livekpi._drop_capture_triggers(rel regclass, parts regclass[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	part oid;
 BEGIN
 	PERFORM set_config('livekpi_internal.ddl', 'on', true);
-	FOREACH part IN ARRAY ARRAY[rel::oid] || parts LOOP
+	FOREACH part IN ARRAY ARRAY[rel::oid] || parts::oid[] LOOP
 		IF EXISTS (SELECT FROM pg_class WHERE oid = part) THEN
 			IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = part AND tgname = 'livekpi_capture'
 					   AND tgparentid = 0) THEN
@@ -355,7 +355,7 @@ $$;
  *		them takes effect.
  */
 CREATE FUNCTION livekpi.rebuild() RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	r record;
 BEGIN
@@ -456,7 +456,7 @@ BEGIN
 			USING ERRCODE = 'feature_not_supported',
 				  DETAIL = 'The apply worker cannot see another session''s temporary tables.';
 	END IF;
-	IF NOT pg_has_role(current_user, c.relowner, 'USAGE') THEN
+	IF NOT livekpi._caller_owns(rel) THEN
 		RAISE EXCEPTION 'must be owner of table %', rel
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
@@ -521,7 +521,7 @@ CREATE FUNCTION livekpi.track_bookings(
 	status_column name DEFAULT 'status',
 	cancelled_statuses text[] DEFAULT '{cancelled,canceled}')
 RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	SELECT livekpi._track(rel, 'bookings', property_column, check_in_column, check_out_column,
 						  amount_column, status_column, NULL, cancelled_statuses, '{}')
 $$;
@@ -536,14 +536,19 @@ CREATE FUNCTION livekpi.track_expenses(
 	approved_statuses text[] DEFAULT '{approved}',
 	rejected_statuses text[] DEFAULT '{rejected}')
 RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	SELECT livekpi._track(rel, 'expenses', property_column, date_column, NULL,
 						  amount_column, status_column, category_column,
 						  approved_statuses, rejected_statuses)
 $$;
 
+/*
+ * track_bookings, track_expenses and untrack run as the extension's owner
+ * (SECURITY DEFINER), so that the owner of a table needs only EXECUTE on
+ * them; _caller_owns() checks the caller owns the table.
+ */
 CREATE FUNCTION livekpi.untrack(rel regclass) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	t livekpi.tracked_tables;
 BEGIN
@@ -553,7 +558,7 @@ BEGIN
 		RAISE EXCEPTION 'table % is not tracked', rel
 			USING ERRCODE = 'undefined_object';
 	END IF;
-	IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = rel), 'USAGE') THEN
+	IF NOT livekpi._caller_owns(rel) THEN
 		RAISE EXCEPTION 'must be owner of table %', rel
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
@@ -564,39 +569,80 @@ END
 $$;
 
 /*
+ * _on_drop()
+ *		Keeps tracking true to the catalog when things are dropped: a dropped
+ *		tracked table is forgotten; a table whose capture trigger was dropped
+ *		with a mapped column (DROP COLUMN ... CASCADE) is untracked with a
+ *		WARNING; a dropped partition took its rows along.  Only objects this
+ *		very command dropped count, so a restore that recreates tables before
+ *		their triggers is left alone.  SECURITY DEFINER: it runs on every
+ *		user's DDL, and users need no access to livekpi's tables for that.
+ */
+CREATE FUNCTION livekpi._on_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t record;
+	changed boolean := false;
+BEGIN
+	IF current_setting('livekpi_internal.ddl', true) = 'on' THEN
+		RETURN;
+	END IF;
+	FOR t IN
+		SELECT DISTINCT tt.relid::oid AS relid, tt.partitions,
+			   bool_or(d.object_type = 'table' AND d.objid = tt.relid::oid) AS table_dropped,
+			   bool_or(d.object_type = 'trigger' AND d.address_names[3] = 'livekpi_capture'
+					   AND to_regclass(quote_ident(d.address_names[1]) || '.'
+									   || quote_ident(d.address_names[2])) = tt.relid) AS trigger_dropped,
+			   bool_or(d.object_type = 'table' AND d.objid = ANY (tt.partitions::oid[])) AS partition_dropped
+		FROM livekpi.tracked_tables tt, pg_event_trigger_dropped_objects() d
+		GROUP BY tt.relid, tt.partitions
+	LOOP
+		IF t.table_dropped THEN
+			DELETE FROM livekpi.tracked_tables WHERE relid::oid = t.relid;
+			changed := true;
+		ELSIF t.trigger_dropped THEN
+			RAISE WARNING 'table % is no longer tracked by livekpi', t.relid::regclass
+				USING DETAIL = 'Its capture trigger was dropped, with a column it mapped.';
+			PERFORM livekpi._drop_capture_triggers(t.relid::regclass, t.partitions);
+			DELETE FROM livekpi.tracked_tables WHERE relid::oid = t.relid;
+			changed := true;
+		ELSIF t.partition_dropped THEN
+			UPDATE livekpi.tracked_tables SET partitions = livekpi._partitions(relid)
+			WHERE relid::oid = t.relid;
+			changed := true;
+		END IF;
+	END LOOP;
+	IF changed THEN
+		PERFORM livekpi._rebuild(false);
+	END IF;
+END
+$$;
+
+CREATE EVENT TRIGGER livekpi_drop ON sql_drop
+	EXECUTE FUNCTION livekpi._on_drop();
+
+/*
  * _on_ddl()
- *		Keeps tracking true to the catalog after DDL: a dropped tracked table
- *		is forgotten; a table whose capture trigger was dropped with a mapped
- *		column (DROP COLUMN ... CASCADE) is untracked with a WARNING; when
- *		the partitions of a tracked table change (ATTACH, DETACH, CREATE or
- *		DROP of a partition), rows moved without firing triggers, so the new
- *		partitions get their TRUNCATE triggers and the KPIs are rebuilt.
- *		SECURITY DEFINER: it runs on every user's DDL, and users need no
- *		access to livekpi's own tables for that.
+ *		When the partitions of a tracked table change (ATTACH, DETACH, CREATE
+ *		TABLE ... PARTITION OF), rows moved without firing triggers: the new
+ *		partitions get their TRUNCATE triggers, the detached ones lose theirs,
+ *		and the KPIs are rebuilt.  SECURITY DEFINER as _on_drop().
  */
 CREATE FUNCTION livekpi._on_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	t record;
 	changed boolean := false;
-	gone oid[];
+	gone regclass[];
 BEGIN
-	-- livekpi's own DDL on tracked tables is not news
 	IF current_setting('livekpi_internal.ddl', true) = 'on' THEN
 		RETURN;
 	END IF;
 	FOR t IN SELECT * FROM livekpi.tracked_tables LOOP
-		IF NOT EXISTS (SELECT FROM pg_class WHERE oid = t.relid) THEN
-			DELETE FROM livekpi.tracked_tables WHERE relid = t.relid;
-			changed := true;
-		ELSIF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.relid
-						  AND tgname = 'livekpi_capture' AND tgparentid = 0) THEN
-			RAISE WARNING 'table % is no longer tracked by livekpi', t.relid
-				USING DETAIL = 'A column it mapped was dropped.';
-			PERFORM livekpi._drop_capture_triggers(t.relid, t.partitions);
-			DELETE FROM livekpi.tracked_tables WHERE relid = t.relid;
-			changed := true;
-		ELSIF t.partitions IS DISTINCT FROM livekpi._partitions(t.relid) THEN
+		IF EXISTS (SELECT FROM pg_class WHERE oid = t.relid)
+		   AND t.partitions IS DISTINCT FROM livekpi._partitions(t.relid)
+		   AND EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.relid
+					   AND tgname = 'livekpi_capture' AND tgparentid = 0) THEN
 			SELECT coalesce(array_agg(p), '{}') INTO gone
 			FROM unnest(t.partitions) p WHERE p <> ALL (livekpi._partitions(t.relid));
 			PERFORM livekpi._drop_capture_triggers(t.relid, gone);
@@ -611,8 +657,7 @@ END
 $$;
 
 CREATE EVENT TRIGGER livekpi_ddl ON ddl_command_end
-	WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'DROP TABLE', 'DROP TRIGGER',
-				 'DROP SCHEMA', 'DROP OWNED')
+	WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
 	EXECUTE FUNCTION livekpi._on_ddl();
 
 /*

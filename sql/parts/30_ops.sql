@@ -7,18 +7,18 @@
 CREATE FUNCTION livekpi._status(
 	OUT apply_pid int, OUT apply_state text, OUT paused boolean, OUT slot_name text,
 	OUT slot_ready boolean, OUT processed_lsn pg_lsn, OUT confirmed_lsn pg_lsn,
-	OUT lag_bytes bigint, OUT caught_up_at timestamptz, OUT last_seq_applied bigint,
+	OUT lag_bytes bigint, OUT lag_ms bigint, OUT last_seq_applied bigint,
 	OUT last_batch_at timestamptz, OUT last_commit_at timestamptz,
 	OUT changes_applied bigint, OUT rows_written bigint, OUT rows_skipped bigint,
 	OUT batches bigint, OUT rebuilds bigint, OUT last_error text, OUT last_error_at timestamptz,
 	OUT push_pid int, OUT push_state text, OUT clients int, OUT messages_sent bigint,
-	OUT bytes_sent bigint)
+	OUT bytes_sent bigint, OUT push_last_error text, OUT push_last_error_at timestamptz)
 AS 'MODULE_PATHNAME', 'livekpi_status' LANGUAGE C;
 
 /*
  * status: what the workers publish, with the newest batch from the state
- * table.  lag_ms is the time since the apply worker last reached the end
- * of the WAL, while WAL it has not read exists.
+ * table.  lag_ms is 0 while the apply worker has read all flushed WAL, and
+ * otherwise the time since it last had.
  */
 CREATE VIEW livekpi.status AS
 SELECT s.apply_pid,
@@ -32,8 +32,7 @@ SELECT s.apply_pid,
 	   s.confirmed_lsn,
 	   s.processed_lsn,
 	   s.lag_bytes,
-	   CASE WHEN s.lag_bytes = 0 OR s.caught_up_at IS NULL THEN 0
-			ELSE (extract(epoch FROM clock_timestamp() - s.caught_up_at) * 1000)::bigint END AS lag_ms,
+	   s.lag_ms,
 	   st.last_seq,
 	   s.last_batch_at,
 	   s.last_commit_at,
@@ -47,6 +46,8 @@ SELECT s.apply_pid,
 	   s.bytes_sent,
 	   s.last_error,
 	   s.last_error_at,
+	   s.push_last_error,
+	   s.push_last_error_at,
 	   st.epoch
 FROM livekpi._status() s
 CROSS JOIN livekpi.state st

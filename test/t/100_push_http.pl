@@ -59,6 +59,11 @@ like($hdr->{'content-type'}, qr{text/html}, 'GET / is HTML');
 is($st, 200, '/metrics for a loopback peer');
 like($body, qr/^# TYPE livekpi_batches_total counter$/m, 'Prometheus text');
 like($body, qr/^livekpi_clients \d+$/m, 'clients gauge');
+like($body, qr/^# TYPE livekpi_batch_duration_seconds histogram$/m, 'batch duration histogram');
+like($body, qr/^livekpi_batch_duration_seconds_bucket\{le="0.001"\} \d+$/m, 'first bucket');
+like($body, qr/^livekpi_batch_duration_seconds_bucket\{le="\+Inf"\} (\d+)\nlivekpi_batch_duration_seconds_sum [0-9.]+\nlivekpi_batch_duration_seconds_count \1$/m,
+	'+Inf bucket equals the count');
+like($body, qr/^livekpi_lag_seconds [0-9.]+$/m, 'lag gauge');
 
 ($st, $body) = http_get($node, '/v1/stream');
 is($st, 426, 'plain GET of the stream asks for an upgrade');
