@@ -26,9 +26,9 @@ use Time::HiRes qw(usleep time);
 
 our @EXPORT = qw(
   livekpi_node try_query poll_until setup_tables track_tables
-  start_writers finish_writers writer_report
+  start_writers finish_writers writers_done writer_report
   check_independent check_verify check_delta_log_contiguous
-  apply_worker_pid sync_ok
+  apply_worker_pid sync_ok call_ok
 );
 
 # Directory of test/ (this file lives in test/TestLib/).
@@ -49,7 +49,9 @@ sub livekpi_node
 	my ($name, %opt) = @_;
 	require PostgreSQL::Test::Cluster;
 	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init(allows_streaming => 'logical', %{ $opt{init} // {} });
+	# Not allows_streaming: that sets shared_buffers = 1MB and
+	# max_connections = 10.  test/livekpi.conf sets wal_level = logical.
+	$node->init(%{ $opt{init} // {} });
 	open my $fh, '<', "$testdir/livekpi.conf"
 	  or die "cannot read $testdir/livekpi.conf: $!";
 	local $/;
@@ -59,6 +61,8 @@ sub livekpi_node
 	$node->append_conf('postgresql.conf',
 		    "livekpi.database = 'postgres'\n"
 		  . "livekpi.timezone = '$TIMEZONE'\n"
+		  . "restart_after_crash = on\n"
+		  . "log_statement = none\n"
 		  . "log_min_messages = warning\n"
 		  . "log_line_prefix = '%m [%p] %b '\n"
 		  . ($opt{conf} // ''));
@@ -103,6 +107,17 @@ sub apply_worker_pid
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'livekpi apply'"
 	);
 	return (defined $pid && $pid =~ /^(\d+)$/) ? $1 : undef;
+}
+
+# SELECT of a function returning void succeeded (its errors are printed).
+sub call_ok
+{
+	my ($node, $call, $name, $timeout) = @_;
+	my ($rc, $out, $err) = $node->psql(
+		'postgres', "SELECT $call",
+		timeout => $timeout // 120,
+		on_error_stop => 1);
+	return Test::More::ok($rc == 0, $name) || Test::More::diag($err);
 }
 
 # livekpi.sync(timeout) returned true.
@@ -410,6 +425,13 @@ sub start_writers
 		push @w, { h => $h, prefix => $prefix };
 	}
 	return \@w;
+}
+
+# All writers have written their summary (they are done or about to exit).
+sub writers_done
+{
+	my ($writers) = @_;
+	return !grep { !-e "$_->{prefix}.sum" } @$writers;
 }
 
 sub finish_writers

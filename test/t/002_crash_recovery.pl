@@ -5,7 +5,8 @@
 #	  Exactly once across crashes: four sessions write random transactions
 #	  (reconnecting whenever the server goes away) while the test SIGKILLs
 #	  the apply worker five times, each after a number of batches chosen by
-#	  the seed, and once stops the postmaster in immediate mode.  Then
+#	  the seed (three of them aimed inside an apply transaction), and once
+#	  stops the postmaster in immediate mode.  Then
 #	  sync() must be true, verify() empty, the KPI tables equal to the
 #	  independent recompute, and delta_log's seq without gaps.
 #
@@ -77,6 +78,21 @@ for my $k (1 .. 5)
 	my $new = worker_after($pid, $batches, "kill $k");
 	ok(defined $new, "kill $k: apply worker running and applying under load")
 	  or last;
+	if ($k % 2)
+	{
+		# aim inside an apply transaction: spin server-side until the worker
+		# reports one (at most 5 s), then kill at once
+		try_query(
+			$node, q{
+DO $$
+DECLARE t timestamptz := clock_timestamp();
+BEGIN
+	LOOP
+		EXIT WHEN (SELECT apply_state FROM livekpi.status) = 'applying'
+			OR clock_timestamp() > t + interval '5 s';
+	END LOOP;
+END $$});
+	}
 	is(kill('KILL', $new), 1, "kill $k: SIGKILL apply worker $new");
 	$pid = $new;
 }

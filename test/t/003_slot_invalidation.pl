@@ -35,16 +35,17 @@ check_verify($node, 'before invalidation');
 my $seq_before = try_query($node,
 	'SELECT coalesce(max(seq), 0) FROM livekpi.delta_log');
 
-is(try_query($node, 'SELECT livekpi.pause() IS NULL OR true'),
-	't', 'pause()');
+call_ok($node, 'livekpi.pause()', 'pause()');
+my $state;
 ok( poll_until(
 		'livekpi.status to show the pause',
 		30,
 		sub {
-			my $s = try_query($node, 'SELECT apply_state FROM livekpi.status');
-			return defined $s && $s =~ /paus/i;
+			$state = try_query($node, 'SELECT apply_state FROM livekpi.status');
+			return defined $state && $state =~ /paus/i;
 		}),
-	'status shows the apply worker paused');
+	'status shows the apply worker paused')
+  or diag('apply_state: ' . ($state // 'query failed'));
 
 # Changes that wait in the slot and are lost with it.
 $node->safe_psql(
@@ -84,8 +85,7 @@ CHECKPOINT;});
 	});
 ok($invalidated, 'slot livekpi invalidated by max_slot_wal_keep_size');
 
-is(try_query($node, 'SELECT livekpi.resume() IS NULL OR true'),
-	't', 'resume()');
+call_ok($node, 'livekpi.resume()', 'resume()');
 
 ok( poll_until(
 		'a usable livekpi slot again',
