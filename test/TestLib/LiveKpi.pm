@@ -415,6 +415,7 @@ sub start_writers
 			'--',
 			connstr => $node->connstr('postgres'),
 			seed => $seed * 100 + $i,
+			index => $i,
 			ops => $ops,
 			writers => $n,
 			chunk => $opt{chunk} // 250,
@@ -486,7 +487,7 @@ sub writer_report
 ######################################################################
 # The writer process.
 
-my ($w_inserted, $w_writers) = (0, 4);
+my ($w_inserted, $w_writers, $w_index) = (0, 4, 0);
 
 sub _r { return rand($_[0]); }
 sub _pick { return $_[ int(rand(@_)) ]; }
@@ -655,6 +656,16 @@ sub _op
 			"DELETE FROM public.bookings WHERE property_id = %d AND check_in BETWEEN DATE '2026-01-01' + %d AND DATE '2026-01-01' + %d",
 			1 + int(rand(12)), $d, $d + 2);
 	}
+	if ($r < 57.5)
+	{
+		my ($ci, $co) = _bdates();
+		return sprintf(
+			"MERGE INTO public.bookings b USING (VALUES (%d, %s::int, (%s)::date, (%s)::date, %s::numeric, %s::text)) AS v(id, p, ci, co, amt, st) ON b.id = v.id WHEN MATCHED AND v.amt IS NULL THEN DELETE WHEN MATCHED THEN UPDATE SET total_amount = v.amt, status = v.st, check_out = v.co WHEN NOT MATCHED THEN INSERT (id, property_id, check_in, check_out, total_amount, status) VALUES (v.id, v.p, v.ci, v.co, v.amt, v.st)",
+			# each writer its own ids: concurrent MERGEs inserting one id conflict
+			2_000_000 + 1000 * $w_index + int(rand(200)), _prop(), $ci, $co,
+			_amount(0),
+			_bstatus());
+	}
 	if ($r < 59)
 	{
 		my ($ci, $co) = _bdates();
@@ -721,7 +732,13 @@ sub _op
 sub _transaction
 {
 	my ($ops, @sql) = (0);
-	if (rand() < 0.3)
+	my $r = rand();
+	# rare: TRUNCATE (the apply worker rebuilds when it reaches one), and
+	# one rolled back (which must change nothing)
+	return ("TRUNCATE public.stays;\n", 1, 1) if $r < 0.0005;
+	return ("BEGIN;\nTRUNCATE public.stays;\n" . _op() . ";\nROLLBACK;\n", 2, 0)
+	  if $r < 0.0010;
+	if ($r < 0.3)
 	{
 		return (_op() . ";\n", 1, 1);
 	}
@@ -772,6 +789,7 @@ sub writer_main
 	my %a = @_;
 	srand($a{seed});
 	$w_writers = $a{writers};
+	$w_index = $a{index};
 	my ($ops, $tx, $chunks, $failed) = (0, 0, 0, 0);
 	my $file = "$a{prefix}.sql";
 	while (1)
