@@ -2751,9 +2751,9 @@ apply_request(RequestJob *job)
 
 		w = psprintf("{\"type\":\"welcome\",\"protocol\":1,\"epoch\":\"%s\",\"seq\":" INT64_FORMAT
 					 ",\"resumed\":%s,\"scope\":{\"properties\":%s},\"views\":%s,"
-					 "\"server_time\":\"%s\"}",
+					 "\"server_time\":\"%s\",\"currency\":\"%s\"}",
 					 server_epoch, job->latest, job->resumed ? "true" : "false",
-					 ns.scope_json, vj, now);
+					 ns.scope_json, vj, now, livekpi_currency);
 		client_enqueue_text(c, OUT_CONTROL, w);
 		c->hello_done = true;
 		c->phase = PHASE_LIVE;

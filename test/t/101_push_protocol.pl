@@ -46,6 +46,7 @@ my $w = ws_expect($a, 'welcome');
 ok($w, 'welcome received');
 is($w->{protocol}, 1, 'protocol 1');
 is($w->{epoch}, $epoch, 'welcome carries the epoch');
+is($w->{currency}, 'USD', 'welcome carries livekpi.currency');
 is($w->{seq}, $seq0, 'welcome seq is the latest batch');
 ok(!$w->{resumed}, 'not resumed');
 is($w->{scope}{properties}, undef, 'whole-portfolio scope is null');
