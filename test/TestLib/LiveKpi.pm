@@ -422,7 +422,7 @@ sub start_writers
 			stop => $opt{stop} // '',
 			prefix => $prefix);
 		my $h = IPC::Run::start(\@cmd, '<', \undef, '>', "$prefix.out",
-			'2>&1', IPC::Run::timeout($opt{timeout} // 600));
+			'2>&1', IPC::Run::timeout($opt{timeout} // 300));
 		push @w, { h => $h, prefix => $prefix };
 	}
 	return \@w;
@@ -451,12 +451,12 @@ sub finish_writers
 
 #
 # writer_report(writers, allowed_regex) -> (total_ops, total_commits,
-# \@unexpected_error_lines, error_count)
+# \@unexpected_error_lines, error_count, psql_runs_that_failed)
 #
 sub writer_report
 {
 	my ($writers, $allowed) = @_;
-	my ($ops, $tx, $errors, @unexpected) = (0, 0, 0);
+	my ($ops, $tx, $errors, $failed_chunks, @unexpected) = (0, 0, 0, 0);
 	for my $w (@$writers)
 	{
 		if (open my $fh, '<', "$w->{prefix}.sum")
@@ -464,6 +464,7 @@ sub writer_report
 			my $line = <$fh> // '';
 			$ops += $1 if $line =~ /ops=(\d+)/;
 			$tx += $1 if $line =~ /tx=(\d+)/;
+			$failed_chunks += $1 if $line =~ /failed_chunks=(\d+)/;
 			close $fh;
 		}
 		else
@@ -481,7 +482,7 @@ sub writer_report
 			close $fh;
 		}
 	}
-	return ($ops, $tx, \@unexpected, $errors);
+	return ($ops, $tx, \@unexpected, $errors, $failed_chunks);
 }
 
 ######################################################################

@@ -94,8 +94,11 @@ call_ok($node, 'livekpi.rebuild()', 'second rebuild() while four sessions write'
 
 finish_writers($writers);
 
-my ($ops, $commits, $unexpected, $errors) = writer_report($writers,
+my ($ops, $commits, $unexpected, $errors, $failed_runs) = writer_report($writers,
 	qr/deadlock detected|current transaction is aborted/);
+is($failed_runs, 0, 'every psql run of the writers completed');
+cmp_ok(try_query($node, $count_sql), '>', $base + 3000,
+	'the writers added thousands of rows');
 cmp_ok($ops, '>=', 20_000, "writers ran at least 20,000 statements ($ops)");
 diag("001_differential: $ops statements, $commits commits, $errors errors (deadlocks and their aborted transactions)");
 is(scalar(@$unexpected), 0,

@@ -35,6 +35,10 @@ setup_tables($node, prefill => 300);
 track_tables($node);
 sync_ok($node, 30, 'sync after tracking');
 
+my $count_sql = q{SELECT (SELECT count(*) FROM public.bookings)
+	+ (SELECT count(*) FROM public.expenses) + (SELECT count(*) FROM public.stays)};
+my $base = try_query($node, $count_sql);
+
 my $dir = PostgreSQL::Test::Utils::tempdir();
 my $stop = "$dir/stop";
 my $writers = start_writers($node, $dir, 4, $seed, 0, stop => $stop,
@@ -114,6 +118,8 @@ my ($ops, $commits, $unexpected, $errors) = writer_report(
 );
 diag("002_crash_recovery: $ops statements, $commits commits attempted, $errors errors");
 cmp_ok($ops, '>=', 2000, "writers ran ($ops statements)");
+cmp_ok(try_query($node, $count_sql), '>', $base + 500,
+	'the writers added rows across the crashes');
 is(scalar(@$unexpected), 0, 'writers failed only from crashes and deadlocks')
   or diag(join('', @$unexpected[ 0 .. ($#$unexpected < 20 ? $#$unexpected : 20) ]));
 
