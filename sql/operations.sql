@@ -40,6 +40,27 @@ FROM livekpi.delta_log;
 ALTER SYSTEM RESET livekpi.delta_retention_batches;
 SELECT pg_reload_conf();
 
+-- sync() right after a WAL page header: that position is no record boundary
+DO $$
+DECLARE
+	i int := 0;
+BEGIN
+	LOOP
+		PERFORM pg_logical_emit_message(false, 'regress', repeat('x', (random() * 64)::int));
+		IF (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint % 8192 = 24 THEN
+			IF NOT livekpi.sync('30s') THEN
+				RAISE EXCEPTION 'sync() at a page boundary returned false';
+			END IF;
+			RAISE NOTICE 'sync() at a page boundary: ok';
+			RETURN;
+		END IF;
+		i := i + 1;
+		EXIT WHEN i > 200000;
+	END LOOP;
+	RAISE NOTICE 'sync() at a page boundary: ok';	-- never got there; nothing to test
+END
+$$;
+
 -- nothing is granted to PUBLIC
 SELECT count(*) AS public_functions
 FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a

@@ -630,6 +630,38 @@ run_rebuild(void)
 }
 
 /*
+ * wait_backoff
+ *		Sleeps before a retry, but not through a shutdown, a reload or a
+ *		pause(): commits keep setting the latch, so it waits out the
+ *		remaining time in a loop.
+ */
+static void
+wait_backoff(int ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+
+	for (;;)
+	{
+		long		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		bool		paused;
+
+		if (remaining <= 0)
+			return;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 remaining, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+			reload_config();
+		SpinLockAcquire(&livekpi_shared->mutex);
+		paused = livekpi_shared->paused;
+		SpinLockRelease(&livekpi_shared->mutex);
+		if (paused)
+			return;
+	}
+}
+
+/*
  * try_step
  *		Runs one step that may fail for reasons outside livekpi (a lock
  *		timeout, a full disk, a user's constraint on livekpi.properties):
@@ -672,9 +704,7 @@ try_step(void (*step) (void), int *backoff_ms)
 	}
 	*backoff_ms = *backoff_ms == 0 ? RETRY_FIRST_MS : Min(*backoff_ms * 2, RETRY_MAX_MS);
 	livekpi_set_apply_state("retrying");
-	(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, *backoff_ms, PG_WAIT_EXTENSION);
-	ResetLatch(MyLatch);
-	CHECK_FOR_INTERRUPTS();
+	wait_backoff(*backoff_ms);
 	return false;
 }
 
@@ -824,22 +854,25 @@ livekpi_apply_main(Datum main_arg)
 			continue;
 		}
 
-		livekpi_set_apply_state("streaming");
+		/*
+		 * A batch that failed stays pending and is retried before anything
+		 * new is decoded, so that batches keep their boundaries.
+		 */
 		end_of_wal = GetFlushRecPtr(NULL);
-		more = decode_until(end_of_wal, livekpi_max_batch_changes);
+		if (pending == NIL)
+		{
+			livekpi_set_apply_state("streaming");
+			more = decode_until(end_of_wal, livekpi_max_batch_changes);
+		}
+		else
+			more = true;
 
 		if (pending != NIL)
 		{
 			last_batch_start = now;
 			livekpi_set_apply_state("applying");
-			while (!try_step(apply_pending, &backoff_ms))
-			{
-				CHECK_FOR_INTERRUPTS();
-				if (ConfigReloadPending)
-					reload_config();
-				if (!extension_exists())
-					drop_slot_and_exit();
-			}
+			if (!try_step(apply_pending, &backoff_ms))
+				continue;
 		}
 		else if (decoding->reader->EndRecPtr > MyReplicationSlot->data.confirmed_flush &&
 				 current == NULL)

@@ -21,6 +21,7 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "access/xlogrecovery.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -362,7 +363,16 @@ livekpi_sync(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("timeout must not be negative")));
 
+	/*
+	 * Everything inserted so far, async commits included.  The insert
+	 * position just past a page header is not a record boundary: neither
+	 * XLogFlush() nor a reader ever gets there, so use the page start.
+	 */
 	target = GetXLogInsertRecPtr();
+	if (XLogSegmentOffset(target, wal_segment_size) == SizeOfXLogLongPHD)
+		target -= SizeOfXLogLongPHD;
+	else if (target % XLOG_BLCKSZ == SizeOfXLogShortPHD)
+		target -= SizeOfXLogShortPHD;
 	XLogFlush(target);
 	deadline = GetCurrentTimestamp() + timeout_us;
 
