@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# bench/push_bench.sh: the SPEC section 9 benchmarks of the push worker.
+#
+# This file owns the push measurements: it builds bench/ws_bench.c, starts
+# its own throwaway cluster (test/lib.sh) with the listener on loopback,
+# tracks public.bookings and public.expenses, creates a token, measures,
+# stops the cluster and prints one line of JSON per measurement on stdout
+# and nothing else (progress goes to stderr):
+#
+#   latency_flush0     commit -> WebSocket receive, flush_interval 0,
+#                      pgbench -R rate of one-row booking inserts; per
+#                      transaction: client receive clock of the delta that
+#                      carried it minus its commit timestamp (both UTC, the
+#                      same host clock); per delta: minus committed_at
+#   latency_flush500   the same with flush_interval 500 (ALTER SYSTEM)
+#   fanout             N open ws clients (scoped to properties 1-3, so the
+#                      snapshots stay small), one booking committed per round;
+#                      per client receive minus committed_at; push worker
+#                      VmRSS/VmHWM while they are connected
+#   push_throughput    delta messages/s sent by the push worker to M clients
+#                      under a pgbench -R stream of small batches, from
+#                      livekpi.status.messages_sent over a fixed window
+#
+# Environment (defaults in brackets):
+#   PUSH_BENCH_DIR       work directory [bench/out/push]; the cluster is
+#                        recreated in it on every run
+#   PUSH_LAT_SECONDS [15], PUSH_LAT_RATE [1000]   latency pgbench load
+#   PUSH_FANOUT_CLIENTS [10000], PUSH_FANOUT_ROUNDS [3]
+#   PUSH_TPUT_CLIENTS [2000], PUSH_TPUT_SECONDS [8] (window), PUSH_TPUT_RATE [400]
+#   PUSH_KEEP=1          leave the cluster running at the end
+#
+# Exits non-zero only when a step fails; timings never fail it.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+. "$top/test/lib.sh"
+
+lat_seconds=${PUSH_LAT_SECONDS:-15}
+lat_rate=${PUSH_LAT_RATE:-1000}
+fan_clients=${PUSH_FANOUT_CLIENTS:-10000}
+fan_rounds=${PUSH_FANOUT_ROUNDS:-3}
+tput_clients=${PUSH_TPUT_CLIENTS:-2000}
+tput_seconds=${PUSH_TPUT_SECONDS:-8}
+tput_rate=${PUSH_TPUT_RATE:-400}
+
+out=${PUSH_BENCH_DIR:-$top/bench/out/push}
+dir=$out/cluster
+work=$out/work
+started=$(date +%s)
+log() { printf '[push %4ds] %s\n' $(($(date +%s) - started)) "$*" >&2; }
+die() { echo "push_bench: $*" >&2; exit 1; }
+
+mkdir -p "$out"
+chmod 755 "$out"
+if [ -f "$dir/data/postmaster.pid" ]; then cluster_stop "$dir"; fi
+rm -rf "$dir" "$work"
+mkdir -p "$work"
+
+cc -O2 -Wall -o "$work/ws_bench" "$top/bench/ws_bench.c" -lwebsockets ||
+	die "could not build ws_bench (libwebsockets-dev installed?)"
+
+port=$(free_port)
+push_port=$(free_port)
+bench_pid=
+pgbench_pid=
+cleanup() {
+	[ -n "$bench_pid" ] && kill "$bench_pid" 2>/dev/null
+	[ -n "$pgbench_pid" ] && kill "$pgbench_pid" 2>/dev/null
+	[ "${PUSH_KEEP:-0}" = 1 ] && return
+	cluster_stop "$dir"
+}
+trap cleanup EXIT
+log "cluster in $dir, port $port, listener 127.0.0.1:$push_port"
+cluster_start "$dir" "$port" \
+	"shared_preload_libraries = 'livekpi'" \
+	"wal_level = logical" \
+	"livekpi.listen_addresses = '127.0.0.1'" \
+	"livekpi.port = $push_port" \
+	"livekpi.max_clients = 12000" \
+	"livekpi.flush_interval = 0" \
+	"max_connections = 50" \
+	"track_commit_timestamp = on"
+
+PSQL=(psql -X -q -At -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres)
+PGBENCH=(pgbench -h "$dir" -p "$port" -U postgres -n)
+q() { "${PSQL[@]}" -c "$1"; }
+status() { q "SELECT $1 FROM livekpi.status"; }
+now() { date +%s.%N; }
+
+# wait_for COMMAND SECONDS WHAT: poll COMMAND every 50 ms until it succeeds
+wait_for() {
+	local deadline
+	deadline=$(($(date +%s) + $2))
+	until eval "$1"; do
+		[ "$(date +%s)" -lt "$deadline" ] || die "timed out waiting for $3"
+		[ -z "$bench_pid" ] || kill -0 "$bench_pid" 2>/dev/null || die "ws_bench died waiting for $3"
+		sleep 0.05
+	done
+}
+
+# --- setup -------------------------------------------------------------------
+q "CREATE EXTENSION livekpi"
+q "CREATE TABLE public.bookings (
+	id bigserial PRIMARY KEY,
+	property_id int NOT NULL,
+	check_in date NOT NULL,
+	check_out date NOT NULL,
+	total_amount numeric(12,2),
+	status text)"
+q "CREATE TABLE public.expenses (
+	id bigserial PRIMARY KEY,
+	property_id int NOT NULL,
+	incurred_on date NOT NULL,
+	amount numeric(12,2),
+	category text,
+	approval_status text)"
+q "SELECT livekpi.track_bookings('public.bookings')" >/dev/null
+q "SELECT livekpi.track_expenses('public.expenses')" >/dev/null
+q "INSERT INTO livekpi.properties (property_id, units)
+   SELECT g, 10 FROM generate_series(1, 100) g" >/dev/null
+token=$(q "SELECT livekpi.create_token('push bench')")
+wait_for '[ "$(status "push_state" 2>/dev/null)" = listening ]' 30 "the push worker"
+push_pid=$(status push_pid)
+log "push worker pid $push_pid"
+
+cat > "$work/insert.sql" <<'EOF'
+\set p random(1, 100)
+\set d random(0, 364)
+INSERT INTO public.bookings (property_id, check_in, check_out, total_amount, status)
+VALUES (:p, DATE '2026-01-01' + :d, DATE '2026-01-01' + :d + 3, 360.00, 'confirmed');
+EOF
+
+# the throughput stream: every transaction hits the same property-month, so
+# a batch is one property_kpis row and one portfolio_kpis row however many
+# transactions it holds (small deltas)
+cat > "$work/insert_one.sql" <<'EOF'
+INSERT INTO public.bookings (property_id, check_in, check_out, total_amount, status)
+VALUES (1, DATE '2026-03-10', DATE '2026-03-12', 200.00, 'confirmed');
+EOF
+
+BENCH=("$work/ws_bench" --host 127.0.0.1 --port "$push_port" --token "$token")
+
+# start_bench NAME ARGS...: ws_bench in the background, waits for readiness
+start_bench() {
+	local name=$1
+	shift
+	rm -f "$work/$name".{ready,target,out}
+	"${BENCH[@]}" --ready-file "$work/$name.ready" --target-file "$work/$name.target" \
+		--out "$work/$name.out" "$@" 2>"$work/$name.err" &
+	bench_pid=$!
+	wait_for '[ -f "$work/$name.ready" ]' 150 "$name clients to connect"
+}
+
+# end_round NAME N: everything committed so far is applied; ws_bench waits
+# until all clients saw the newest seq and writes its N-th line
+end_round() {
+	local name=$1 n=$2
+	[ "$(q "SELECT livekpi.sync('60s')")" = t ] || die "livekpi.sync() timed out"
+	status last_seq > "$work/$name.target"
+	kill -USR1 "$bench_pid"
+	wait_for '[ -f "$work/$name.out" ] && [ "$(wc -l < "$work/$name.out")" -ge '"$n"' ]' 60 "$name round $n"
+}
+
+stop_bench() {
+	kill "$bench_pid" 2>/dev/null || true
+	wait "$bench_pid" 2>/dev/null || true
+	bench_pid=
+}
+
+# field JSON KEY: a top-level number or string of a one-line JSON object
+field() { python3 -c 'import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print("" if v is None else v)' "$1" "$2"; }
+
+set_flush() {
+	q "ALTER SYSTEM SET livekpi.flush_interval = $1" >/dev/null
+	q "SELECT pg_reload_conf()" >/dev/null
+	local want=$1
+	[ "$want" = 0 ] || want="${want}ms"
+	wait_for '[ "$(q "SHOW livekpi.flush_interval")" = "$want" ]' 10 "flush_interval $1"
+	# the apply worker reloads on its own SIGHUP: give it one round trip
+	q "SELECT livekpi.sync('10s')" >/dev/null
+}
+
+# --- commit -> receive latency ------------------------------------------------
+# committed_at of a delta is the newest commit of its batch, so each
+# transaction is matched to the first delta whose committed_at is not older
+# than its own commit timestamp (track_commit_timestamp: the same WAL commit
+# time the apply worker publishes); p50/p99 are over transactions, and the
+# per-delta figures are reported beside them.
+latency() { # NAME FLUSH_MS
+	local name=$1 flush=$2 lo tps
+	set_flush "$flush"
+	lo=$(q "SELECT coalesce(max(id), 0) FROM public.bookings")
+	start_bench "$name" --clients 1 --drain-timeout 30 --dump "$work/$name.deltas"
+	log "$name: pgbench -R $lat_rate for $lat_seconds s"
+	"${PGBENCH[@]}" -c 2 -j 2 -R "$lat_rate" -T "$lat_seconds" -f "$work/insert.sql" postgres \
+		> "$work/$name.pgbench" 2>&1 || { cat "$work/$name.pgbench" >&2; die "pgbench failed"; }
+	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$work/$name.pgbench")
+	end_round "$name" 1
+	stop_bench
+	q "SELECT round(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000000)::bigint
+	   FROM public.bookings WHERE id > $lo" > "$work/$name.commits"
+	python3 - "$name" "$flush" "${tps:-0}" "$work/$name.commits" "$work/$name.deltas" \
+		"$(head -1 "$work/$name.out")" <<'PY'
+import bisect, json, sys
+name, flush, tps, commits_f, deltas_f, client = sys.argv[1:7]
+client = json.loads(client)
+commits = sorted(int(x) for x in open(commits_f) if x.strip())
+deltas = [tuple(int(v) for v in l.split()) for l in open(deltas_f) if l.strip()]
+deltas.sort(key=lambda d: d[2])                 # seq order = commit order
+keys = [d[0] for d in deltas]
+lat, missed = [], 0
+for c in commits:
+    i = bisect.bisect_left(keys, c)
+    if i == len(keys):
+        missed += 1
+    else:
+        lat.append((deltas[i][1] - c) / 1000.0)
+lat.sort()
+def pct(v, p):
+    return round(v[max(0, min(len(v) - 1, int(p * len(v) + 0.999999) - 1))], 3) if v else None
+print(json.dumps({
+    "name": name, "flush_interval_ms": int(flush),
+    "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), "max_ms": pct(lat, 1.0),
+    "n": len(lat), "missed": missed, "tps": round(float(tps), 1),
+    "deltas": len(deltas),
+    "delta_p50_ms": client.get("p50_ms"), "delta_p99_ms": client.get("p99_ms"),
+    "drained": client.get("drained"),
+}))
+PY
+	log "$name client: $(head -1 "$work/$name.out")"
+}
+
+latency latency_flush0 0
+latency latency_flush500 500
+set_flush 0
+
+# --- fan-out ------------------------------------------------------------------
+log "fanout: connecting $fan_clients clients"
+start_bench fanout --clients "$fan_clients" --inflight 400 --hold --drain-timeout 30 \
+	--hello-extra '"views":["property_kpis","portfolio_kpis"],"properties":[1,2,3]'
+ready=$(cat "$work/fanout.ready")
+log "fanout: $ready; clients per livekpi.status: $(status clients)"
+for r in $(seq 1 "$fan_rounds"); do
+	q "INSERT INTO public.bookings (property_id, check_in, check_out, total_amount, status)
+	   VALUES ($(((r - 1) % 3 + 1)), DATE '2026-02-01', DATE '2026-02-04', 450.00, 'confirmed')"
+	end_round fanout "$r"
+	log "fanout round $r: $(tail -1 "$work/fanout.out")"
+done
+rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$push_pid/status")
+hwm_kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$push_pid/status")
+server_clients=$(status clients)
+stop_bench
+line=$(tail -1 "$work/fanout.out")
+reached_all=true
+while read -r l; do
+	[ "$(field "$l" drained)" = True ] || reached_all=false
+done < "$work/fanout.out"
+printf '{"name":"fanout","clients":%s,"live":%s,"server_clients":%s,"rounds":%s,"all_reached":%s,"p50_ms":%s,"p99_ms":%s,"max_ms":%s,"n":%s,"push_rss_mb":%s,"push_hwm_mb":%s,"connect_s":%s}\n' \
+	"$fan_clients" "$(field "$line" live)" "${server_clients:-null}" "$fan_rounds" "$reached_all" \
+	"$(field "$line" p50_ms)" "$(field "$line" p99_ms)" "$(field "$line" max_ms)" "$(field "$line" n)" \
+	"$(awk -v k="$rss_kb" 'BEGIN {printf "%.1f", k / 1024}')" \
+	"$(awk -v k="$hwm_kb" 'BEGIN {printf "%.1f", k / 1024}')" \
+	"$(field "$line" connect_s)"
+# the server notices the closed sockets on its own; wait until it has
+wait_for '[ "$(status clients)" = 0 ]' 30 "the fan-out clients to be gone"
+
+# --- push throughput ----------------------------------------------------------
+# A rate-limited stream of one-row transactions makes many small batches
+# (flush_interval 0); every batch goes to every client, so the push worker
+# is offered batches/s x clients messages/s and sends what it can (a client
+# that falls behind gets coalesced deltas, i.e. fewer messages).
+log "throughput: $tput_clients clients, pgbench -R $tput_rate"
+start_bench tput --clients "$tput_clients" --no-record --drain-timeout 60
+"${PGBENCH[@]}" -c 2 -j 2 -R "$tput_rate" -T $((tput_seconds + 4)) -f "$work/insert_one.sql" postgres \
+	> "$work/tput.pgbench" 2>&1 &
+pgbench_pid=$!
+# warm-up: the stream has reached the clients
+wait_for '[ "$(status messages_sent)" -gt $((tput_clients * 50)) ]' 20 "the throughput stream"
+sleep 1
+IFS='|' read -r m0 b0 y0 t0 <<<"$(q "SELECT messages_sent, batches, bytes_sent, extract(epoch FROM clock_timestamp()) FROM livekpi.status")"
+sleep "$tput_seconds"	# the measurement window itself
+IFS='|' read -r m1 b1 y1 t1 <<<"$(q "SELECT messages_sent, batches, bytes_sent, extract(epoch FROM clock_timestamp()) FROM livekpi.status")"
+wait "$pgbench_pid" || { cat "$work/tput.pgbench" >&2; die "pgbench failed"; }
+pgbench_pid=
+tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$work/tput.pgbench")
+end_round tput 1
+stop_bench
+line=$(head -1 "$work/tput.out")
+python3 - "$m0" "$m1" "$b0" "$b1" "$y0" "$y1" "$t0" "$t1" "$tput_clients" "${tps:-0}" "$line" <<'PY'
+import json, sys
+m0, m1, b0, b1, y0, y1 = (int(x) for x in sys.argv[1:7])
+t0, t1 = float(sys.argv[7]), float(sys.argv[8])
+clients, tps, client = int(sys.argv[9]), float(sys.argv[10]), json.loads(sys.argv[11])
+w = t1 - t0
+msgs = m1 - m0
+span = client.get("delta_span_s") or 0
+print(json.dumps({
+    "name": "push_throughput",
+    "msgs_per_s": round(msgs / w),
+    "clients": clients,
+    "window_s": round(w, 2),
+    "batches_per_s": round((b1 - b0) / w, 1),
+    "offered_msgs_per_s": round((b1 - b0) / w * clients),
+    "avg_msg_bytes": round((y1 - y0) / msgs) if msgs else None,
+    "tps": round(tps, 1),
+    "client_deltas": client.get("deltas"),
+    "client_deltas_per_s": round(client["deltas"] / span) if span else None,
+    "all_reached": client.get("drained"),
+}))
+PY
+log "throughput client: $line"
+log "done in $(($(date +%s) - started)) s"
