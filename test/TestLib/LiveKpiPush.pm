@@ -166,7 +166,7 @@ sub _pump
 {
 	my ($c) = @_;
 	eval { $c->{h}->pump_nb if $c->{h}->pumpable; 1 };
-	my $data = $c->{partial} . $c->{out};
+	my $data = ($c->{partial} // '') . ($c->{out} // '');
 	$c->{out} = '';
 	my @lines = split /\n/, $data, -1;
 	$c->{partial} = pop @lines;

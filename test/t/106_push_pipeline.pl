@@ -120,7 +120,18 @@ for my $view (qw(property_kpis portfolio_kpis expense_monthly booking_daily))
 $cb = ws_open($node, name => 'resumer2',
 	hello => { %$hello, resume_from => $pos_b + 0, epoch => $epoch });
 my $w = ws_expect($cb, 'welcome');
-ok($w && $w->{resumed}, "resumer resumes from seq $pos_b");
+# The random writers may TRUNCATE a tracked table: the rebuild that follows
+# writes a barrier, after which SPEC 7 says resume gives way to a snapshot.
+my $barriers = $node->safe_psql('postgres',
+	"SELECT count(*) FROM livekpi.delta_log WHERE barrier AND seq > $pos_b");
+if ($barriers > 0)
+{
+	ok($w && !$w->{resumed}, "resumer gets a snapshot: $barriers barrier(s) after seq $pos_b");
+}
+else
+{
+	ok($w && $w->{resumed}, "resumer resumes from seq $pos_b");
+}
 my @rseqs;
 ok( ws_expect(
 		$cb,
