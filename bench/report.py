@@ -3,22 +3,29 @@
 into BENCHMARKS.md on stdout.  Each figure sits beside the baseline measured
 in the same run and the SPEC section 9 target; medians over rounds."""
 
+import json
 import statistics
 import sys
 
 
 def load(path):
-    res = {}
+    res, push = {}, []
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.rstrip("\n")
             if "\t" in line:
                 k, v = line.split("\t", 1)
-                res[k] = v
-    return res
+                if k == "push":
+                    try:
+                        push.append(json.loads(v))
+                    except ValueError:
+                        pass
+                else:
+                    res[k] = v
+    return res, push
 
 
-R = load(sys.argv[1])
+R, PUSH = load(sys.argv[1])
 
 
 def num(key):
@@ -100,11 +107,9 @@ row(f"bulk load: INSERT … SELECT of {bulk_rows:,} bookings, tracked / untracke
 
 bs = med("bulk_sync_ms")
 thr = bulk_rows / (bs / 1000) if (bs and bulk_rows) else None
-bds = med("bulk_delete_sync_ms")
-dthr = bulk_rows / (bds / 1000) if (bds and bulk_rows) else None
 row("apply throughput: bulk-load row changes per second (commit → sync() returns)",
-    f"{fmt(thr, 0)}/s inserts ({fmt(bs / 1000 if bs else None)} s)" if thr else "—",
-    f"deletes of the same rows: {fmt(dthr, 0)}/s" if dthr else "—",
+    f"{fmt(thr, 0)}/s ({bulk_rows:,} inserts applied in {fmt(bs / 1000 if bs else None)} s)" if thr else "—",
+    "—",
     "≥ 200,000/s", thr >= 200000 if thr else None)
 
 # rebuild
@@ -163,6 +168,44 @@ def apply_wal(key):
     return v if v else None
 
 
+# push worker (bench/push_bench.sh)
+P = {m.get("name"): m for m in PUSH}
+
+
+def ms(v):
+    return f"{v:,.1f} ms" if isinstance(v, (int, float)) else "—"
+
+
+for name, flush, label in (("latency_flush0", 0, "flush_interval 0"),
+                           ("latency_flush500", 500, "flush_interval 500 ms")):
+    m = P.get(name)
+    if name == "latency_flush0":
+        target, ok = "p50 ≤ 5 ms, p99 ≤ 20 ms", (
+            m["p50_ms"] <= 5 and m["p99_ms"] <= 20) if m and m.get("p99_ms") is not None else None
+    else:
+        target, ok = "p99 ≤ 600 ms", (m["p99_ms"] <= 600) if m and m.get("p99_ms") is not None else None
+    row(f"commit → WebSocket receive, {label} (pgbench one-row inserts)",
+        f"p50 {ms(m.get('p50_ms'))}, p99 {ms(m.get('p99_ms'))} over {m.get('n')} transactions "
+        f"at {m.get('tps')} tx/s" + (f", {m.get('missed')} not received" if m.get("missed") else "")
+        if m else "—",
+        f"per delta (committed_at → receive): p50 {ms(m.get('delta_p50_ms'))}, p99 {ms(m.get('delta_p99_ms'))}"
+        if m else "—",
+        target, ok)
+m = P.get("fanout")
+row("fan-out: one batch to every open plain-ws client; push worker memory",
+    f"{m.get('live')} clients, p99 {ms(m.get('p99_ms'))} (p50 {ms(m.get('p50_ms'))}, max "
+    f"{ms(m.get('max_ms'))}); RSS {m.get('push_rss_mb')} MB (peak {m.get('push_hwm_mb')} MB)"
+    + ("" if m.get("all_reached") else "; not every client received every batch") if m else "—",
+    "—", "10,000 clients, p99 ≤ 250 ms, RSS ≤ 256 MB",
+    (m.get("live", 0) >= 10000 and m.get("p99_ms") is not None and m["p99_ms"] <= 250
+     and m.get("push_rss_mb", 1e9) <= 256 and bool(m.get("all_reached"))) if m else None)
+m = P.get("push_throughput")
+row("push throughput: delta messages sent per second by the push worker",
+    f"{fmt(m.get('msgs_per_s'), 0)}/s to {m.get('clients')} clients "
+    f"({m.get('batches_per_s')} batches/s, {m.get('avg_msg_bytes')} B per message)" if m else "—",
+    f"offered: {fmt(m.get('offered_msgs_per_s'), 0)}/s" if m else "—",
+    "≥ 100,000/s", (m.get("msgs_per_s", 0) >= 100000) if m else None)
+
 aw = apply_wal("apply_wal_bulk")
 row("apply worker WAL per change, bulk load (KPI tables + delta_log + progress)",
     f"{aw[0]} B ({aw[1]} records, {aw[2]} transactions)" if aw else "—",
@@ -200,6 +243,10 @@ w(f"* machine: {R.get('nproc', '?')} CPUs ({R.get('cpu', '?')}), {R.get('memory'
 w(f"* PostgreSQL: {R.get('pg_version', '?')}")
 w(f"* settings: {R.get('settings', '?')}")
 w(f"* sizes: {R.get('sizes', '?')}")
+w(f"* load average (1, 5, 15 min) at the start: {R.get('load_start', '?')}, at the end of the "
+  f"core phases: {R.get('load_end', '?')}" + (
+      " — **this machine was shared with other jobs during the run; write and latency figures "
+      "are noisy**" if (num('load_end') or 0) > float(R.get('nproc', '2')) * 1.0 else ""))
 w("")
 w("| what | measured | baseline (same run) | target | result |")
 w("|---|---|---|---|---|")
@@ -233,15 +280,17 @@ w("* **Write overhead**: `bench/write_mix.sql` under `pgbench -M prepared` with 
   "row trigger inserting the same projection into a queue table plus `NOTIFY` "
   "(no consumer; the queue is emptied between rounds). The order rotates each round; "
   "a CHECKPOINT precedes every round. After each tracked round `sync()` is timed.")
-w("* **Bulk load**: `INSERT INTO … SELECT * FROM bench.bulk_src` into empty tables "
-  "with the same indexes, same three variants, autocommit (commit included); the "
-  "rows are deleted and the table vacuumed between rounds. Apply throughput is the "
+w("* **Bulk load**: `INSERT INTO … SELECT * FROM bench.bulk_src` into a fresh empty "
+  "table per round and variant, with the same indexes, same three variants, "
+  "autocommit (commit included), order rotating. Apply throughput is the "
   "row count divided by the time `livekpi.sync()` takes right after the commit "
   "(one source transaction, so the worker starts at the commit).")
 w("* **Rebuild**: `livekpi.rebuild()` with `gen.bookings` and `gen.expenses` "
   "tracked (generated by `bench/datagen.sql`), against `REFRESH MATERIALIZED VIEW` "
   "of five plain-SQL views computing the same daily and monthly KPI tables "
-  "(`bench/setup.sql`), each after a CHECKPOINT, alternated.")
+  "(`bench/setup.sql`), each after a CHECKPOINT, alternated; the KPI tables are "
+  "vacuumed before each rebuild (a refreshed matview starts from a fresh heap too). "
+  "Backfill is the time of the two `track_*()` calls on the loaded tables.")
 w("* **KPI read**: `bench/read_kpi.sql` vs `bench/read_raw.sql`, random property and "
   "month, `pgbench -M prepared -c 1 -l`; median and p99 of the per-transaction "
   "latencies (client round trip included); the server execution time is the median "
@@ -249,12 +298,15 @@ w("* **KPI read**: `bench/read_kpi.sql` vs `bench/read_raw.sql`, random property
   "(no planning, no round trip), which the speed-up compares. The raw query computes the exact same "
   "figures (stays may start up to `max_stay_nights` = 1000 days before the month), "
   "and the run checks that both agree on sampled property-months.")
+w("* **Push worker**: `bench/push_bench.sh` (its own cluster, after the core phases; "
+  "see its header for the method).")
 w("* **WAL**: `bench.wal_probe()` runs each operation inside one transaction and "
   "takes `pg_current_wal_insert_lsn()` before and after, so neither the commit record "
   "nor the apply worker (which cannot see the transaction yet) is counted; tracked "
   "minus untracked on identical tables and rows, median of the rounds after a warm-up "
-  "round. Full-page images (which depend on when the last checkpoint ran, not on "
-  "livekpi) are subtracted from both sides, as counted by `pg_walinspect`; so is the "
+  "round. Page maintenance (full-page images, which depend on when the last checkpoint "
+  "ran, and pruning or index cleanup records, which depend on earlier rounds' dead rows) "
+  "is subtracted from both sides, as counted by `pg_walinspect`, which also gives the "
   "logical-message share. The apply worker's "
   "WAL counts every record of the transactions that wrote to schema `livekpi` "
   "(found with `pg_walinspect`), divided by the changes applied.")

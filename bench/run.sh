@@ -134,6 +134,7 @@ res git "$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 res settings "$(printf '%s; ' "${settings[@]:1}")synchronous_commit = on, fsync = on, autovacuum = on"
 res quick "$quick"
 res have_livekpi "$have_livekpi"
+res load_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 res sizes "rounds=$rounds seconds=$seconds clients=$clients bulk_rows=$bulk_rows bookings=$bookings expenses=$expenses properties=$properties write_rows=$write_rows"
 
 # --- data ---------------------------------------------------------------------
@@ -152,6 +153,28 @@ q "VACUUM ANALYZE"
 for t in w_plain w_tracked w_queue; do
 	sed "s/@TABLE@/bench.$t/g" "$top/bench/write_mix.sql" > "$work/write_$t.sql"
 done
+# Bulk-load targets: a fresh empty table per round and variant, so that no
+# round has to delete the previous one's rows (for the tracked table that
+# would be as much apply work again).
+kinds="plain queue"
+[ $have_livekpi = 1 ] && kinds="plain tracked queue"
+for r in $(seq 1 "$rounds"); do
+	for k in $kinds; do
+		q "CREATE TABLE bench.b_${k}_r$r (LIKE gen.bookings INCLUDING ALL)"
+	done
+	q "CREATE TRIGGER queue_capture AFTER INSERT OR UPDATE OR DELETE ON bench.b_queue_r$r
+	   FOR EACH ROW EXECUTE FUNCTION bench.queue_capture()"
+done
+
+# The benchmark tables are tracked while still empty (each track_*() call
+# recomputes every KPI, which costs the most once schema gen is tracked);
+# w_tracked gets its rows through the stream after the rebuild rounds.
+if [ $have_livekpi = 1 ]; then
+	log "tracking the (empty) write, bulk and WAL tables"
+	for t in w_tracked wal_tracked $(for r in $(seq 1 "$rounds"); do echo b_tracked_r$r; done); do
+		q "SELECT livekpi.track_bookings('bench.$t')" >/dev/null
+	done
+fi
 
 # --- backfill, rebuild and its baseline -----------------------------------------
 if [ $have_livekpi = 1 ]; then
@@ -178,6 +201,12 @@ for r in $(seq 1 "$rounds"); do
 	res refresh_ms_r$r "$ms"
 	log "rebuild round $r: REFRESH of the KPI matviews $ms ms"
 	if [ $have_livekpi = 1 ]; then
+		# like a freshly refreshed matview, start from tables without dead rows
+		"${PSQL[@]}" >/dev/null <<-'EOF'
+			SELECT format('VACUUM %s', string_agg(c.oid::regclass::text, ', '))
+			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = 'livekpi' AND c.relkind = 'r' \gexec
+		EOF
 		q "CHECKPOINT"
 		ms=$(timed "SELECT livekpi.rebuild()")
 		res rebuild_ms_r$r "$ms"
@@ -230,16 +259,11 @@ if [ $have_livekpi = 1 ]; then
 fi
 
 # --- write overhead --------------------------------------------------------------
-if [ $have_livekpi = 1 ]; then
-	log "tracking the write and bulk tables"
-	q "SELECT livekpi.track_bookings('bench.w_tracked')" >/dev/null
-	q "SELECT livekpi.track_bookings('bench.b_tracked')" >/dev/null
-	q "SELECT livekpi.track_bookings('bench.wal_tracked')" >/dev/null
-	qsync 120s
-	kinds="plain tracked queue"
-else
-	kinds="plain queue"
-fi
+log "loading the write tables"
+q "INSERT INTO bench.w_tracked SELECT * FROM bench.w_plain"
+q "SELECT setval(pg_get_serial_sequence('bench.w_tracked', 'id'), $write_rows)" >/dev/null
+[ $have_livekpi = 1 ] && qsync 300s
+q "VACUUM ANALYZE bench.w_tracked"
 # Samples the apply lag every 200 ms while the benchmarks write.
 if [ $have_livekpi = 1 ]; then
 	(
@@ -293,41 +317,33 @@ for r in $(seq 1 "$rounds"); do
 		q "TRUNCATE bench.queue; CHECKPOINT"
 		if [ "$k" = tracked ]; then
 			before=$(status changes_applied)
-			out=$(timed "INSERT INTO bench.b_tracked SELECT * FROM bench.bulk_src" \
-				"SELECT livekpi.sync('300s')")
-			set -- $out
+			tout=$(timed "INSERT INTO bench.b_tracked_r$r SELECT * FROM bench.bulk_src" \
+				"SELECT 'lsn_a ' || bench.flushed_lsn()" \
+				"SELECT livekpi.sync('300s')" \
+				"SELECT 'lsn_b ' || bench.flushed_lsn()")
+			set -- $tout
 			res bulk_ms_tracked_r$r "$1"
-			res bulk_sync_ms_r$r "$2"
+			res bulk_sync_ms_r$r "$3"
 			after=$(status changes_applied)
 			res bulk_changes_r$r "$([ -n "$before" ] && [ -n "$after" ] && echo $((after - before)) || echo)"
-			out=$(timed "DELETE FROM bench.b_tracked" "SELECT livekpi.sync('300s')")
-			set -- $out
-			res bulk_delete_ms_tracked_r$r "$1"
-			res bulk_delete_sync_ms_r$r "$2"
+			if [ "$r" = 1 ]; then
+				# apply worker WAL per change on a bulk load: the transactions
+				# that wrote to schema livekpi between the commit and sync()
+				a=$(sed -n 's/^lsn_a //p' "$work/timed.out")
+				b=$(sed -n 's/^lsn_b //p' "$work/timed.out")
+				res apply_wal_bulk "$(q "SELECT round(bytes / $bulk_rows, 1) || ' ' || records || ' ' || transactions
+				                         FROM bench.livekpi_wal('$a', '$b')")"
+				res apply_wal_bulk_window "$(q "SELECT round(('$b'::pg_lsn - '$a'::pg_lsn) / $bulk_rows, 1)")"
+			fi
+			log "bulk round $r: tracked insert $1 ms, sync() after it $3 ms"
 		else
-			set -- $(timed "INSERT INTO bench.b_$k SELECT * FROM bench.bulk_src" "DELETE FROM bench.b_$k")
-			res bulk_ms_${k}_r$r "$1"
-			res bulk_delete_ms_${k}_r$r "$2"
+			ms=$(timed "INSERT INTO bench.b_${k}_r$r SELECT * FROM bench.bulk_src")
+			res bulk_ms_${k}_r$r "$ms"
+			log "bulk round $r: $k insert $ms ms"
 		fi
-		q "VACUUM bench.b_$k"
-		log "bulk round $r: $k insert $(awk -F'\t' -v key="bulk_ms_${k}_r$r" '$1 == key {print $2}' "$results") ms"
 	done
 	order=("${order[@]:1}" "${order[0]}")
 done
-if [ $have_livekpi = 1 ]; then
-	# apply worker WAL per change on a bulk load: the WAL written between the
-	# commit of the INSERT and the return of sync() (nothing else runs)
-	q "CHECKPOINT"
-	q "INSERT INTO bench.b_tracked SELECT * FROM bench.bulk_src"
-	a=$(q "SELECT bench.flushed_lsn()")
-	qsync 300s
-	b=$(q "SELECT bench.flushed_lsn()")
-	res apply_wal_bulk "$(q "SELECT round(bytes / $bulk_rows, 1) || ' ' || records || ' ' || transactions
-	                         FROM bench.livekpi_wal('$a', '$b')")"
-	res apply_wal_bulk_window "$(q "SELECT round(('$b'::pg_lsn - '$a'::pg_lsn) / $bulk_rows, 1)")"
-	q "DELETE FROM bench.b_tracked"
-	qsync 300s
-fi
 
 # --- WAL per row -----------------------------------------------------------------------
 log "WAL per row"
@@ -345,11 +361,16 @@ for r in $(seq 0 "$rounds"); do	# round 0 warms up (full-page images after the c
 				          FROM bench.wal_probe('bench.$t', '$op', $n, $single) p")
 				IFS='|' read -r touched bytes a b <<<"$line"
 				q "SELECT bench.flushed_lsn()" >/dev/null
-				# full-page images depend on checkpoint timing, not on livekpi: left out
-				line=$(q "SELECT coalesce(sum(fpi_size), 0),
-				                 coalesce(sum(combined_size) FILTER (WHERE
-				                          \"resource_manager/record_type\" = 'LogicalMessage'), 0)
-				          FROM pg_get_wal_stats('$a', '$b')")
+				# Page maintenance (full-page images, pruning, index cleanup) depends
+				# on checkpoint timing and on earlier rounds' dead rows, not on
+				# livekpi: left out of both sides.
+				line=$(q "SELECT coalesce(sum(fpi_size), 0)
+				                 + coalesce(sum(record_size) FILTER (WHERE rec IN ('Heap2/PRUNE',
+				                   'Heap2/VACUUM', 'Heap2/VISIBLE', 'Heap2/FREEZE_PAGE', 'Btree/DELETE',
+				                   'Btree/VACUUM', 'Btree/REUSE_PAGE', 'Btree/UNLINK_PAGE')), 0),
+				                 coalesce(sum(combined_size) FILTER (WHERE rec LIKE 'LogicalMessage/%'), 0)
+				          FROM (SELECT \"resource_manager/record_type\" AS rec, *
+				                FROM pg_get_wal_stats('$a', '$b', true)) w")
 				IFS='|' read -r fpi msg <<<"$line"
 				[ "$r" = 0 ] && continue
 				res wal_${k}_${op}_${form}_r$r "$(python3 -c "print(round(($bytes - $fpi) / $touched, 1))")"
@@ -379,6 +400,23 @@ if [ $have_livekpi = 1 ]; then
 	res apply_status "$(q "SELECT to_jsonb(s) FROM livekpi.status s")"
 	log "verify()"
 	res verify_differences "$(q "SELECT count(*) FROM livekpi.verify()")"
+fi
+
+res load_end "$(cut -d' ' -f1-3 /proc/loadavg)"
+cluster_stop "$dir"
+
+# --- push worker (bench/push_bench.sh owns those measurements) ---------------------
+if [ -x "$top/bench/push_bench.sh" ] && [ "${BENCH_PUSH:-1}" = 1 ] && [ $have_livekpi = 1 ]; then
+	log "push worker benchmarks (bench/push_bench.sh)"
+	if [ "$quick" = 1 ]; then
+		export PUSH_LAT_SECONDS=${PUSH_LAT_SECONDS:-3} PUSH_FANOUT_CLIENTS=${PUSH_FANOUT_CLIENTS:-200}
+		export PUSH_TPUT_CLIENTS=${PUSH_TPUT_CLIENTS:-100} PUSH_TPUT_SECONDS=${PUSH_TPUT_SECONDS:-3}
+	fi
+	"$top/bench/push_bench.sh" > "$out/push.jsonl" 2> "$work/push_bench.log" ||
+		{ tail -20 "$work/push_bench.log"; echo "bench: bench/push_bench.sh failed" >&2; : > "$out/push.jsonl"; }
+	while IFS= read -r line; do
+		[ -n "$line" ] && res push "$line"
+	done < "$out/push.jsonl"
 fi
 
 res duration_s $(($(date +%s) - started))
