@@ -34,8 +34,11 @@ if [ ! -f "$($PG_CONFIG --pkglibdir)/livekpi.so" ]; then
 	exit 1
 fi
 
-bold=$(tput bold 2>/dev/null || true)
-plain=$(tput sgr0 2>/dev/null || true)
+bold="" plain=""
+if [ -t 1 ]; then
+	bold=$(tput bold 2>/dev/null || true)
+	plain=$(tput sgr0 2>/dev/null || true)
+fi
 say() { printf '%s==>%s %s\n' "$bold" "$plain" "$*"; }
 
 # One folder per demo under .demo/, so that two demos never meet.  The
@@ -89,11 +92,12 @@ say "loading $properties properties with $years years of seasonal bookings and e
 "${PSQL[@]}" -v properties="$properties" -v years="$years" -f "$top/bench/datagen.sql" 2>&1 |
 	while IFS= read -r line; do
 		case $line in
-		*"datagen: "*) printf '\r    %-60s' "${line##*datagen: }" ;;
+		*"datagen: "*)
+			if [ -t 1 ]; then printf '\r    %-60s' "${line##*datagen: }"; else echo "    ${line##*datagen: }"; fi ;;
 		*) printf '\n%s\n' "$line" ;;
 		esac
 	done
-echo
+[ -t 1 ] && echo
 q "SELECT 1 FROM public.bookings LIMIT 1" >/dev/null
 
 say "tracking public.bookings and public.expenses"
@@ -155,6 +159,10 @@ say "simulating about $rate writes/s (new bookings, date changes, cancellations,
 	done
 ) &
 children+=($!)
+# pgbench runs in the background and the script waits for it, so that
+# Ctrl-C (or a SIGTERM to this script alone) runs the cleanup at once.
 pgbench -h 127.0.0.1 -p "$port" -U postgres -n -c 2 -j 2 -R "$rate" -T 31536000 -P 15 --max-tries=10 \
-	-D props="$properties" -f "$top/bench/simulator.sql" postgres 2>&1 |
-	grep --line-buffered -v -E '^(pgbench \(|transaction type|scaling factor|query mode|number of|maximum number|duration|latency|rate limit|initial connection|tps =)' || true
+	-D props="$properties" -f "$top/bench/simulator.sql" postgres \
+	> >(grep --line-buffered -v -E '^(pgbench \(|transaction type|scaling factor|query mode|number of|maximum number|duration|latency|rate limit|initial connection|tps =)') 2>&1 &
+children+=($!)
+wait $! || true
