@@ -87,7 +87,7 @@ row("write overhead: pgbench booking mix, tracked / untracked TPS",
 
 lag = num("write_max_lag_ms")
 sync_after = med("write_sync_ms")
-row("apply lag during the tracked write rounds (max sampled every 200 ms)",
+row("apply lag during the tracked write rounds (max sampled every 500 ms)",
     (f"{fmt(lag, 0)} ms" if lag is not None else "—")
     + (f"; sync() right after a round: {fmt(sync_after, 1)} ms" if sync_after is not None else ""),
     "—", "bounded", (sync_after < 5000) if sync_after is not None else None)
@@ -151,9 +151,11 @@ row("KPI read: speed-up over the same figures aggregated from the raw rows "
 # WAL
 for form, label in (("single", "one statement per row"), ("bulk", "one statement")):
     for op, target in (("insert", 100), ("delete", 100), ("update", 150)):
-        tr, pl = med(f"wal_tracked_{op}_{form}"), med(f"wal_plain_{op}_{form}")
+        tr, pl = rounds(f"wal_tracked_{op}_{form}"), rounds(f"wal_plain_{op}_{form}")
         msg = med(f"walmsg_tracked_{op}_{form}")
-        extra = tr - pl if (tr is not None and pl is not None) else None
+        # paired by round (same rows, same moment), then the median
+        extra = statistics.median(t - p for t, p in zip(tr, pl)) if tr and pl else None
+        pl = statistics.median(pl) if pl else None
         if extra is not None and abs(extra) < 0.05:
             extra = 0.0
         past = {"insert": "inserted", "delete": "deleted", "update": "updated"}[op]
@@ -261,13 +263,16 @@ if misses:
 
 w("## Rounds")
 w("")
-w("| round | untracked tps | tracked tps | queue + NOTIFY tps | untracked bulk ms | tracked bulk ms "
-  "| queue bulk ms | apply sync ms | REFRESH ms | rebuild() ms |")
-w("|---|---|---|---|---|---|---|---|---|---|")
+w("| round | untracked tps | tracked tps | queue + NOTIFY tps | livekpi workers' CPU in the tracked round "
+  "| untracked bulk ms | tracked bulk ms | queue bulk ms | apply sync ms | REFRESH ms | rebuild() ms |")
+w("|---|---|---|---|---|---|---|---|---|---|---|")
 i = 1
 while any(f"{k}_r{i}" in R for k in ("write_tps_plain", "bulk_ms_plain", "refresh_ms")):
+    cpu = num(f"write_worker_cpu_tracked_r{i}")
     cells = [str(i)] + [fmt(num(f"{k}_r{i}"), 0) for k in (
-        "write_tps_plain", "write_tps_tracked", "write_tps_queue", "bulk_ms_plain",
+        "write_tps_plain", "write_tps_tracked", "write_tps_queue")] + [
+        f"{cpu:.2f} cores" if cpu is not None else "—"] + [fmt(num(f"{k}_r{i}"), 0) for k in (
+        "bulk_ms_plain",
         "bulk_ms_tracked", "bulk_ms_queue", "bulk_sync_ms", "refresh_ms", "rebuild_ms")]
     w("| " + " | ".join(cells) + " |")
     i += 1
@@ -303,8 +308,8 @@ w("* **Push worker**: `bench/push_bench.sh` (its own cluster, after the core pha
 w("* **WAL**: `bench.wal_probe()` runs each operation inside one transaction and "
   "takes `pg_current_wal_insert_lsn()` before and after, so neither the commit record "
   "nor the apply worker (which cannot see the transaction yet) is counted; tracked "
-  "minus untracked on identical tables and rows, median of the rounds after a warm-up "
-  "round. Page maintenance (full-page images, which depend on when the last checkpoint "
+  "minus untracked on identical tables and rows, paired by round, median of the (at "
+  "least five) rounds after a warm-up round. Page maintenance (full-page images, which depend on when the last checkpoint "
   "ran, and pruning or index cleanup records, which depend on earlier rounds' dead rows) "
   "is subtracted from both sides, as counted by `pg_walinspect`, which also gives the "
   "logical-message share. The apply worker's "

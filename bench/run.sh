@@ -34,6 +34,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 
 started=$(date +%s)
 if [ -n "${MAKELEVEL:-}" ]; then command_line="make bench"; else command_line="./bench/run.sh"; fi
+[ "${PG_CONFIG:-pg_config}" = pg_config ] || command_line="PG_CONFIG=$PG_CONFIG $command_line"
 for v in $(env | sed -n 's/^\(BENCH_[A-Z_]*\)=.*/\1/p' | sort); do
 	command_line="$v=${!v} $command_line"
 done
@@ -267,22 +268,34 @@ q "VACUUM ANALYZE bench.w_tracked"
 # Samples the apply lag every 200 ms while the benchmarks write.
 if [ $have_livekpi = 1 ]; then
 	(
-		while sleep 0.2; do
+		while sleep 0.5; do
 			"${PSQL[@]}" -c "SELECT extract(epoch FROM clock_timestamp()), to_jsonb(s)->>'lag_ms',
 			                        to_jsonb(s)->>'lag_bytes' FROM livekpi.status s" 2>/dev/null || true
 		done
 	) > "$work/lag.txt" &
 	sampler=$!
 fi
+# CPU seconds the livekpi workers use (they share the cores with the load)
+worker_cpu() {
+	local pid total=0
+	for pid in $(q "SELECT apply_pid FROM livekpi.status UNION ALL SELECT push_pid FROM livekpi.status" 2>/dev/null); do
+		[ -r "/proc/$pid/stat" ] && total=$((total + $(sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')))
+	done
+	echo "$total"
+}
+hz=$(getconf CLK_TCK)
 order=($kinds)
 for r in $(seq 1 "$rounds"); do
 	for k in "${order[@]}"; do
 		q "TRUNCATE bench.queue; CHECKPOINT"
+		c0=$([ $have_livekpi = 1 ] && worker_cpu || echo 0)
 		t0=$(date +%s.%N)
 		"${PGBENCH[@]}" -M prepared -c "$clients" -j "$clients" -T "$seconds" \
 			-D rows=$write_rows -D props=100001 -f "$work/write_w_$k.sql" postgres > "$work/write_${k}_$r.out" 2>&1 ||
 			{ cat "$work/write_${k}_$r.out"; exit 1; }
 		t1=$(date +%s.%N)
+		c1=$([ $have_livekpi = 1 ] && worker_cpu || echo 0)
+		res write_worker_cpu_${k}_r$r "$(python3 -c "print(round(($c1 - $c0) / $hz / ($t1 - $t0), 3))")"
 		tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$work/write_${k}_$r.out")
 		res write_tps_${k}_r$r "$tps"
 		res write_window_${k}_r$r "$t0 $t1"
@@ -350,7 +363,8 @@ log "WAL per row"
 wal_tables="wal_plain"
 [ $have_livekpi = 1 ] && wal_tables="wal_plain wal_tracked"
 q "CHECKPOINT"
-for r in $(seq 0 "$rounds"); do	# round 0 warms up (full-page images after the checkpoint)
+wal_rounds=$((rounds < 5 ? 5 : rounds))
+for r in $(seq 0 "$wal_rounds"); do	# round 0 warms up (full-page images after the checkpoint)
 	for t in $wal_tables; do
 		k=${t#wal_}
 		for form in single bulk; do
