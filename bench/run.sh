@@ -365,6 +365,7 @@ wal_tables="wal_plain"
 q "CHECKPOINT"
 wal_rounds=$((rounds < 5 ? 5 : rounds))
 for r in $(seq 0 "$wal_rounds"); do	# round 0 warms up (full-page images after the checkpoint)
+	for t in $wal_tables; do q "VACUUM bench.$t"; done
 	for t in $wal_tables; do
 		k=${t#wal_}
 		for form in single bulk; do
