@@ -54,6 +54,17 @@ SELECT livekpi.sync('30s');
 SELECT upserts ? 'property_kpis' AS upserted, deletes FROM livekpi.delta_log
 WHERE seq = (SELECT last_seq FROM livekpi.state);
 
+-- a bulk load that touches more than 20,000 daily rows is published as a
+-- barrier (clients take a snapshot) instead of a delta of that size
+INSERT INTO bookings (id, property_id, check_in, check_out, total_amount)
+SELECT 1000 + i, 100 + i % 100, DATE '2026-01-01' + i / 100, DATE '2026-01-01' + i / 100 + 1, 1
+FROM generate_series(0, 20999) AS i;
+SELECT livekpi.sync('60s');
+SELECT barrier, upserts, deletes FROM livekpi.delta_log WHERE seq = (SELECT last_seq FROM livekpi.state);
+SELECT count(*) AS daily_rows FROM livekpi.booking_daily WHERE property_id >= 100;
+SELECT count(*) AS differences FROM livekpi.verify();
+DELETE FROM bookings WHERE id >= 1000;
+
 -- TRUNCATE: the worker rebuilds and writes a barrier
 TRUNCATE bookings;
 SELECT livekpi.sync('30s');
