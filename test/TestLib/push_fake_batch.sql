@@ -20,7 +20,11 @@ BEGIN
 		PERFORM livekpi._tokens_changed();
 		RETURN s;
 	END IF;
+	-- As the apply worker's own registrations, this one sends no units
+	-- change (which the real apply worker would turn into a batch of its own).
+	ALTER TABLE livekpi.properties DISABLE TRIGGER livekpi_units;
 	INSERT INTO livekpi.properties (property_id) VALUES (p) ON CONFLICT DO NOTHING;
+	ALTER TABLE livekpi.properties ENABLE ALWAYS TRIGGER livekpi_units;
 	IF remove THEN
 		DELETE FROM livekpi.booking_daily WHERE property_id = p AND day = d;
 		DELETE FROM livekpi.booking_monthly WHERE property_id = p AND month = m;
