@@ -403,13 +403,10 @@ BEGIN
 		batch_lsn pg_lsn, changes bigint, retention int, retention_batches int,
 		OUT seq bigint, OUT rows_written bigint)
 	LANGUAGE plpgsql
-	-- Every statement below joins a batch's keys with a primary key.  The
-	-- KPI tables grow faster than autovacuum analyzes them, and a stale
-	-- row count once made the planner scan booking_daily for every key of
-	-- a 21,000-key batch (30 s).  Index lookups are right at every size.
+	-- The apply worker analyzes the KPI tables after a large batch, so that
+	-- these joins of a batch's keys with primary keys are planned on fresh
+	-- row counts (see ANALYZE_AFTER_ROWS in apply_worker.c).
 	SET search_path = pg_catalog, pg_temp
-	SET enable_seqscan = off
-	SET plan_cache_mode = force_custom_plan
 	AS $body$
 	DECLARE
 		n bigint;
@@ -575,8 +572,6 @@ BEGIN
 		p_key %1$s[], OUT upserts jsonb, OUT deletes jsonb)
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
-	SET enable_seqscan = off
-	SET plan_cache_mode = force_custom_plan
 	AS $body$
 	DECLARE
 		pk_key %1$s[];

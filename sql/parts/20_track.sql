@@ -344,6 +344,9 @@ BEGIN
 	RETURNING last_seq INTO s;
 	INSERT INTO livekpi.delta_log (seq, applied_at, committed_at, lsn, barrier)
 	VALUES (s, now(), now(), point, true);
+	-- the next batches are planned on the new row counts
+	ANALYZE livekpi.booking_daily, livekpi.booking_monthly, livekpi.expense_daily,
+		livekpi.expense_monthly, livekpi.portfolio_monthly;
 	PERFORM livekpi._wake_push();
 END
 $$;
