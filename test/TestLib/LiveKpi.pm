@@ -28,7 +28,7 @@ our @EXPORT = qw(
   livekpi_node try_query poll_until setup_tables track_tables
   start_writers finish_writers writers_done writer_report
   check_independent check_verify check_delta_log_contiguous
-  apply_worker_pid sync_ok call_ok
+  apply_worker_pid sync_ok call_ok pause_ok
 );
 
 # Directory of test/ (this file lives in test/TestLib/).
@@ -118,6 +118,24 @@ sub call_ok
 		timeout => $timeout // 120,
 		on_error_stop => 1);
 	return Test::More::ok($rc == 0, $name) || Test::More::diag($err);
+}
+
+# livekpi.pause(), then livekpi.status shows the worker paused.
+sub pause_ok
+{
+	my ($node, $name) = @_;
+	my $state;
+	call_ok($node, 'livekpi.pause()', $name);
+	return Test::More::ok(
+		poll_until(
+			'livekpi.status to show the pause',
+			30,
+			sub {
+				$state = try_query($node, 'SELECT apply_state FROM livekpi.status');
+				return defined $state && $state =~ /paus/i;
+			}),
+		'status shows the apply worker paused')
+	  || Test::More::diag('apply_state: ' . ($state // 'query failed'));
 }
 
 # livekpi.sync(timeout) returned true.

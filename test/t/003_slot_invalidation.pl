@@ -35,17 +35,7 @@ check_verify($node, 'before invalidation');
 my $seq_before = try_query($node,
 	'SELECT coalesce(max(seq), 0) FROM livekpi.delta_log');
 
-call_ok($node, 'livekpi.pause()', 'pause()');
-my $state;
-ok( poll_until(
-		'livekpi.status to show the pause',
-		30,
-		sub {
-			$state = try_query($node, 'SELECT apply_state FROM livekpi.status');
-			return defined $state && $state =~ /paus/i;
-		}),
-	'status shows the apply worker paused')
-  or diag('apply_state: ' . ($state // 'query failed'));
+pause_ok($node, 'pause()');
 
 # Changes that wait in the slot and are lost with it.
 $node->safe_psql(
