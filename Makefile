@@ -12,7 +12,9 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 # The install script is assembled from sql/parts/ so that each concern keeps
 # its own SQL file; the parts are concatenated in name order.
 SQL_PARTS = $(sort $(wildcard sql/parts/*.sql))
-DATA_built = livekpi--1.0.sql
+DATA_built = livekpi--1.1.sql
+# Upgrade scripts: one per released version step (test/t/007_upgrade.pl walks them).
+DATA = sql/livekpi--1.0--1.1.sql
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/src
@@ -32,7 +34,7 @@ TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
 PROVE_FLAGS = --timer
 
-EXTRA_CLEAN = livekpi--1.0.sql results output_iso tmp_regress tmp_iso tmp_check
+EXTRA_CLEAN = livekpi--1.1.sql results output_iso tmp_regress tmp_iso tmp_check
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -61,7 +63,7 @@ fuzz: $(LIVEKPI_FUZZ)
 EXTRA_CLEAN += $(LIVEKPI_TAIL) $(LIVEKPI_FUZZ)
 # --- push worker end
 
-livekpi--1.0.sql: $(SQL_PARTS)
+livekpi--1.1.sql: $(SQL_PARTS)
 	cat $^ > $@
 
 # The dashboard and livekpi.js, served by the push worker from

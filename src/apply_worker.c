@@ -413,6 +413,39 @@ extension_exists(void)
 	return exists;
 }
 
+/* Publishes whether livekpi.state says the KPIs are stale, for /healthz. */
+static void
+publish_stale(bool stale)
+{
+	SpinLockAcquire(&livekpi_shared->mutex);
+	livekpi_shared->stale = stale;
+	SpinLockRelease(&livekpi_shared->mutex);
+}
+
+/*
+ * refresh_stale
+ *		Any backend may mark the KPIs stale (livekpi._mark_stale); the
+ *		worker re-reads the flag once a second so that /healthz, which
+ *		runs no SQL, follows within that second.
+ */
+static void
+refresh_stale(void)
+{
+	bool		isnull;
+	bool		stale = false;
+
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute("SELECT stale_reason IS NOT NULL FROM livekpi.state", true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+		stale = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	publish_stale(stale);
+}
+
 static char
 key_kind_of(const char *key_type)
 {
@@ -840,6 +873,7 @@ livekpi_apply_main(Datum main_arg)
 		{
 			if (!extension_exists())
 				drop_slot_and_exit();
+			(void) try_step(refresh_stale, &backoff_ms);
 			last_extension_check = now;
 		}
 

@@ -415,8 +415,8 @@ Datum
 livekpi_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[26];
-	bool		nulls[26];
+	Datum		values[27];
+	bool		nulls[27];
 	LiveKpiShared s;
 	XLogRecPtr	flush;
 	int			i = 0;
@@ -460,9 +460,10 @@ livekpi_status(PG_FUNCTION_ARGS)
 	PUT(Int64GetDatum(s.bytes_sent));
 	PUT_NULL_IF(s.push_error[0] == '\0', CStringGetTextDatum(s.push_error));
 	PUT_NULL_IF(s.push_error_at == 0, TimestampTzGetDatum(s.push_error_at));
+	PUT(Int64GetDatum(s.records_rejected));
 #undef PUT
 #undef PUT_NULL_IF
-	Assert(i == 26);
+	Assert(i == 27);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

@@ -83,6 +83,8 @@ typedef struct LiveKpiShared
 	int64		rows_skipped;
 	int64		batches;
 	int64		rebuilds;
+	int64		records_rejected;	/* change records not from the trigger */
+	bool		stale;			/* state.stale_reason is set: KPIs inexact */
 	char		last_error[LIVEKPI_ERROR_LEN];
 	TimestampTz last_error_at;
 	int64		batch_duration_counts[LIVEKPI_DURATION_BUCKETS];	/* not cumulative */

@@ -725,7 +725,8 @@ http_prepare(PushClient *c, int status, const char *type, const char *body)
 /*
  * health_body
  *		The /healthz answer, from the workers' shared state: 503 when the
- *		apply worker is not running or lags past max_lag.
+ *		apply worker is not running, the KPIs are stale or it lags past
+ *		max_lag.
  */
 static int
 health_body(char *buf, size_t len)
@@ -734,6 +735,7 @@ health_body(char *buf, size_t len)
 	int64		last_seq;
 	char		state[LIVEKPI_STATE_LEN];
 	int			clients;
+	bool		stale;
 	long		lag_ms = (long) livekpi_apply_lag_ms();
 	bool		ok;
 
@@ -742,14 +744,15 @@ health_body(char *buf, size_t len)
 	last_seq = livekpi_shared->last_seq;
 	strlcpy(state, livekpi_shared->apply_state, sizeof(state));
 	clients = livekpi_shared->clients;
+	stale = livekpi_shared->stale;
 	SpinLockRelease(&livekpi_shared->mutex);
 
-	ok = apply_pid != 0 && lag_ms <= (long) livekpi_max_lag * 1000L;
+	ok = apply_pid != 0 && !stale && lag_ms <= (long) livekpi_max_lag * 1000L;
 	snprintf(buf, len,
 			 "{\"status\":\"%s\",\"apply_worker\":%s,\"apply_state\":\"%s\","
-			 "\"last_seq\":" INT64_FORMAT ",\"lag_ms\":%ld,\"clients\":%d}\n",
+			 "\"last_seq\":" INT64_FORMAT ",\"lag_ms\":%ld,\"clients\":%d,\"stale\":%s}\n",
 			 ok ? "ok" : "unhealthy", apply_pid != 0 ? "true" : "false",
-			 state, last_seq, lag_ms, clients);
+			 state, last_seq, lag_ms, clients, stale ? "true" : "false");
 	return ok ? 200 : 503;
 }
 

@@ -1,5 +1,5 @@
 /*-------------------------------------------------------------------------
- * livekpi--1.0.sql, part 10: the core pipeline.
+ * livekpi--1.1.sql, part 10: the core pipeline.
  *
  * Tracking (track_bookings, track_expenses, untrack), the KPI tables and
  * views, the batch applier called by the apply worker, rebuild, verify,
@@ -42,9 +42,46 @@ CREATE TABLE livekpi.state (
 	epoch		text NOT NULL DEFAULT gen_random_uuid()::text,
 	last_seq	bigint NOT NULL DEFAULT 0,
 	rebuild_lsn pg_lsn NOT NULL DEFAULT '0/0',
-	key_type	regtype NOT NULL DEFAULT 'bigint'
+	key_type	regtype NOT NULL DEFAULT 'bigint',
+	-- Why the KPIs are not exact until rebuild() (NULL: they are), and since
+	-- when: a skipped poison change, capture that was disabled, ...
+	stale_reason text,
+	stale_since timestamptz
 );
 INSERT INTO livekpi.state DEFAULT VALUES;
+
+/*
+ * skipped_changes: source changes the apply worker could not apply and
+ * skipped (SPEC section 5), each recorded in the transaction that moves the
+ * replication origin past it.
+ */
+CREATE TABLE livekpi.skipped_changes (
+	commit_lsn	pg_lsn NOT NULL,
+	message_lsn pg_lsn,
+	ordinal		int NOT NULL,		-- the change's place in its transaction, from 1
+	relid		oid,				-- the tracked table it came from, when known
+	sqlstate	text NOT NULL,
+	message		text NOT NULL,
+	skipped_at	timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (commit_lsn, ordinal)
+);
+
+/*
+ * _mark_stale(reason)
+ *		The one way to say the KPIs are no longer exact: a rebuild() clears
+ *		it.  The apply worker publishes the flag to /healthz when it is woken.
+ */
+CREATE FUNCTION livekpi._mark_stale(reason text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	UPDATE livekpi.state
+	SET stale_reason = CASE WHEN stale_reason IS NULL THEN reason
+							WHEN position(reason IN stale_reason) > 0 THEN stale_reason
+							ELSE stale_reason || '; ' || reason END,
+		stale_since = coalesce(stale_since, now());
+	PERFORM livekpi._wake_apply();
+END
+$$;
 
 CREATE TABLE livekpi.tracked_tables (
 	relid		regclass PRIMARY KEY,

@@ -1,5 +1,5 @@
 /*-------------------------------------------------------------------------
- * livekpi--1.0.sql, part 20: tracking tables, rebuild and verify.
+ * livekpi--1.1.sql, part 20: tracking tables, rebuild and verify.
  *
  * The set-based recompute here is SPEC section 3 a second time, in SQL;
  * src/kpi.c is the first.  verify() and the differential tests compare
@@ -339,6 +339,8 @@ BEGIN
 
 	UPDATE livekpi.state
 	SET rebuild_lsn = point,
+		stale_reason = NULL,
+		stale_since = NULL,
 		last_seq = last_seq + 1,
 		epoch = CASE WHEN new_epoch THEN gen_random_uuid()::text ELSE epoch END
 	RETURNING last_seq INTO s;

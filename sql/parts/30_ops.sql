@@ -1,5 +1,5 @@
 /*-------------------------------------------------------------------------
- * livekpi--1.0.sql, part 30: operations (status, sync, pause, resume,
+ * livekpi--1.1.sql, part 30: operations (status, sync, pause, resume,
  * epoch) and privileges.
  *-------------------------------------------------------------------------
  */
@@ -12,7 +12,8 @@ CREATE FUNCTION livekpi._status(
 	OUT changes_applied bigint, OUT rows_written bigint, OUT rows_skipped bigint,
 	OUT batches bigint, OUT rebuilds bigint, OUT last_error text, OUT last_error_at timestamptz,
 	OUT push_pid int, OUT push_state text, OUT clients int, OUT messages_sent bigint,
-	OUT bytes_sent bigint, OUT push_last_error text, OUT push_last_error_at timestamptz)
+	OUT bytes_sent bigint, OUT push_last_error text, OUT push_last_error_at timestamptz,
+	OUT records_rejected bigint)
 AS 'MODULE_PATHNAME', 'livekpi_status' LANGUAGE C;
 
 /*
@@ -48,7 +49,11 @@ SELECT s.apply_pid,
 	   s.last_error_at,
 	   s.push_last_error,
 	   s.push_last_error_at,
-	   st.epoch
+	   st.epoch,
+	   s.records_rejected,
+	   st.stale_reason IS NOT NULL AS stale,
+	   st.stale_reason,
+	   st.stale_since
 FROM livekpi._status() s
 CROSS JOIN livekpi.state st
 LEFT JOIN pg_replication_slots r ON r.slot_name = s.slot_name;

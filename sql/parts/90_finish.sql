@@ -1,5 +1,5 @@
 /*-------------------------------------------------------------------------
- * livekpi--1.0.sql, part 90: objects typed by the property key (bigint
+ * livekpi--1.1.sql, part 90: objects typed by the property key (bigint
  * until a table with another key type is tracked), privileges, and the
  * wake-up that tells the apply worker the extension exists.
  *-------------------------------------------------------------------------
