@@ -13,8 +13,9 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 # its own SQL file; the parts are concatenated in name order.
 SQL_PARTS = $(sort $(wildcard sql/parts/*.sql))
 DATA_built = livekpi--1.1.sql
-# Upgrade scripts: one per released version step (test/t/007_upgrade.pl walks them).
-DATA = sql/livekpi--1.0--1.1.sql
+# The 1.0 install script as released and the upgrade scripts from it
+# (test/t/007_upgrade.pl installs 1.0, updates, and compares with 1.1).
+DATA = sql/livekpi--1.0.sql sql/livekpi--1.0--1.1.sql
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/src
