@@ -42,6 +42,7 @@ show_diffs() {
 suite regress as_pg make -C "$work" -s PG_CONFIG="$PG_CONFIG" installcheck-regress-only || show_diffs
 suite isolation as_pg make -C "$work" -s PG_CONFIG="$PG_CONFIG" installcheck-isolation-only || show_diffs
 suite tap as_pg make -C "$work" -s PG_CONFIG="$PG_CONFIG" installcheck-tap-only
+"$top/test/reliability-report.sh" "$work/tmp_check/log" "$top/docs/reliability.md" || true
 for extra in "$top"/test/suites/*.sh; do
 	[ -e "$extra" ] || continue
 	suite "$(basename "$extra" .sh)" "$extra" "$work"
