@@ -20,8 +20,9 @@ DATA = sql/livekpi--1.0.sql sql/livekpi--1.0--1.1.sql
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Werror -Wall -Wmissing-prototypes -Wpointer-arith -Wendif-labels \
-	-Wformat-security -Wno-format-truncation -Wno-stringop-truncation
-SHLIB_LINK = -lwebsockets
+	-Wformat-security -Wno-format-truncation -Wno-stringop-truncation \
+	$(LIVEKPI_SANITIZE_CFLAGS)
+SHLIB_LINK = -lwebsockets $(LIVEKPI_SANITIZE_LDFLAGS)
 
 REGRESS = setup booking_rules expense_rules views mapping key_types partitions \
 	dml_forms decoder operations
@@ -79,7 +80,7 @@ install-www: www
 	$(INSTALL_DATA) $(addprefix www/,$(WWW_FILES)) '$(DESTDIR)$(datadir)/livekpi/www/'
 	$(INSTALL_DATA) www/vendor/* '$(DESTDIR)$(datadir)/livekpi/www/vendor/'
 
-.PHONY: test demo bench deps
+.PHONY: test demo bench deps test-sanitize
 
 deps:
 	./test/install-deps.sh
@@ -92,6 +93,12 @@ test: deps
 	$(MAKE) all
 	$(MAKE) install
 	./test/run-tests.sh
+
+# The longer target (docs/testing.md): livekpi.so built with UBSan runs the
+# regress, isolation and TAP suites; any report fails it.  Leaves a normal
+# build installed.
+test-sanitize: deps
+	./test/run-sanitized.sh
 
 demo:
 	./test/install-deps.sh

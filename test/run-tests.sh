@@ -43,7 +43,9 @@ suite regress as_pg make -C "$work" -s PG_CONFIG="$PG_CONFIG" installcheck-regre
 suite isolation as_pg make -C "$work" -s PG_CONFIG="$PG_CONFIG" installcheck-isolation-only || show_diffs
 suite tap as_pg make -C "$work" -s PG_CONFIG="$PG_CONFIG" installcheck-tap-only
 "$top/test/reliability-report.sh" "$work/tmp_check/log" "$top/docs/reliability.md" || true
+# LIVEKPI_CORE_ONLY=1 (test/run-sanitized.sh): regress, isolation and TAP only.
 for extra in "$top"/test/suites/*.sh; do
+	[ -z "${LIVEKPI_CORE_ONLY:-}" ] || break
 	[ -e "$extra" ] || continue
 	suite "$(basename "$extra" .sh)" "$extra" "$work"
 done
