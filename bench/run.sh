@@ -20,7 +20,8 @@
 #                           writes bench/out/BENCHMARKS.quick.md instead
 #   BENCH_ROUNDS [3]        alternated rounds of the write and bulk tests
 #   BENCH_SECONDS [20]      pgbench duration of each write round
-#   BENCH_CLIENTS [2]       pgbench clients of the write rounds
+#   BENCH_CLIENTS [2 x cores] pgbench clients of the write rounds (saturation:
+#                           the CPU, not the client count, must be the limit)
 #   BENCH_BULK_ROWS [300000]
 #   BENCH_BOOKINGS [1000000], BENCH_EXPENSES [1000000], BENCH_PROPERTIES [2000]
 #   BENCH_READ_SECONDS [10] pgbench duration of each read test
@@ -41,13 +42,13 @@ done
 
 quick=${BENCH_QUICK:-0}
 if [ "$quick" = 1 ]; then
-	rounds=${BENCH_ROUNDS:-2} seconds=${BENCH_SECONDS:-3} clients=${BENCH_CLIENTS:-2}
+	rounds=${BENCH_ROUNDS:-2} seconds=${BENCH_SECONDS:-3} clients=${BENCH_CLIENTS:-$((2 * $(nproc)))}
 	bulk_rows=${BENCH_BULK_ROWS:-30000} bookings=${BENCH_BOOKINGS:-50000}
 	expenses=${BENCH_EXPENSES:-50000} properties=${BENCH_PROPERTIES:-200}
 	read_seconds=${BENCH_READ_SECONDS:-2} write_rows=20000 wal_single=1000 wal_bulk=5000
 	report=${BENCH_REPORT:-$top/bench/out/BENCHMARKS.quick.md}
 else
-	rounds=${BENCH_ROUNDS:-3} seconds=${BENCH_SECONDS:-20} clients=${BENCH_CLIENTS:-2}
+	rounds=${BENCH_ROUNDS:-3} seconds=${BENCH_SECONDS:-20} clients=${BENCH_CLIENTS:-$((2 * $(nproc)))}
 	bulk_rows=${BENCH_BULK_ROWS:-300000} bookings=${BENCH_BOOKINGS:-1000000}
 	expenses=${BENCH_EXPENSES:-1000000} properties=${BENCH_PROPERTIES:-2000}
 	read_seconds=${BENCH_READ_SECONDS:-10} write_rows=200000 wal_single=5000 wal_bulk=20000
@@ -283,11 +284,21 @@ worker_cpu() {
 	done
 	echo "$total"
 }
+# CPU ticks of the apply worker alone
+apply_cpu() {
+	local pid
+	pid=$(q "SELECT apply_pid FROM livekpi.status" 2>/dev/null)
+	[ -n "$pid" ] && [ -r "/proc/$pid/stat" ] && sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}' || echo 0
+}
 hz=$(getconf CLK_TCK)
 order=($kinds)
 for r in $(seq 1 "$rounds"); do
 	for k in "${order[@]}"; do
 		q "TRUNCATE bench.queue; CHECKPOINT"
+		if [ "$k" = tracked ]; then
+			a0=$(apply_cpu)
+			n0=$(status changes_applied)
+		fi
 		c0=$([ $have_livekpi = 1 ] && worker_cpu || echo 0)
 		t0=$(date +%s.%N)
 		"${PGBENCH[@]}" -M prepared -c "$clients" -j "$clients" -T "$seconds" \
@@ -303,6 +314,14 @@ for r in $(seq 1 "$rounds"); do
 		if [ "$k" = tracked ]; then
 			ms=$(timed "SELECT livekpi.sync('120s')")
 			res write_sync_ms_r$r "$ms"
+			# the apply worker's CPU over the round and its sync(), per change
+			# applied (a worker restarted in between reads as nothing)
+			a1=$(apply_cpu)
+			n1=$(status changes_applied)
+			if [ -n "$n0" ] && [ -n "$n1" ] && [ "$n1" -gt "$n0" ] && [ "$a1" -ge "$a0" ]; then
+				res apply_us_per_change_r$r "$(python3 -c "print(round(($a1 - $a0) / $hz * 1e6 / ($n1 - $n0), 1))")"
+				res write_changes_r$r "$((n1 - n0))"
+			fi
 			extra=", sync() after it $ms ms"
 		fi
 		log "write round $r: $k $tps tps$extra"
