@@ -84,13 +84,17 @@ livekpi--1.1.sql: $(SQL_PARTS)
 # $(datadir)/livekpi/www.  The chart library (uPlot, MIT) is committed in
 # www/vendor/, so install needs no network; www/vendor-refresh.sh updates it
 # from node_modules after a version change in package.json.
+# livekpi.js is split into modules with one job each in www/lib/ (see
+# docs/livekpi-js.md); every file the page loads must be listed here.
 WWW_FILES = index.html app.js livekpi.js style.css sw.js
+WWW_LIB = protocol.js store.js backoff.js connection.js share.js persist.js kpimath.js
 WWW_VENDOR = uPlot.esm.js uPlot.min.css uPlot.LICENSE
 .PHONY: install-www uninstall-www
 install: install-www
 install-www:
-	$(MKDIR_P) '$(DESTDIR)$(datadir)/livekpi/www/vendor'
+	$(MKDIR_P) '$(DESTDIR)$(datadir)/livekpi/www/vendor' '$(DESTDIR)$(datadir)/livekpi/www/lib'
 	$(INSTALL_DATA) $(addprefix www/,$(WWW_FILES)) '$(DESTDIR)$(datadir)/livekpi/www/'
+	$(INSTALL_DATA) $(addprefix www/lib/,$(WWW_LIB)) '$(DESTDIR)$(datadir)/livekpi/www/lib/'
 	$(INSTALL_DATA) $(addprefix www/vendor/,$(WWW_VENDOR)) '$(DESTDIR)$(datadir)/livekpi/www/vendor/'
 uninstall: uninstall-www
 uninstall-www:

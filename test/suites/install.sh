@@ -5,7 +5,8 @@
 #  * a copy of the tree without node_modules, with npm and node on PATH
 #    replaced by commands that fail, installs into a DESTDIR: the chart
 #    library and its licence come from the committed www/vendor/;
-#  * every file of WWW_FILES and WWW_VENDOR is installed;
+#  * every file of WWW_FILES, WWW_LIB and WWW_VENDOR is installed, and every
+#    page file of www/ (www/lib/ included) is listed there;
 #  * with Debian's bindir (/usr/lib/postgresql/N/bin) and no DESTDIR, the
 #    install links livekpi-tail into TAIL_LINK_DIR (a dry run: this suite
 #    never writes to the system); with a DESTDIR or another bindir, no link.
@@ -33,7 +34,7 @@ PATH="$tmp/nonet:$PATH" make -C "$tmp/src" -s PG_CONFIG="$PG_CONFIG" DESTDIR="$t
 grep -q "was run" "$tmp/install.log" && { cat "$tmp/install.log"; fail "make install ran npm or node"; }
 
 www="$tmp/dest$($PG_CONFIG --sharedir)/livekpi/www"
-files=$(make -C "$tmp/src" -s PG_CONFIG="$PG_CONFIG" --eval 'print-www: ; @echo $(WWW_FILES) $(addprefix vendor/,$(WWW_VENDOR))' print-www)
+files=$(make -C "$tmp/src" -s PG_CONFIG="$PG_CONFIG" --eval 'print-www: ; @echo $(WWW_FILES) $(addprefix lib/,$(WWW_LIB)) $(addprefix vendor/,$(WWW_VENDOR))' print-www)
 [ -n "$files" ] || fail "WWW_FILES is empty"
 for f in $files; do
 	[ -s "$www/$f" ] || fail "$f is not installed in $www"
