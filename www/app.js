@@ -554,11 +554,14 @@ function renderOverbooked(row) {
 		return;
 	}
 	const prop = propertyFilter();
-	const who = prop === null ? 'some properties' : propertyName(prop);
-	const key = prop === null ? 'N' : (typeof prop === 'number' ? String(prop) : `'${String(prop).replace(/'/g, "''")}'`);
+	const who = prop === null ? 'the properties' : propertyName(prop);
+	const key = prop === null ? '…' : (typeof prop === 'number' ? String(prop) : `'${String(prop).replace(/'/g, "''")}'`);
+	/* the fewest units that hold the nights sold this month */
+	const days = kpimath.daysInMonth(selection.month);
+	const least = Math.max(1, Math.ceil(row.nights_sold / days));
 	box.replaceChildren(
-		document.createTextNode(`Occupancy is ${fmt.pct.format(row.occupancy)}: more nights were sold than ${who} can offer. Set units (rooms) in livekpi.properties, e.g. `),
-		Object.assign(document.createElement('code'), { textContent: `UPDATE livekpi.properties SET units = 6 WHERE property_id = ${key};` }));
+		document.createTextNode(`Occupancy is ${fmt.pct.format(row.occupancy)}: more nights were sold than ${who} can offer with the units livekpi knows. Set units (rooms) in livekpi.properties${prop === null ? '' : ` (at least ${least})`}, e.g. `),
+		Object.assign(document.createElement('code'), { textContent: `UPDATE livekpi.properties SET units = ${prop === null ? '…' : least} WHERE property_id = ${key};` }));
 	box.hidden = false;
 }
 
@@ -1262,4 +1265,9 @@ if ('serviceWorker' in navigator && window.isSecureContext && /^https?:$/.test(l
 	navigator.serviceWorker.register('sw.js').catch(() => { /* not served: online only */ });
 
 /* for tests and the curious: window.livekpi.client */
-globalThis.livekpi = { get client() { return client; }, get selection() { return { ...selection }; } };
+globalThis.livekpi = {
+	get client() { return client; },
+	get selection() { return { ...selection }; },
+	/* the occupancy axis of the trend chart, [min, max] in percent */
+	get occupancyAxis() { return trendChart ? [trendChart.scales.pct.min, trendChart.scales.pct.max] : null; },
+};
