@@ -1117,6 +1117,16 @@ function toast(text, context) {
 
 /* ------------------------------------------------------------- token flow */
 
+/* A short stable hash (FNV-1a, 32 bit) for names, not for security. */
+function fnv1a(str) {
+	let h = 0x811c9dc5;
+	for (let i = 0; i < str.length; i++) {
+		h ^= str.charCodeAt(i);
+		h = Math.imul(h, 0x01000193) >>> 0;
+	}
+	return h.toString(36);
+}
+
 function takeTokenFromHash() {
 	const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
 	if (!m)
@@ -1160,7 +1170,9 @@ function useToken(token) {
 		return;
 	}
 	currentRange = dailyRange();
-	client = new LiveKpi({ token, views: VIEWS, dailyRange: currentRange });
+	/* one name per token (not per day), so that the saved state, the lock
+	 * and the channel stay the same when month to date moves on */
+	client = new LiveKpi({ token, views: VIEWS, dailyRange: currentRange, name: 'livekpi:dashboard:' + fnv1a(location.host + '|' + token) });
 	client.addEventListener('change', (e) => {
 		if (e.detail.source === 'restore' && setCurrency(client.currency))
 			queueRender();
