@@ -17,9 +17,10 @@ set -euo pipefail
 # bash cannot trap a signal ignored at entry: Ctrl-C or a SIGINT to the
 # process group would leave the cluster running.  Start over once with the
 # default dispositions so that the traps below always work.
-if [ -z "${LIVEKPI_DEMO_SIGNALS_RESET:-}" ]; then
+# (env --default-signal: coreutils 8.31 and later, Debian 11 and later.)
+if [ -z "${LIVEKPI_DEMO_SIGNALS_RESET:-}" ] && env --default-signal=INT true 2>/dev/null; then
 	export LIVEKPI_DEMO_SIGNALS_RESET=1
-	exec env --default-signal=INT,TERM,HUP "$0" "$@"
+	exec env --default-signal=INT,TERM,HUP bash "$0" "$@"
 fi
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/test/lib.sh"
