@@ -86,7 +86,7 @@ livekpi--1.1.sql: $(SQL_PARTS)
 # from node_modules after a version change in package.json.
 # livekpi.js is split into modules with one job each in www/lib/ (see
 # docs/livekpi-js.md); every file the page loads must be listed here.
-WWW_FILES = index.html app.js livekpi.js style.css sw.js
+WWW_FILES = index.html app.js model.js livekpi.js style.css sw.js
 WWW_LIB = protocol.js store.js backoff.js connection.js share.js persist.js kpimath.js
 WWW_VENDOR = uPlot.esm.js uPlot.min.css uPlot.LICENSE
 .PHONY: install-www uninstall-www

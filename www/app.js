@@ -8,6 +8,7 @@
  */
 import { LiveKpi } from './livekpi.js';
 import * as kpimath from './lib/kpimath.js';
+import * as model from './model.js';
 import uPlot from './vendor/uPlot.esm.js';
 
 const TOKEN_KEY = 'livekpi.token';
@@ -241,35 +242,17 @@ function figures(month) {
 	return client.get('property_kpis', { property_id: prop, month }) || null;
 }
 
-/* Properties in view: key, units and name (livekpi.properties.name, when
- * the rows carry it), from their newest property_kpis row. */
+/* Properties in view: key, units and name (www/model.js). */
 let propertyInfo = new Map();
 function propertyList() {
-	const ids = new Map();
-	const info = new Map();
-	for (const r of client.rows('property_kpis')) {
-		const k = JSON.stringify(r.property_id);
-		ids.set(k, r.property_id);
-		const u = info.get(k);
-		if (!u || r.month > u.month)
-			info.set(k, { month: r.month, units: r.units, name: typeof r.name === 'string' && r.name.trim() ? r.name.trim() : null });
-	}
-	for (const p of client.scope?.properties || [])
-		ids.set(JSON.stringify(p), p);
-	propertyInfo = info;
-	const list = Array.from(ids.entries()).map(([k, id]) => ({ id, units: info.get(k)?.units, name: info.get(k)?.name ?? null }));
-	list.sort((a, b) => (typeof a.id === 'number' && typeof b.id === 'number') ? a.id - b.id
-		: String(a.id).localeCompare(String(b.id), undefined, { numeric: true }));
+	const list = model.properties(client.rows('property_kpis'), client.scope?.properties);
+	propertyInfo = new Map(list.map((p) => [p.key, p]));
 	return list;
 }
 
 /* The name of a property, else "Property <key>". */
 function propertyName(id) {
-	const name = propertyInfo.get(JSON.stringify(id))?.name;
-	if (name)
-		return name;
-	const s = String(id);
-	return `Property ${s.length > 14 ? s.slice(0, 8) + '…' : s}`;
+	return model.propertyLabel(id, propertyInfo.get(JSON.stringify(id))?.name);
 }
 
 function monthList() {

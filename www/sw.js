@@ -7,7 +7,7 @@
  * /metrics never go through the cache.
  */
 const CACHE = 'livekpi-shell-v2';
-const SHELL = ['./', 'app.js', 'livekpi.js', 'style.css', 'vendor/uPlot.esm.js', 'vendor/uPlot.min.css',
+const SHELL = ['./', 'app.js', 'model.js', 'livekpi.js', 'style.css', 'vendor/uPlot.esm.js', 'vendor/uPlot.min.css',
 	'lib/protocol.js', 'lib/store.js', 'lib/backoff.js', 'lib/connection.js', 'lib/share.js',
 	'lib/persist.js', 'lib/kpimath.js'];
 
@@ -30,7 +30,7 @@ function isShell(url) {
 	if (!url.pathname.startsWith(scope))
 		return false;
 	const rest = url.pathname.slice(scope.length);
-	return rest === '' || rest === 'index.html' || /^(app|livekpi)\.js$/.test(rest) ||
+	return rest === '' || rest === 'index.html' || /^(app|model|livekpi)\.js$/.test(rest) ||
 		rest === 'style.css' || rest.startsWith('vendor/') || /^lib\/[a-z]+\.js$/.test(rest);
 }
 

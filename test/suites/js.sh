@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# test/suites/js.sh [TREE]: the pure modules of livekpi.js (www/lib/) and
-# the exact KPI arithmetic of the dashboard, in node without a browser
+# test/suites/js.sh [TREE]: the pure modules of livekpi.js (www/lib/), the
+# exact KPI arithmetic and the dashboard's model (www/model.js), in node
+# without a browser
 # (test/js/*.test.mjs, node's test runner).
 set -uo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
