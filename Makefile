@@ -51,12 +51,26 @@ $(LIVEKPI_TAIL): src/tail/livekpi_tail.c
 	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -Werror -o $@ $< -lwebsockets
 install: install-livekpi-tail
 .PHONY: install-livekpi-tail uninstall-livekpi-tail fuzz
+# Debian's bindir (/usr/lib/postgresql/N/bin) is not on PATH: an install
+# into the system (no DESTDIR, that bindir) also links livekpi-tail into
+# TAIL_LINK_DIR.  Private copies (another prefix) and package builds
+# (DESTDIR set) get no link.
+TAIL_LINK_DIR ?= /usr/local/bin
+tail_link = $(if $(DESTDIR),,$(filter /usr/lib/postgresql/%,$(bindir)))
 install-livekpi-tail: $(LIVEKPI_TAIL)
 	$(MKDIR_P) '$(DESTDIR)$(bindir)'
 	$(INSTALL_PROGRAM) $(LIVEKPI_TAIL) '$(DESTDIR)$(bindir)/livekpi-tail'
+ifneq ($(tail_link),)
+	$(MKDIR_P) '$(TAIL_LINK_DIR)'
+	ln -sf '$(bindir)/livekpi-tail' '$(TAIL_LINK_DIR)/livekpi-tail'
+endif
 uninstall: uninstall-livekpi-tail
 uninstall-livekpi-tail:
 	rm -f '$(DESTDIR)$(bindir)/livekpi-tail'
+ifneq ($(tail_link),)
+	if [ "$$(readlink '$(TAIL_LINK_DIR)/livekpi-tail')" = '$(bindir)/livekpi-tail' ]; then \
+		rm -f '$(TAIL_LINK_DIR)/livekpi-tail'; fi
+endif
 $(LIVEKPI_FUZZ): test/fuzz/fuzz_protocol.c src/protocol.c src/protocol.h
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 		-I$(srcdir)/src -o $@ test/fuzz/fuzz_protocol.c src/protocol.c
@@ -69,16 +83,24 @@ livekpi--1.1.sql: $(SQL_PARTS)
 	cat $^ > $@
 
 # The dashboard and livekpi.js, served by the push worker from
-# $(datadir)/livekpi/www; www/build.sh copies the pinned chart library in.
-WWW_FILES = index.html app.js livekpi.js style.css sw.js
-.PHONY: www install-www
-www:
-	./www/build.sh
+# $(datadir)/livekpi/www.  The chart library (uPlot, MIT) is committed in
+# www/vendor/, so install needs no network; www/vendor-refresh.sh updates it
+# from node_modules after a version change in package.json.
+# livekpi.js is split into modules with one job each in www/lib/ (see
+# docs/livekpi-js.md); every file the page loads must be listed here.
+WWW_FILES = index.html app.js model.js livekpi.js style.css sw.js
+WWW_LIB = protocol.js store.js backoff.js connection.js share.js persist.js kpimath.js
+WWW_VENDOR = uPlot.esm.js uPlot.min.css uPlot.LICENSE
+.PHONY: install-www uninstall-www
 install: install-www
-install-www: www
-	$(MKDIR_P) '$(DESTDIR)$(datadir)/livekpi/www/vendor'
+install-www:
+	$(MKDIR_P) '$(DESTDIR)$(datadir)/livekpi/www/vendor' '$(DESTDIR)$(datadir)/livekpi/www/lib'
 	$(INSTALL_DATA) $(addprefix www/,$(WWW_FILES)) '$(DESTDIR)$(datadir)/livekpi/www/'
-	$(INSTALL_DATA) www/vendor/* '$(DESTDIR)$(datadir)/livekpi/www/vendor/'
+	$(INSTALL_DATA) $(addprefix www/lib/,$(WWW_LIB)) '$(DESTDIR)$(datadir)/livekpi/www/lib/'
+	$(INSTALL_DATA) $(addprefix www/vendor/,$(WWW_VENDOR)) '$(DESTDIR)$(datadir)/livekpi/www/vendor/'
+uninstall: uninstall-www
+uninstall-www:
+	rm -rf '$(DESTDIR)$(datadir)/livekpi/www'
 
 .PHONY: test demo bench deps test-sanitize
 

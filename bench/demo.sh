@@ -2,8 +2,9 @@
 # bench/demo.sh: `make demo`.  Starts a throwaway cluster in .demo/ on free
 # ports, loads a realistic portfolio (bench/datagen.sql), tracks it, prints
 # the dashboard URL and the commands to try, then runs the live write
-# simulator (bench/simulator.sql) until Ctrl-C, which stops everything this
-# script started and removes the cluster.
+# simulator (bench/simulator.sql) until Ctrl-C (or SIGINT, SIGTERM or SIGHUP
+# to it or its process group, with or without a terminal), which stops
+# everything this script started and removes the cluster.
 #
 #   ./bench/demo.sh [--properties N] [--years N] [--rate TX_PER_S] [--keep]
 #
@@ -11,6 +12,16 @@
 # DEMO_YEARS (2), DEMO_RATE (5 transactions per second) and DEMO_KEEP=1
 # (keep the cluster's files after Ctrl-C), e.g. `make demo DEMO_RATE=50`.
 set -euo pipefail
+# Started in the background by a non-interactive shell (a supervisor,
+# `setsid make demo </dev/null &`), this script inherits SIGINT ignored, and
+# bash cannot trap a signal ignored at entry: Ctrl-C or a SIGINT to the
+# process group would leave the cluster running.  Start over once with the
+# default dispositions so that the traps below always work.
+# (env --default-signal: coreutils 8.31 and later, Debian 11 and later.)
+if [ -z "${LIVEKPI_DEMO_SIGNALS_RESET:-}" ] && env --default-signal=INT true 2>/dev/null; then
+	export LIVEKPI_DEMO_SIGNALS_RESET=1
+	exec env --default-signal=INT,TERM,HUP bash "$0" "$@"
+fi
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/test/lib.sh"
 
@@ -76,7 +87,8 @@ cleanup() {
 	fi
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
 
 say "starting PostgreSQL on 127.0.0.1:$port (files in ${dir#$top/})"
 cluster_start "$dir" "$port" \

@@ -1,13 +1,19 @@
 /*
- * The livekpi dashboard (SPEC section 8), on top of livekpi.js and uPlot.
- * Plain ES module, no build step other than copying uPlot (www/build.sh).
+ * The livekpi dashboard (SPEC section 8), on top of livekpi.js and uPlot
+ * (committed in vendor/).  Plain ES module, no build step.  livekpi.js
+ * keeps the state and never touches the DOM; this file draws it.  Sums and
+ * ratios over rows (a property-scoped token has no portfolio_kpis, month to
+ * date) come from lib/kpimath.js, exact as SQL computes them; floating
+ * point is used only for the percentage of a change.
  */
 import { LiveKpi } from './livekpi.js';
+import * as kpimath from './lib/kpimath.js';
+import * as model from './model.js';
 import uPlot from './vendor/uPlot.esm.js';
 
 const TOKEN_KEY = 'livekpi.token';
 const SELECTION_KEY = 'livekpi.selection';
-const VIEWS = ['property_kpis', 'portfolio_kpis', 'expense_monthly'];
+const VIEWS = ['property_kpis', 'portfolio_kpis', 'expense_monthly', 'booking_daily'];
 
 const $ = (id) => document.getElementById(id);
 
@@ -36,6 +42,9 @@ function makeFormats(currency) {
 		money: new Intl.NumberFormat(locale, { style: 'currency', currency }),
 		moneyRound: new Intl.NumberFormat(locale, { style: 'currency', currency, maximumFractionDigits: 0 }),
 		moneyCompact: new Intl.NumberFormat(locale, { style: 'currency', currency, notation: 'compact', maximumFractionDigits: 1 }),
+		moneyCompact2: new Intl.NumberFormat(locale, { style: 'currency', currency, notation: 'compact', maximumFractionDigits: 2 }),
+		intCompact: new Intl.NumberFormat(locale, { notation: 'compact', maximumFractionDigits: 2 }),
+		dayMonth: new Intl.DateTimeFormat(locale, { day: 'numeric', month: 'short', timeZone: 'UTC' }),
 		int: new Intl.NumberFormat(locale, { maximumFractionDigits: 0 }),
 		pct: new Intl.NumberFormat(locale, { style: 'percent', minimumFractionDigits: 1, maximumFractionDigits: 1 }),
 		pct0: new Intl.NumberFormat(locale, { style: 'percent', maximumFractionDigits: 0 }),
@@ -49,6 +58,24 @@ function makeFormats(currency) {
 }
 makeFormats(configuredCurrency());
 
+/* The page's currency meta follows the server's livekpi.currency. */
+function setCurrency(cur) {
+	if (typeof cur !== 'string' || !/^[A-Z]{3}$/.test(cur))
+		return false;
+	const meta = document.querySelector('meta[name="livekpi-currency"]');
+	if (meta && meta.content !== cur)
+		meta.content = cur;
+	if (cur === fmt.currency)
+		return false;
+	try {
+		makeFormats(cur);
+	} catch {
+		return false;	/* a code this browser does not know: keep the current one */
+	}
+	lastTrendData = lastExpData = null;
+	return true;
+}
+
 const DASH = '—';
 
 function format(kind, v) {
@@ -59,6 +86,17 @@ function format(kind, v) {
 	case 'pct': return fmt.pct.format(v);
 	case 'int': return fmt.int.format(v);
 	default: return String(v);
+	}
+}
+
+/* The short form of a value, for when the full one does not fit ($1.23M). */
+function formatCompact(kind, v) {
+	if (v === null || v === undefined || Number.isNaN(v))
+		return DASH;
+	switch (kind) {
+	case 'money': return Math.abs(v) < 1000 ? fmt.moneyRound.format(v) : fmt.moneyCompact2.format(v);
+	case 'int': return fmt.intCompact.format(v);
+	default: return format(kind, v);
 	}
 }
 
@@ -90,10 +128,19 @@ function monthOf(date) {
 	return `${date.getFullYear()}-${String(date.getMonth() + 1).padStart(2, '0')}-01`;
 }
 
-function addMonths(month, n) {
-	const [y, m] = month.split('-').map(Number);
-	const d = new Date(Date.UTC(y, m - 1 + n, 1));
-	return d.toISOString().slice(0, 10);
+/* Today in this browser's calendar, 'YYYY-MM-DD'. */
+function todayLocal() {
+	const d = new Date();
+	return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`;
+}
+
+const addMonths = kpimath.addMonths;
+
+/* booking_daily is read for the previous month and this one up to today:
+ * month to date and the same days of the previous month. */
+function dailyRange() {
+	const today = todayLocal();
+	return { from: addMonths(today.slice(0, 8) + '01', -1), to: today };
 }
 
 function monthDate(month) {
@@ -102,25 +149,28 @@ function monthDate(month) {
 
 /* --------------------------------------------------------------- figures */
 
-const FIELDS = ['units', 'available_nights', 'nights_sold', 'room_revenue', 'arrivals',
-	'cancelled_arrivals', 'approved_expenses', 'pending_expenses', 'noi'];
 
-const round = (x, d) => Math.round(x * 10 ** d) / 10 ** d;
-
-/* Sums property_kpis rows the way portfolio_kpis would (for scoped tokens). */
-function aggregate(rows) {
+/*
+ * Sums property_kpis rows of one month the way portfolio_kpis would, for a
+ * property-scoped token (which may not read portfolio_kpis), exactly
+ * (lib/kpimath.js).  Properties in scope without a row that month still
+ * have available nights: their units come from their rows of other months.
+ */
+function aggregate(rows, month) {
 	if (!rows.length)
 		return null;
-	const r = { properties: rows.length };
-	for (const f of FIELDS)
-		r[f] = round(rows.reduce((s, x) => s + (Number(x[f]) || 0), 0), 2);
-	r.occupancy = r.available_nights ? round(r.nights_sold / r.available_nights, 6) : null;
-	r.adr = r.nights_sold ? round(r.room_revenue / r.nights_sold, 2) : null;
-	r.revpar = r.available_nights ? round(r.room_revenue / r.available_nights, 2) : null;
-	const booked = r.arrivals + r.cancelled_arrivals;
-	r.cancellation_rate = booked ? round(r.cancelled_arrivals / booked, 6) : null;
-	r.updated_at = rows.map((x) => x.updated_at).sort().at(-1);
-	r.month = rows[0].month;
+	let extra = 0;
+	if (month) {
+		const have = new Set(rows.map((r) => JSON.stringify(r.property_id)));
+		for (const p of propertyList())
+			if (!have.has(JSON.stringify(p.id)) && Number.isInteger(p.units))
+				extra += p.units * kpimath.daysInMonth(month);
+	}
+	const r = kpimath.aggregate(rows, { extraAvailableNights: extra });
+	if (month) {
+		r.month = month;
+		r.properties = propertyList().length;
+	}
 	return r;
 }
 
@@ -152,6 +202,7 @@ const EMPTY_ROW = {
 /* ------------------------------------------------------------ app state */
 
 let client = null;
+let currentRange = null;	/* the booking_daily days subscribed */
 let selection = loadSelection();
 let lastSelectionKey = null;
 let cardStamps = new Map();		/* card id → {value, at} */
@@ -184,33 +235,24 @@ function propertyFilter() {
 function figures(month) {
 	const prop = propertyFilter();
 	if (prop === null) {
-		if (client.state.has('portfolio_kpis'))
+		if (client.hasView('portfolio_kpis'))
 			return client.get('portfolio_kpis', { month }) || null;
-		return aggregate(client.rows('property_kpis').filter((r) => r.month === month));
+		return aggregate(client.rows('property_kpis').filter((r) => r.month === month), month);
 	}
 	return client.get('property_kpis', { property_id: prop, month }) || null;
 }
 
+/* Properties in view: key, units and name (www/model.js). */
+let propertyInfo = new Map();
 function propertyList() {
-	const ids = new Map();
-	const units = new Map();
-	for (const r of client.rows('property_kpis')) {
-		ids.set(JSON.stringify(r.property_id), r.property_id);
-		const u = units.get(r.property_id);
-		if (!u || r.month > u.month)
-			units.set(r.property_id, { month: r.month, units: r.units });
-	}
-	for (const p of client.scope?.properties || [])
-		ids.set(JSON.stringify(p), p);
-	const list = Array.from(ids.values()).map((id) => ({ id, units: units.get(id)?.units }));
-	list.sort((a, b) => (typeof a.id === 'number' && typeof b.id === 'number') ? a.id - b.id
-		: String(a.id).localeCompare(String(b.id), undefined, { numeric: true }));
+	const list = model.properties(client.rows('property_kpis'), client.scope?.properties);
+	propertyInfo = new Map(list.map((p) => [p.key, p]));
 	return list;
 }
 
+/* The name of a property, else "Property <key>". */
 function propertyName(id) {
-	const s = String(id);
-	return `Property ${s.length > 14 ? s.slice(0, 8) + '…' : s}`;
+	return model.propertyLabel(id, propertyInfo.get(JSON.stringify(id))?.name);
 }
 
 function monthList() {
@@ -244,11 +286,74 @@ function buildCards() {
 		el.innerHTML = `
 			<div class="card-head"><h3 class="label" id="k-${c.id}-label">${c.label}${c.long ? `<span class="long"> · ${c.long}</span>` : ''}</h3><span class="badge" aria-hidden="true">stale</span></div>
 			<p class="value" id="k-${c.id}-value"><span class="skel skel-value"></span></p>
+			<p class="value-full" id="k-${c.id}-full" hidden></p>
 			<p class="sub" id="k-${c.id}-sub"><span class="skel skel-text"></span></p>
+			<p class="warn" id="k-${c.id}-warn" hidden></p>
 			<p class="meta"><span class="trend" id="k-${c.id}-trend"></span><time class="updated" id="k-${c.id}-updated"></time></p>`;
 		if (c.long)
 			el.title = c.long;
+		/* a value shown in short form ($1.23M): a tap shows the full one */
+		const value = el.querySelector('.value');
+		const toggle = () => {
+			if (!value.classList.contains('compact'))
+				return;
+			const full = el.querySelector('.value-full');
+			full.hidden = !full.hidden;
+			value.setAttribute('aria-expanded', String(!full.hidden));
+		};
+		value.addEventListener('click', toggle);
+		value.addEventListener('keydown', (e) => {
+			if (e.key === 'Enter' || e.key === ' ') {
+				e.preventDefault();
+				toggle();
+			}
+		});
 		root.appendChild(el);
+	}
+}
+
+/*
+ * Shows a value in full when it fits its card, else in short form ($1.23M)
+ * with the full value in the title (hover) and one tap away.  Never cut.
+ */
+function fitValue(el, fullEl, kind, v) {
+	const full = format(kind, v);
+	el.textContent = full;
+	el.title = full;
+	el.classList.remove('compact');
+	if (el.scrollWidth > el.clientWidth + 0.5) {
+		const short = formatCompact(kind, v);
+		if (short !== full) {
+			el.textContent = short;
+			el.classList.add('compact');
+		}
+	}
+	const compact = el.classList.contains('compact');
+	fullEl.textContent = full;
+	if (!compact)
+		fullEl.hidden = true;
+	if (compact) {
+		el.tabIndex = 0;
+		el.setAttribute('role', 'button');
+		el.setAttribute('aria-label', `${full} (tap for the full value)`);
+		if (!el.hasAttribute('aria-expanded'))
+			el.setAttribute('aria-expanded', 'false');
+	} else {
+		el.removeAttribute('tabindex');
+		el.removeAttribute('role');
+		el.removeAttribute('aria-label');
+		el.removeAttribute('aria-expanded');
+	}
+}
+
+function refitValues() {
+	if (!client?.hasData)
+		return;
+	for (const c of CARDS) {
+		const el = $(`k-${c.id}-value`);
+		if (el.dataset.value === undefined)
+			continue;
+		fitValue(el, $(`k-${c.id}-full`), c.kind, el.dataset.value === '' ? null : Number(el.dataset.value));
 	}
 }
 
@@ -293,42 +398,109 @@ function renderSelectors() {
 	$('next-month').disabled = selection.month === months[0];
 }
 
+/*
+ * The comparison of each card.  A past month: the whole previous month.
+ * The current month: month to date against the same days of the previous
+ * month, from booking_daily (expenses and NOI have no daily rows in the
+ * stream, so they get no comparison until the month is over).
+ */
+function comparison(row, prevRow) {
+	const month = selection.month;
+	const prevName = fmt.monthShort.format(monthDate(addMonths(month, -1)));
+	if (month !== monthOf(new Date()) || !client.hasView('booking_daily'))
+		return { kind: 'month', cur: row, prev: prevRow, label: `vs ${prevName}` };
+	const mtd = kpimath.monthToDate(month, todayLocal());
+	const units = scopeUnits(row, month);
+	const daily = dailyRows();
+	if (units === null)
+		return { kind: 'none', label: '' };
+	const cur = kpimath.periodFigures(daily, { ...mtd.current, units });
+	const prev = kpimath.periodFigures(daily, { ...mtd.previous, units });
+	const range = (r) => `${fmt.dayMonth.format(monthDate(r.from))}–${fmt.dayMonth.format(monthDate(r.to))}`;
+	return {
+		kind: 'mtd', cur, prev, mtd,
+		label: `vs ${range(mtd.previous)}`,
+		title: `Month to date (${range(mtd.current)}) compared with the same days of ${prevName} (${range(mtd.previous)})`,
+		period: `Month to date ${range(mtd.current)}, compared with ${range(mtd.previous)}`,
+	};
+}
+
+/* booking_daily rows of the selected property scope. */
+function dailyRows() {
+	const prop = propertyFilter();
+	const rows = client.rows('booking_daily');
+	return prop === null ? rows : rows.filter((r) => JSON.stringify(r.property_id) === selection.property);
+}
+
+/* Units of the selected scope (available nights per day), or null. */
+function scopeUnits(row, month) {
+	if (row && Number.isInteger(row.available_nights))
+		return row.available_nights / kpimath.daysInMonth(month);
+	const prop = propertyFilter();
+	if (prop !== null) {
+		const u = propertyInfo.get(selection.property)?.units;
+		return Number.isInteger(u) ? u : null;
+	}
+	let sum = 0;
+	for (const p of propertyList()) {
+		if (!Number.isInteger(p.units))
+			return null;
+		sum += p.units;
+	}
+	return sum || null;
+}
+
+const MTD_FIELDS = new Set(['room_revenue', 'occupancy', 'adr', 'revpar', 'arrivals', 'cancellation_rate']);
+
 function renderCards(row, prevRow, selectionChanged) {
 	const r = row || EMPTY_ROW;
+	const cmp = comparison(row, prevRow);
+	$('compare-note').textContent = cmp.kind === 'mtd' ? cmp.period : '';
+	$('compare-note').hidden = cmp.kind !== 'mtd';
 	for (const c of CARDS) {
 		const valueEl = $(`k-${c.id}-value`);
 		const v = r[c.field];
 		const raw = v === null || v === undefined ? '' : String(v);
-		const text = format(c.kind, v);
 		const changed = valueEl.dataset.value !== undefined && valueEl.dataset.value !== raw;
-		valueEl.textContent = text;
 		valueEl.dataset.value = raw;
+		fitValue(valueEl, $(`k-${c.id}-full`), c.kind, v);
 		valueEl.classList.toggle('negative', typeof v === 'number' && v < 0);
 		$(`k-${c.id}-sub`).textContent = c.sub(r);
 
-		/* month-over-month */
+		/* against the previous month, or month to date against the same days */
 		const trend = $(`k-${c.id}-trend`);
-		const pv = prevRow?.[c.field];
 		trend.className = 'trend';
 		trend.textContent = '';
 		trend.removeAttribute('aria-label');
-		if (typeof v === 'number' && typeof pv === 'number' && row && prevRow) {
-			const prevName = fmt.monthShort.format(monthDate(addMonths(selection.month, -1)));
+		trend.removeAttribute('title');
+		let cv;
+		let pv;
+		if (cmp.kind === 'month' && row && prevRow) {
+			cv = v;
+			pv = prevRow[c.field];
+		} else if (cmp.kind === 'mtd' && MTD_FIELDS.has(c.field)) {
+			cv = cmp.cur[c.field];
+			pv = cmp.prev[c.field];
+		}
+		if (typeof cv === 'number' && typeof pv === 'number') {
 			let d;
 			let label;
 			if (c.kind === 'pct') {
-				d = (v - pv) * 100;
+				d = (cv - pv) * 100;
 				label = `${fmt.pts.format(Math.abs(d))} pts`;
 			} else if (pv !== 0) {
-				d = (v - pv) / Math.abs(pv);
+				d = (cv - pv) / Math.abs(pv);
 				label = fmt.pct0.format(Math.abs(d));
 			}
 			if (d !== undefined && Number.isFinite(d)) {
 				/* what rounds to "0%" or "0 pts" is no change */
 				const dir = Math.abs(d) < (c.kind === 'pct' ? 0.05 : 0.005) ? 0 : Math.sign(d);
-				trend.textContent = `${dir > 0 ? '▲' : dir < 0 ? '▼' : '■'} ${label} vs ${prevName}`;
+				const prefix = cmp.kind === 'mtd' ? 'MTD ' : '';
+				trend.textContent = `${prefix}${dir > 0 ? '▲' : dir < 0 ? '▼' : '■'} ${label} ${cmp.label}`;
 				trend.classList.add(dir === 0 ? 'flat' : dir === c.good ? 'good' : 'bad');
-				trend.setAttribute('aria-label', `${dir > 0 ? 'up' : dir < 0 ? 'down' : 'unchanged,'} ${label} versus ${prevName}`);
+				trend.setAttribute('aria-label', `${cmp.kind === 'mtd' ? 'month to date ' : ''}${dir > 0 ? 'up' : dir < 0 ? 'down' : 'unchanged,'} ${label} ${cmp.label.replace(/^vs/, 'versus')}`);
+				if (cmp.title)
+					trend.title = cmp.title;
 			}
 		}
 
@@ -342,7 +514,38 @@ function renderCards(row, prevRow, selectionChanged) {
 		if (changed && !selectionChanged)
 			flash(valueEl.closest('.card'));
 	}
+	renderOverbooked(row);
 	tickUpdated();
+}
+
+/*
+ * Occupancy above 100 %: more nights sold than units × days, which means
+ * livekpi.properties.units is too low (it defaults to 1).  Said on the card
+ * and above the cards, with what to do.
+ */
+function renderOverbooked(row) {
+	const over = row && typeof row.occupancy === 'number' && row.occupancy > 1;
+	const card = document.querySelector('.card[data-kpi="occupancy"]');
+	card?.classList.toggle('over', !!over);
+	const warn = $('k-occupancy-warn');
+	warn.hidden = !over;
+	warn.textContent = over ? 'Above 100 %: set units' : '';
+	const box = $('units-warning');
+	if (!over) {
+		box.hidden = true;
+		box.textContent = '';
+		return;
+	}
+	const prop = propertyFilter();
+	const who = prop === null ? 'the properties' : propertyName(prop);
+	const key = prop === null ? '…' : (typeof prop === 'number' ? String(prop) : `'${String(prop).replace(/'/g, "''")}'`);
+	/* the fewest units that hold the nights sold this month */
+	const days = kpimath.daysInMonth(selection.month);
+	const least = Math.max(1, Math.ceil(row.nights_sold / days));
+	box.replaceChildren(
+		document.createTextNode(`Occupancy is ${fmt.pct.format(row.occupancy)}: more nights were sold than ${who} can offer with the units livekpi knows. Set units (rooms) in livekpi.properties${prop === null ? '' : ` (at least ${least})`}, e.g. `),
+		Object.assign(document.createElement('code'), { textContent: `UPDATE livekpi.properties SET units = ${prop === null ? '…' : least} WHERE property_id = ${key};` }));
+	box.hidden = false;
 }
 
 function tickUpdated() {
@@ -473,7 +676,8 @@ function renderTrend() {
 			scales: {
 				x: { time: false, range: (u) => [u.data[0][0] - 0.5, u.data[0][11] + 0.5] },
 				money: { range: (u, min, max) => [0, max > 0 ? max * 1.12 : 1] },
-				pct: { range: [0, 100] },
+				/* above 100 % shows as such (units set too low): the axis grows */
+				pct: { range: (u, min, max) => [0, Math.max(100, Math.ceil(((max ?? 0) * 1.08) / 10) * 10)] },
 			},
 			series: [
 				{ label: 'Month', value: (u, v) => v === null ? DASH : fmt.monthLong.format(monthDate(monthFromIndex(v))) },
@@ -540,13 +744,12 @@ function renderExpenses() {
 	for (const r of client.rows('expense_monthly')) {
 		if (r.month !== selection.month || (prop !== null && JSON.stringify(r.property_id) !== selection.property))
 			continue;
-		const c = byCat.get(r.category) || { approved: 0, pending: 0 };
-		c.approved += Number(r.approved_amount) || 0;
-		c.pending += Number(r.pending_amount) || 0;
-		byCat.set(r.category, c);
+		const list = byCat.get(r.category) || [];
+		list.push(r);
+		byCat.set(r.category, list);
 	}
 	const cats = Array.from(byCat.entries())
-		.map(([name, v]) => ({ name, approved: round(v.approved, 2), pending: round(v.pending, 2) }))
+		.map(([name, rows]) => ({ name, approved: kpimath.moneySum(rows, 'approved_amount'), pending: kpimath.moneySum(rows, 'pending_amount') }))
 		.filter((c) => c.approved || c.pending)
 		.sort((a, b) => (b.approved + b.pending) - (a.approved + a.pending) || a.name.localeCompare(b.name));
 	const el = $('exp-chart');
@@ -817,9 +1020,12 @@ function renderStatusDetails() {
 	else
 		title = 'Connecting to the server…';
 	el.title = title;
-	$('foot-seq').textContent = client.seq !== null ? `Batch ${client.seq}` : '';
-	$('foot-role').textContent = client.role === 'follower' ? 'Shares the live connection of another tab'
-		: client.role === 'leader' ? 'Holds the live connection for this browser' : '';
+	/* plain words: when the figures last changed, and where updates come from */
+	const last = client.lastBatchAt ? Date.parse(client.lastBatchAt) : NaN;
+	$('foot-seq').textContent = client.status === 'connected'
+		? (Number.isNaN(last) ? 'Figures are live.' : `Figures are live; last change at ${fmt.time.format(new Date(last))}.`)
+		: client.hasData ? 'Showing the last figures received.' : '';
+	$('foot-role').textContent = client.role === 'follower' ? 'Updates arrive through another open tab of this dashboard.' : '';
 }
 
 /* A short notice for each batch that changes the selected month. */
@@ -830,7 +1036,7 @@ function noticeFor(detail) {
 	const prop = propertyFilter();
 	let before = null;
 	let after = null;
-	if (prop === null && client.state.has('portfolio_kpis')) {
+	if (prop === null && client.hasView('portfolio_kpis')) {
 		const ch = (detail.changes.portfolio_kpis || []).find((c) => c.key.month === month);
 		if (!ch)
 			return;
@@ -841,17 +1047,17 @@ function noticeFor(detail) {
 			(prop === null || JSON.stringify(c.key.property_id) === selection.property));
 		if (!chs.length)
 			return;
-		before = aggregate(chs.map((c) => c.before).filter(Boolean));
-		after = aggregate(chs.map((c) => c.after).filter(Boolean));
+		before = kpimath.aggregate(chs.map((c) => c.before).filter(Boolean));
+		after = kpimath.aggregate(chs.map((c) => c.after).filter(Boolean));
 	}
 	const b = before || EMPTY_ROW;
 	const a = after || EMPTY_ROW;
 	const parts = [];
 	const dArr = a.arrivals - b.arrivals;
 	const dCan = a.cancelled_arrivals - b.cancelled_arrivals;
-	const dRev = round(a.room_revenue - b.room_revenue, 2);
-	const dExp = round(a.approved_expenses - b.approved_expenses, 2);
-	const dPend = round(a.pending_expenses - b.pending_expenses, 2);
+	const dRev = kpimath.moneyDiff(b, a, 'room_revenue');
+	const dExp = kpimath.moneyDiff(b, a, 'approved_expenses');
+	const dPend = kpimath.moneyDiff(b, a, 'pending_expenses');
 	if (dArr)
 		parts.push(`${dArr > 0 ? '+' : '−'}${plural(Math.abs(dArr), 'booking', 'bookings')}`);
 	if (dCan)
@@ -867,6 +1073,12 @@ function noticeFor(detail) {
 	toast(parts.join(', '), fmt.monthShort.format(monthDate(month)));
 }
 
+/*
+ * The notice goes to its own reserved line above the cards (never over a
+ * card or a button); only the newest is shown; it never takes the focus
+ * (a polite live region announces it).
+ */
+let toastTimer = null;
 function toast(text, context) {
 	const box = $('toasts');
 	const t = document.createElement('div');
@@ -877,18 +1089,26 @@ function toast(text, context) {
 	const msg = document.createElement('span');
 	msg.className = 'toast-text';
 	msg.textContent = text;
-	t.append(msg, time);
-	t.addEventListener('click', () => t.remove());
-	box.appendChild(t);
-	while (box.children.length > 3)
-		box.firstElementChild.remove();
-	setTimeout(() => {
+	t.append(msg, ' ', time);
+	box.replaceChildren(t);
+	clearTimeout(toastTimer);
+	toastTimer = setTimeout(() => {
 		t.classList.add('leaving');
 		setTimeout(() => t.remove(), 400);
-	}, 6000);
+	}, 8000);
 }
 
 /* ------------------------------------------------------------- token flow */
+
+/* A short stable hash (FNV-1a, 32 bit) for names, not for security. */
+function fnv1a(str) {
+	let h = 0x811c9dc5;
+	for (let i = 0; i < str.length; i++) {
+		h ^= str.charCodeAt(i);
+		h = Math.imul(h, 0x01000193) >>> 0;
+	}
+	return h.toString(36);
+}
 
 function takeTokenFromHash() {
 	const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
@@ -932,29 +1152,34 @@ function useToken(token) {
 		askToken();
 		return;
 	}
-	client = new LiveKpi({ token, views: VIEWS });
+	currentRange = dailyRange();
+	/* one name per token (not per day), so that the saved state, the lock
+	 * and the channel stay the same when month to date moves on */
+	client = new LiveKpi({ token, views: VIEWS, dailyRange: currentRange, name: 'livekpi:dashboard:' + fnv1a(location.host + '|' + token) });
 	client.addEventListener('change', (e) => {
+		if (e.detail.source === 'restore' && setCurrency(client.currency))
+			queueRender();
 		if (e.detail.source === 'delta')
 			noticeFor(e.detail);
 		queueRender();
 	});
-	client.addEventListener('status', () => {
+	client.addEventListener('status', (e) => {
+		/* for CSS and tests: the library itself never touches the page */
+		document.documentElement.dataset.livekpiStatus = e.detail.status;
 		renderStatus();
 		if (client.hasData)
 			queueRender();
 	});
-	client.addEventListener('role', renderStatusDetails);
-	client.addEventListener('heartbeat', renderStatusDetails);
-	client.addEventListener('welcome', (e) => {
-		const cur = e.detail.currency;
-		if (typeof cur === 'string' && /^[A-Z]{3}$/.test(cur) && cur !== fmt.currency) {
-			try {
-				makeFormats(cur);
-				lastTrendData = lastExpData = null;
-				queueRender();
-			} catch { /* keep the current one */ }
-		}
+	client.addEventListener('role', (e) => {
+		document.documentElement.dataset.livekpiRole = e.detail.role;
+		renderStatusDetails();
 	});
+	client.addEventListener('heartbeat', renderStatusDetails);
+	client.addEventListener('welcome', () => {
+		if (setCurrency(client.currency))
+			queueRender();
+	});
+	document.documentElement.dataset.livekpiStatus = client.status;
 	renderStatus();
 	client.start();
 }
@@ -1000,7 +1225,21 @@ function init() {
 	});
 	window.addEventListener('online', renderStatus);
 	window.addEventListener('offline', renderStatus);
-	setInterval(tickUpdated, 1000);
+	setInterval(() => {
+		tickUpdated();
+		/* a new day: month to date moves on */
+		const want = dailyRange();
+		if (client && currentRange && want.to !== currentRange.to && client.role !== 'follower') {
+			currentRange = want;
+			client.subscribe({ dailyRange: want });
+		}
+	}, 1000);
+	document.addEventListener('visibilitychange', () => {
+		if (document.visibilityState === 'visible')
+			client?.reconnectNow();
+	});
+	if (typeof ResizeObserver !== 'undefined')
+		new ResizeObserver(() => refitValues()).observe($('cards'));
 	useToken(token);
 }
 
@@ -1021,4 +1260,9 @@ if ('serviceWorker' in navigator && window.isSecureContext && /^https?:$/.test(l
 	navigator.serviceWorker.register('sw.js').catch(() => { /* not served: online only */ });
 
 /* for tests and the curious: window.livekpi.client */
-globalThis.livekpi = { get client() { return client; }, get selection() { return { ...selection }; } };
+globalThis.livekpi = {
+	get client() { return client; },
+	get selection() { return { ...selection }; },
+	/* the occupancy axis of the trend chart, [min, max] in percent */
+	get occupancyAxis() { return trendChart ? [trendChart.scales.pct.min, trendChart.scales.pct.max] : null; },
+};

@@ -1,57 +1,34 @@
 /*
- * livekpi.js: browser client for the livekpi WebSocket stream (SPEC section 7).
+ * livekpi.js: client library for the livekpi WebSocket stream (SPEC
+ * sections 7 and 8).  It never touches the DOM: it keeps state and emits
+ * events; what to draw is the page's business.
  *
  *   import { LiveKpi } from '/livekpi.js';
  *   const lk = new LiveKpi({ token: 'lk_…' });
- *   lk.addEventListener('change', e => render(lk.rows('property_kpis')));
+ *   lk.addEventListener('change', (e) => render(lk.rows('property_kpis')));
  *   lk.start();
  *
- * What it does for you:
- *  - connects to /v1/stream with subprotocol livekpi.v1 and says hello;
- *  - keeps a local copy of every subscribed view, keyed by the view's key
- *    columns, and applies snapshot / delta / resync / heartbeat exactly;
- *  - reconnects with jittered exponential backoff and resumes from the last
- *    seq it saw (with the epoch, so a recreated database is noticed);
- *  - shares one WebSocket between the tabs of a browser: one tab leads (Web
- *    Locks), the others receive the state over a BroadcastChannel, and when
- *    the leader goes away the next tab takes over at once;
- *  - keeps the last state, seq and epoch in IndexedDB so that a reload shows
- *    the last known figures at once (marked stale) and resumes from there.
- *
- * No dependencies; plain ES module.  Reference: docs/livekpi-js.md.
+ * One module per job (in lib/, each usable alone), like phoenix.js and
+ * centrifuge-js:
+ *   lib/protocol.js    messages, view keys, which refusals are final
+ *   lib/store.js       the local state and how each message changes it (pure)
+ *   lib/backoff.js     jittered exponential reconnect delays (pure)
+ *   lib/connection.js  one WebSocket and its heartbeat watchdog
+ *   lib/share.js       one connection for all tabs (Web Locks, BroadcastChannel)
+ *   lib/persist.js     the last state in IndexedDB
+ *   lib/kpimath.js     exact sums and ratios over rows, as SQL computes them
+ * This file wires them into LiveKpi.  Reference: docs/livekpi-js.md.
  */
+import { FATAL_CODES, helloMessage, isFatalClose, isView, rowKey, subscribeMessage } from './lib/protocol.js';
+import { initialState, reduce, replaceAll, rowsOf, plainRows, withViews } from './lib/store.js';
+import { backoffDelay, nextAttempt } from './lib/backoff.js';
+import { Connection } from './lib/connection.js';
+import { TabShare, canShare, followStep } from './lib/share.js';
+import * as persist from './lib/persist.js';
 
-export const PROTOCOL = 'livekpi.v1';
-
-/* Key columns of every view (SPEC section 7). */
-export const VIEW_KEYS = Object.freeze({
-	property_kpis: ['property_id', 'month'],
-	portfolio_kpis: ['month'],
-	expense_monthly: ['property_id', 'month', 'category'],
-	booking_daily: ['property_id', 'day'],
-});
-
-/* Error codes after which reconnecting with the same hello cannot help. */
-const FATAL_CODES = new Set([
-	'bad_token', 'token_expired', 'token_revoked', 'forbidden_property',
-	'bad_message', 'too_large',
-]);
-
-/** The key of a row (or of a key object) of a view, as a string. */
-export function rowKey(view, row) {
-	const cols = VIEW_KEYS[view];
-	if (!cols)
-		throw new Error(`livekpi: unknown view ${view}`);
-	return JSON.stringify(cols.map((c) => row[c]));
-}
-
-/** Picks the key columns out of a row. */
-export function keyOf(view, row) {
-	const key = {};
-	for (const c of VIEW_KEYS[view])
-		key[c] = row[c];
-	return key;
-}
+export { PROTOCOL, VIEW_KEYS, rowKey, keyOf } from './lib/protocol.js';
+export * as store from './lib/store.js';
+export * as kpimath from './lib/kpimath.js';
 
 /* Small stable string hash (FNV-1a, 32 bit), for names only, not security. */
 function hash(s) {
@@ -64,9 +41,10 @@ function hash(s) {
 }
 
 function defaultUrl() {
-	if (typeof location === 'undefined' || !/^https?:$/.test(location.protocol))
+	const loc = globalThis.location;
+	if (!loc || !/^https?:$/.test(loc.protocol))
 		return 'ws://127.0.0.1:8089/v1/stream';
-	return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/v1/stream';
+	return (loc.protocol === 'https:' ? 'wss://' : 'ws://') + loc.host + '/v1/stream';
 }
 
 function randomId() {
@@ -75,44 +53,17 @@ function randomId() {
 	return Math.random().toString(36).slice(2) + Date.now().toString(36);
 }
 
-/* ---------------------------------------------------------------- IndexedDB */
-
-const IDB_NAME = 'livekpi';
-const IDB_STORE = 'state';
-
-function idbOpen() {
-	return new Promise((resolve, reject) => {
-		if (typeof indexedDB === 'undefined')
-			return reject(new Error('no IndexedDB'));
-		const req = indexedDB.open(IDB_NAME, 1);
-		req.onupgradeneeded = () => req.result.createObjectStore(IDB_STORE);
-		req.onsuccess = () => resolve(req.result);
-		req.onerror = () => reject(req.error);
-		req.onblocked = () => reject(new Error('IndexedDB blocked'));
-	});
+function browserOffline() {
+	return typeof navigator !== 'undefined' && navigator.onLine === false;
 }
-
-function idbRequest(db, mode, fn) {
-	return new Promise((resolve, reject) => {
-		const tx = db.transaction(IDB_STORE, mode);
-		const req = fn(tx.objectStore(IDB_STORE));
-		tx.oncomplete = () => resolve(req.result);
-		tx.onerror = () => reject(tx.error);
-		tx.onabort = () => reject(tx.error);
-	});
-}
-
-/* ------------------------------------------------------------------ client */
 
 /**
- * A live subscription.  Events (all CustomEvent, data in `detail`):
- *  - 'change'   {source, seq, changes, applied_at, committed_at}: the state
- *               changed; source is 'restore' (from IndexedDB), 'snapshot',
- *               'delta' or 'sync' (copied from the leading tab); changes is
- *               {view: [{key, before, after}]} (before/after null for an
- *               insert/delete).
+ * A live subscription.  Events (CustomEvent, data in `detail`):
+ *  - 'change'   {source, seq, changes, applied_at, committed_at}: source is
+ *               'restore' (IndexedDB), 'snapshot', 'delta' or 'sync' (copied
+ *               from the leading tab); changes is {view: [{key, before, after}]}.
  *  - 'status'   {status, previous, stale, error}: 'connecting', 'connected',
- *               'offline' or 'error' (see docs for each).
+ *               'offline' or 'error'.
  *  - 'role'     {role}: 'leader', 'follower' or 'solo'.
  *  - 'welcome', 'heartbeat', 'resync', 'servererror': the server's message.
  */
@@ -135,58 +86,76 @@ export class LiveKpi extends EventTarget {
 			...options,
 		};
 		for (const v of this.options.views)
-			if (!VIEW_KEYS[v])
+			if (!isView(v))
 				throw new Error(`livekpi: unknown view ${v}`);
 		const o = this.options;
 		this.name = o.name || 'livekpi:' + hash([o.url, o.token, o.views.join(','),
 			JSON.stringify(o.properties), JSON.stringify(o.dailyRange)].join('|'));
 
-		this.views = this.options.views.slice();	/* may shrink (forbidden_view) */
-		this.state = new Map(this.views.map((v) => [v, new Map()]));
-		this.seq = null;			/* position: from snapshot, delta, heartbeat */
-		this.epoch = null;
-		this.scope = null;			/* welcome.scope */
-		this.hasData = false;		/* a snapshot (or restored state) is held */
+		this._s = initialState(o.views);
 		this.stale = true;			/* figures may be behind the database */
 		this.status = 'connecting';
 		this.role = 'solo';
 		this.lastError = null;
-		this.lagMs = null;
 		this.serverOffsetMs = 0;	/* server clock minus ours */
 		this.savedAt = null;		/* when the restored state was saved */
 		this.lastMessageAt = null;
-		this.lastBatchAt = null;	/* applied_at of the newest delta */
 		this.nextRetryAt = null;
-		this.welcome = null;
 
 		this._id = randomId();
-		this._ws = null;
+		this._conn = null;
 		this._attempt = 0;
 		this._timer = null;
-		this._watchdog = null;
 		this._stopped = true;
 		this._fatal = false;
-		this._awaitSnapshot = false;
-		this._channel = null;
-		this._releaseLock = null;
+		this._share = null;
 		this._n = 0;				/* leader: broadcast counter */
-		this._leaderId = null;		/* follower: whose broadcasts we follow */
-		this._lastN = -1;
-		this._wantState = false;
+		this._follow = { leaderId: null, lastN: -1, wantState: false };
+		this._leaderStatus = null;
 		this._persistTimer = null;
-		this._onOnline = () => this._kick();
-		this._onOffline = () => this._goneOffline();
-		this._onPageHide = () => this._flushPersist();
-		this._onVisible = () => {
-			if (typeof document !== 'undefined' && document.visibilityState === 'visible' &&
-				this.role !== 'follower' && !this._ws && !this._fatal)
-				this._kick();
-		};
 		this._wasConnected = false;
 		this._retryNow = false;
+		this._onOnline = () => this.reconnectNow();
+		this._onOffline = () => this._goneOffline();
+		this._onPageHide = () => this._flushPersist();
 	}
 
-	/* ---------------------------------------------------------- public API */
+	/* ------------------------------------------------------- state access */
+
+	get views() { return this._s.views; }
+	get seq() { return this._s.seq; }
+	get epoch() { return this._s.epoch; }
+	get scope() { return this._s.scope; }
+	get welcome() { return this._s.welcome; }
+	get hasData() { return this._s.hasData; }
+	get lagMs() { return this._s.lagMs; }
+	get lastBatchAt() { return this._s.lastBatchAt; }
+	/** The server's currency (ISO 4217, from welcome; kept with the state). */
+	get currency() { return this._s.currency; }
+	/** The whole state (read only; see lib/store.js). */
+	get snapshot() { return this._s; }
+
+	/** Whether a view is subscribed (portfolio_kpis is dropped for scoped tokens). */
+	hasView(view) {
+		return this._s.views.includes(view);
+	}
+
+	/** Every row of a view, as an array (in no particular order). */
+	rows(view) {
+		return rowsOf(this._s, view);
+	}
+
+	/** One row by key ({property_id, month} …), or undefined. */
+	get(view, key) {
+		return this._s.rows[view]?.get(rowKey(view, key));
+	}
+
+	/** The server's clock now (ms since the epoch), from welcome/heartbeat. */
+	serverNow() {
+		return Date.now() + this.serverOffsetMs;
+	}
+
+	/* ---------------------------------------------------------- lifecycle */
 
 	/** Starts: restores the saved state, then leads or follows. */
 	async start() {
@@ -194,35 +163,27 @@ export class LiveKpi extends EventTarget {
 			return this;
 		this._stopped = false;
 		this._fatal = false;
-		if (typeof window !== 'undefined') {
-			window.addEventListener('online', this._onOnline);
-			window.addEventListener('offline', this._onOffline);
-			window.addEventListener('pagehide', this._onPageHide);
-			document.addEventListener('visibilitychange', this._onVisible);
+		if (typeof globalThis.addEventListener === 'function') {
+			globalThis.addEventListener('online', this._onOnline);
+			globalThis.addEventListener('offline', this._onOffline);
+			globalThis.addEventListener('pagehide', this._onPageHide);
 		}
 		if (this.options.persist)
 			await this._restore();
 		if (this._stopped)
 			return this;
-		const canShare = this.options.share && typeof BroadcastChannel !== 'undefined' &&
-			typeof navigator !== 'undefined' && navigator.locks;
-		if (!canShare) {
+		if (!this.options.share || !canShare()) {
 			this._setRole('solo');
 			this._connect();
 			return this;
 		}
-		this._channel = new BroadcastChannel(this.name);
-		this._channel.onmessage = (e) => this._onChannel(e.data);
+		this._share = new TabShare(this.name, this._id, {
+			onLead: () => this._becomeLeader(),
+			onMessage: (m) => this._onChannel(m),
+		});
 		this._setRole('follower');
+		this._share.start();
 		this._askState();
-		navigator.locks.request(this.name, { mode: 'exclusive' }, () => {
-			if (this._stopped)
-				return undefined;
-			return new Promise((release) => {
-				this._releaseLock = release;
-				this._becomeLeader();
-			});
-		}).catch(() => {});
 		return this;
 	}
 
@@ -232,51 +193,25 @@ export class LiveKpi extends EventTarget {
 			return;
 		this._stopped = true;
 		clearTimeout(this._timer);
-		clearTimeout(this._watchdog);
 		this._flushPersist();
-		if (typeof window !== 'undefined') {
-			window.removeEventListener('online', this._onOnline);
-			window.removeEventListener('offline', this._onOffline);
-			window.removeEventListener('pagehide', this._onPageHide);
-			document.removeEventListener('visibilitychange', this._onVisible);
+		if (typeof globalThis.removeEventListener === 'function') {
+			globalThis.removeEventListener('online', this._onOnline);
+			globalThis.removeEventListener('offline', this._onOffline);
+			globalThis.removeEventListener('pagehide', this._onPageHide);
 		}
-		if (this._ws) {
-			const ws = this._ws;
-			this._ws = null;
-			ws.onclose = ws.onmessage = ws.onerror = ws.onopen = null;
-			try { ws.close(1000, 'client stop'); } catch { /* already closed */ }
-		}
-		if (this._channel) {
+		this._conn?.close(1000, 'client stop');
+		this._conn = null;
+		if (this._share) {
 			if (this.role === 'leader')
 				this._post({ t: 'bye' });
-			this._channel.close();
-			this._channel = null;
+			this._share.stop();
+			this._share = null;
 		}
-		if (this._releaseLock) {
-			this._releaseLock();
-			this._releaseLock = null;
-		}
-	}
-
-	/** Every row of a view, as an array (in no particular order). */
-	rows(view) {
-		const m = this.state.get(view);
-		return m ? Array.from(m.values()) : [];
-	}
-
-	/** One row by key ({property_id, month} …), or undefined. */
-	get(view, key) {
-		return this.state.get(view)?.get(rowKey(view, key));
-	}
-
-	/** The server's clock now (ms since the epoch), from welcome/heartbeat. */
-	serverNow() {
-		return Date.now() + this.serverOffsetMs;
 	}
 
 	/**
 	 * Changes the scope (same fields as hello but the token); the server
-	 * answers with a new snapshot.  In a shared setup every tab shares the
+	 * answers with a new snapshot.  Tabs sharing a connection share its
 	 * scope: a follower forwards the request to the leader.
 	 */
 	subscribe({ views, properties, dailyRange } = {}) {
@@ -290,22 +225,33 @@ export class LiveKpi extends EventTarget {
 			this._post({ t: 'subscribe', views, properties, dailyRange });
 			return;
 		}
-		this.views = this.options.views.slice();
-		const msg = { type: 'subscribe', ...this._scopeFields() };
-		if (this._ws && this._ws.readyState === 1)
-			this._ws.send(JSON.stringify(msg));
+		this._s = withViews(this._s, this.options.views);
+		this._conn?.send(subscribeMessage(this._scope()));
+	}
+
+	/** Reconnect now (the network came back, the page became visible). */
+	reconnectNow() {
+		if (this._stopped || this._fatal)
+			return;
+		if (this.role === 'follower') {
+			this._setStatus(this._leaderStatus || 'connecting', { force: true });
+			return;
+		}
+		if (this._conn?.isActive)
+			return;
+		this._attempt = 0;
+		this._connect();
+	}
+
+	/** Forgets the saved state of this subscription (e.g. on sign-out). */
+	async forget() {
+		await persist.remove(this.name);
 	}
 
 	/* --------------------------------------------------------------- state */
 
-	_scopeFields() {
-		const o = this.options;
-		const f = { views: this.views };
-		if (o.properties)
-			f.properties = o.properties;
-		if (o.dailyRange)
-			f.daily_range = o.dailyRange;
-		return f;
+	_scope() {
+		return { views: this._s.views, properties: this.options.properties, dailyRange: this.options.dailyRange };
 	}
 
 	_setStatus(status, extra = {}) {
@@ -315,18 +261,14 @@ export class LiveKpi extends EventTarget {
 		this.status = status;
 		if (status !== 'connected')
 			this.stale = true;
-		if (typeof document !== 'undefined')
-			document.documentElement.dataset.livekpiStatus = status;
 		this._emit('status', { status, previous, stale: this.stale, error: this.lastError });
 		if (this.role === 'leader')
 			this._post({ t: 'status', status, stale: this.stale, error: this.lastError,
-				nextRetryAt: this.nextRetryAt, lagMs: this.lagMs });
+				nextRetryAt: this.nextRetryAt });
 	}
 
 	_setRole(role) {
 		this.role = role;
-		if (typeof document !== 'undefined')
-			document.documentElement.dataset.livekpiRole = role;
 		this._emit('role', { role });
 	}
 
@@ -334,125 +276,46 @@ export class LiveKpi extends EventTarget {
 		this.dispatchEvent(new CustomEvent(type, { detail }));
 	}
 
-	/* Replaces every view with `rows` ({view: [row…]}); returns the changes. */
-	_replace(rowsByView) {
-		const changes = {};
-		for (const view of this.views) {
-			const old = this.state.get(view) || new Map();
-			const fresh = new Map();
-			for (const row of rowsByView?.[view] || [])
-				fresh.set(rowKey(view, row), row);
-			const list = [];
-			for (const [k, row] of fresh) {
-				const before = old.get(k);
-				if (!before || !sameRow(before, row))
-					list.push({ key: keyOf(view, row), before: before || null, after: row });
-			}
-			for (const [k, row] of old)
-				if (!fresh.has(k))
-					list.push({ key: keyOf(view, row), before: row, after: null });
-			if (list.length)
-				changes[view] = list;
-			this.state.set(view, fresh);
-		}
-		for (const view of Array.from(this.state.keys()))
-			if (!this.views.includes(view))
-				this.state.delete(view);
-		this.hasData = true;
-		return changes;
-	}
-
-	/* Applies one delta's upserts and deletes; returns the changes. */
-	_applyDelta(msg) {
-		const changes = {};
-		for (const [view, keys] of Object.entries(msg.deletes || {})) {
-			const m = this.state.get(view);
-			if (!m)
-				continue;
-			for (const key of keys) {
-				const k = rowKey(view, key);
-				const before = m.get(k);
-				if (before) {
-					m.delete(k);
-					(changes[view] ||= []).push({ key: keyOf(view, key), before, after: null });
-				}
-			}
-		}
-		for (const [view, rows] of Object.entries(msg.upserts || {})) {
-			const m = this.state.get(view);
-			if (!m)
-				continue;
-			for (const row of rows) {
-				const k = rowKey(view, row);
-				const before = m.get(k) || null;
-				m.set(k, row);
-				(changes[view] ||= []).push({ key: keyOf(view, row), before, after: row });
-			}
-		}
-		return changes;
-	}
-
-	/*
-	 * One server message, applied to the local state.  The leader calls it
-	 * for what the socket receives, a follower for what the leader relays.
-	 */
+	/* One server message: the leader's socket, or relayed to a follower. */
 	_handle(msg) {
 		this.lastMessageAt = Date.now();
-		if (msg.server_time) {
+		if (typeof msg.server_time === 'string') {
 			const t = Date.parse(msg.server_time);
 			if (!Number.isNaN(t))
 				this.serverOffsetMs = t - Date.now();
 		}
-		switch (msg.type) {
+		const { state, changes, event } = reduce(this._s, msg);
+		this._s = state;
+		switch (event) {
 		case 'welcome':
-			this.welcome = msg;
-			this.scope = msg.scope || null;
-			if (Array.isArray(msg.views) && msg.views.length)
-				this.views = msg.views.filter((v) => VIEW_KEYS[v]);
-			if (!msg.resumed) {
-				this._awaitSnapshot = true;
-			} else {
+			if (msg.resumed)
 				this.stale = false;
-			}
-			this.epoch = msg.epoch ?? this.epoch;
 			this.lastError = null;
 			this._emit('welcome', msg);
 			break;
-		case 'snapshot': {
-			const changes = this._replace(msg.rows);
-			this.seq = msg.seq;
-			this._awaitSnapshot = false;
-			this.stale = (this.role === 'follower' ? this._leaderStatus : this.status) !== 'connected';
-			this._emit('change', { source: 'snapshot', seq: msg.seq, changes });
+		case 'change':
+			if (msg.type === 'snapshot') {
+				this.stale = (this.role === 'follower' ? this._leaderStatus : this.status) !== 'connected';
+				this._emit('change', { source: 'snapshot', seq: msg.seq, changes });
+			} else {
+				this._emit('change', { source: 'delta', seq: msg.seq, changes,
+					applied_at: msg.applied_at, committed_at: msg.committed_at });
+			}
 			this._schedulePersist();
 			break;
-		}
-		case 'delta': {
-			const changes = this._applyDelta(msg);
-			this.seq = msg.seq;
-			this.lastBatchAt = msg.applied_at || null;
-			this._emit('change', { source: 'delta', seq: msg.seq, changes,
-				applied_at: msg.applied_at, committed_at: msg.committed_at });
-			this._schedulePersist();
-			break;
-		}
 		case 'heartbeat':
-			if (typeof msg.seq === 'number' && (this.seq === null || msg.seq > this.seq) && !this._awaitSnapshot)
-				this.seq = msg.seq;
-			this.lagMs = msg.lag_ms ?? null;
 			this._emit('heartbeat', msg);
 			this._schedulePersist();
 			break;
 		case 'resync':
-			this._awaitSnapshot = true;
 			this._emit('resync', msg);
 			break;
-		case 'error':
+		case 'servererror':
 			this.lastError = { code: msg.code, message: msg.message };
 			this._emit('servererror', msg);
 			break;
 		default:
-			break;	/* newer protocol: ignore what we do not know */
+			break;
 		}
 	}
 
@@ -463,92 +326,81 @@ export class LiveKpi extends EventTarget {
 			return;
 		clearTimeout(this._timer);
 		this.nextRetryAt = null;
-		if (typeof navigator !== 'undefined' && navigator.onLine === false) {
+		if (browserOffline()) {
 			this._setStatus('offline', { force: true });
-			return;	/* 'online' event will call _kick */
+			return;	/* the 'online' event reconnects */
 		}
-		/* 'connecting' until this client has been connected once; after a
-		 * drop it stays 'offline' (retrying) until the server answers */
+		/* 'connecting' until connected once; after a drop 'offline' until
+		 * the server answers */
 		this._setStatus(this._wasConnected ? 'offline' : 'connecting', { force: true });
-		let ws;
+		const conn = new Connection(this.options.url, {
+			onOpen: () => conn.send(helloMessage(this.options.token, this._scope(), this._s)),
+			onMessage: (msg) => this._onSocketMessage(conn, msg),
+			onClose: (e) => this._onSocketClose(conn, e),
+		}, { heartbeatTimeout: this.options.heartbeatTimeout });
+		this._conn = conn;
 		try {
-			ws = new WebSocket(this.options.url, PROTOCOL);
+			conn.open();
 		} catch (err) {
+			this._conn = null;
 			this.lastError = { code: 'connect_failed', message: String(err) };
+			this._scheduleReconnect();
+		}
+	}
+
+	_onSocketMessage(conn, msg) {
+		if (this._conn !== conn)
+			return;
+		this._handle(msg);
+		if (this.role === 'leader')
+			this._post({ t: 'msg', n: ++this._n, msg });
+		if (msg.type === 'welcome') {
+			this._wasConnected = true;
+			this._setStatus('connected', { force: true });
+		} else if (msg.type === 'snapshot' || msg.type === 'delta') {
+			if (this.status === 'connected' && this.stale && !this._s.awaitSnapshot) {
+				this.stale = false;
+				this._setStatus('connected', { force: true });
+			}
+			this._attempt = 0;
+		} else if (msg.type === 'error') {
+			this._onServerError(msg);
+		}
+	}
+
+	_onSocketClose(conn, e) {
+		if (this._conn !== conn)
+			return;
+		this._conn = null;
+		if (this._stopped)
+			return;
+		if (e.timeout) {
+			this.lastError = { code: 'timeout', message: 'no message from the server' };
 			this._scheduleReconnect();
 			return;
 		}
-		this._ws = ws;
-		this._openedAt = null;
-		ws.onopen = () => {
-			this._openedAt = Date.now();
-			const hello = { type: 'hello', token: this.options.token, ...this._scopeFields() };
-			if (this.seq !== null && this.epoch) {
-				hello.resume_from = this.seq;
-				hello.epoch = this.epoch;
-			}
-			ws.send(JSON.stringify(hello));
-			this._armWatchdog();
-		};
-		ws.onmessage = (e) => {
-			if (this._ws !== ws)
-				return;
-			let msg;
-			try {
-				msg = JSON.parse(e.data);
-			} catch {
-				return;
-			}
-			this._armWatchdog();
-			this._handle(msg);
-			if (this.role === 'leader')
-				this._post({ t: 'msg', n: ++this._n, msg });
-			if (msg.type === 'welcome') {
-				this._wasConnected = true;
-				this._setStatus('connected', { force: true });
-			} else if (msg.type === 'snapshot' || msg.type === 'delta') {
-				if (this.status === 'connected' && this.stale && !this._awaitSnapshot) {
-					this.stale = false;
-					this._setStatus('connected', { force: true });
-				}
-				if (this._openedAt && Date.now() - this._openedAt > 0)
-					this._attempt = 0;
-			} else if (msg.type === 'error') {
-				this._onServerError(msg);
-			}
-		};
-		ws.onerror = () => { /* a close follows */ };
-		ws.onclose = (e) => {
-			if (this._ws !== ws)
-				return;
-			this._ws = null;
-			clearTimeout(this._watchdog);
-			if (this._stopped)
-				return;
-			if (this._retryNow) {
-				this._retryNow = false;
-				this._connect();
-				return;
-			}
-			if (this._fatal || [4401, 4403, 1003, 1007, 1009].includes(e.code)) {
-				this._fatal = true;
-				if (!this.lastError)
-					this.lastError = { code: 'closed', message: `closed by the server (${e.code})` };
-				this._setStatus('error', { force: true });
-				return;
-			}
-			if (!this.lastError || this.status === 'connected')
-				this.lastError = { code: 'closed', message: `connection closed (${e.code}${e.reason ? ' ' + e.reason : ''})` };
-			this._scheduleReconnect();
-		};
+		if (this._retryNow) {
+			this._retryNow = false;
+			this._connect();
+			return;
+		}
+		if (this._fatal || isFatalClose(e.code)) {
+			this._fatal = true;
+			if (!this.lastError)
+				this.lastError = { code: 'closed', message: `closed by the server (${e.code})` };
+			this._setStatus('error', { force: true });
+			return;
+		}
+		if (!this.lastError || this.status === 'connected')
+			this.lastError = { code: 'closed', message: `connection closed (${e.code}${e.reason ? ' ' + e.reason : ''})` };
+		this._scheduleReconnect();
 	}
 
 	_onServerError(msg) {
 		if (msg.code === 'forbidden_view' && this.options.dropForbiddenViews &&
-			this.views.includes('portfolio_kpis')) {
+			this._s.views.includes('portfolio_kpis')) {
 			/* a property-scoped token: do without portfolio_kpis */
-			this.views = this.views.filter((v) => v !== 'portfolio_kpis');
-			this.state.delete('portfolio_kpis');
+			this._s = withViews(this._s, this._s.views.filter((v) => v !== 'portfolio_kpis'));
 			this.lastError = null;
 			this._retryNow = true;	/* the close that follows reconnects at once */
 			return;
@@ -560,163 +412,119 @@ export class LiveKpi extends EventTarget {
 	_scheduleReconnect() {
 		if (this._stopped || this._fatal)
 			return;
-		const base = Math.min(this.options.maxBackoff, this.options.minBackoff * 2 ** this._attempt);
-		const delay = Math.round(base / 2 + Math.random() * base / 2);	/* jitter */
-		this._attempt = Math.min(this._attempt + 1, 16);
+		const delay = backoffDelay(this._attempt, { min: this.options.minBackoff, max: this.options.maxBackoff });
+		this._attempt = nextAttempt(this._attempt);
 		this.nextRetryAt = Date.now() + delay;
 		this._setStatus(this._wasConnected || this._attempt > 2 ? 'offline' : 'connecting', { force: true });
 		clearTimeout(this._timer);
 		this._timer = setTimeout(() => this._connect(), delay);
 	}
 
-	/* Reconnect now (browser came back online, tab became visible). */
-	_kick() {
-		if (this._stopped)
-			return;
-		if (this.role === 'follower') {
-			this._setStatus(this._leaderStatus || 'connecting', { force: true });
-			return;
-		}
-		if (this._ws && this._ws.readyState <= 1)
-			return;
-		this._attempt = 0;
-		this._connect();
-	}
-
 	_goneOffline() {
-		/* The browser says the network is gone: do not wait for the socket
-		 * to notice, it can take minutes. */
+		/* the browser says the network is gone: do not wait minutes for the
+		 * socket to notice */
 		if (this.role === 'follower') {
 			this._setStatus('offline', { force: true });
 			return;
 		}
-		if (this._ws) {
-			const ws = this._ws;
-			this._ws = null;
-			ws.onclose = ws.onmessage = ws.onerror = ws.onopen = null;
-			try { ws.close(4000, 'browser offline'); } catch { /* ignore */ }
-		}
+		this._conn?.close(4000, 'browser offline');
+		this._conn = null;
 		clearTimeout(this._timer);
-		clearTimeout(this._watchdog);
 		this.nextRetryAt = null;
 		this._setStatus('offline', { force: true });
-	}
-
-	_armWatchdog() {
-		clearTimeout(this._watchdog);
-		this._watchdog = setTimeout(() => {
-			if (this._ws) {
-				this.lastError = { code: 'timeout', message: 'no message from the server' };
-				try { this._ws.close(4000, 'heartbeat timeout'); } catch { /* ignore */ }
-				const ws = this._ws;
-				this._ws = null;
-				ws.onclose = ws.onmessage = ws.onerror = ws.onopen = null;
-				this._scheduleReconnect();
-			}
-		}, this.options.heartbeatTimeout);
 	}
 
 	/* --------------------------------------------------- cross-tab sharing */
 
 	_post(m) {
-		if (this._channel)
-			this._channel.postMessage({ ...m, from: this._id });
+		this._share?.post(m);
 	}
 
 	_askState() {
-		this._wantState = true;
+		this._follow = { ...this._follow, wantState: true };
 		this._post({ t: 'want-state' });
 	}
 
 	_becomeLeader() {
 		this._setRole('leader');
-		this._leaderId = this._id;
+		this._follow = { leaderId: this._id, lastN: -1, wantState: false };
 		this._n = 0;
 		this._post({ t: 'leader' });
 		this._attempt = 0;
 		this._connect();
 	}
 
-	_snapshotForChannel() {
-		const rows = {};
-		for (const [view, m] of this.state)
-			rows[view] = Array.from(m.values());
+	_stateForChannel(to) {
+		const s = this._s;
 		return {
-			t: 'state', n: this._n, seq: this.seq, epoch: this.epoch, scope: this.scope,
-			views: this.views, rows, hasData: this.hasData, status: this.status,
-			stale: this.stale, error: this.lastError, lagMs: this.lagMs,
-			serverOffsetMs: this.serverOffsetMs, nextRetryAt: this.nextRetryAt,
-			lastBatchAt: this.lastBatchAt,
+			t: 'state', to, n: this._n, seq: s.seq, epoch: s.epoch, scope: s.scope, views: s.views,
+			rows: plainRows(s), hasData: s.hasData, status: this.status, stale: this.stale,
+			error: this.lastError, lagMs: s.lagMs, serverOffsetMs: this.serverOffsetMs,
+			nextRetryAt: this.nextRetryAt, lastBatchAt: s.lastBatchAt, currency: s.currency,
+			welcome: s.welcome,
 		};
 	}
 
 	_onChannel(m) {
-		if (!m || m.from === this._id || this._stopped)
-			return;
 		if (this.role === 'leader') {
 			if (m.t === 'want-state')
-				this._post({ ...this._snapshotForChannel(), to: m.from });
+				this._post(this._stateForChannel(m.from));
 			else if (m.t === 'subscribe')
 				this.subscribe({ views: m.views, properties: m.properties, dailyRange: m.dailyRange });
 			return;
 		}
-		/* follower */
 		switch (m.t) {
 		case 'leader':
-			this._leaderId = m.from;
+			this._follow = { ...this._follow, leaderId: m.from };
 			this._askState();
 			break;
-		case 'bye':
-			break;	/* the lock passes on by itself */
-		case 'state':
+		case 'state': {
 			if (m.to !== this._id)
 				break;
-			this._wantState = false;
-			this._leaderId = m.from;
-			this._lastN = m.n;
-			this.seq = m.seq;
-			this.epoch = m.epoch;
-			this.scope = m.scope;
-			this.views = m.views;
-			this.lagMs = m.lagMs;
+			this._follow = { leaderId: m.from, lastN: m.n, wantState: false };
+			let s = withViews({ ...this._s, seq: m.seq, epoch: m.epoch, scope: m.scope, lagMs: m.lagMs,
+				lastBatchAt: m.lastBatchAt, currency: m.currency ?? this._s.currency,
+				welcome: m.welcome ?? this._s.welcome }, m.views);
 			this.serverOffsetMs = m.serverOffsetMs;
-			this.lastBatchAt = m.lastBatchAt;
 			this.lastError = m.error;
 			this.nextRetryAt = m.nextRetryAt;
 			this._leaderStatus = m.status;
 			if (m.hasData) {
-				const changes = this._replace(m.rows);
+				const r = replaceAll(s, m.rows);
+				s = r.state;
+				this._s = s;
 				this.stale = m.stale;
-				this._emit('change', { source: 'sync', seq: m.seq, changes });
+				this._emit('change', { source: 'sync', seq: m.seq, changes: r.changes });
+			} else {
+				this._s = s;
 			}
 			this._followStatus(m.status, m.stale);
 			break;
-		case 'msg':
-			if (this._wantState || m.from !== this._leaderId)
-				break;
-			if (m.n !== this._lastN + 1) {
-				this._askState();	/* missed something: start over */
-				break;
-			}
-			this._lastN = m.n;
-			this._handle(m.msg);
+		}
+		case 'msg': {
+			const step = followStep(this._follow, m);
+			this._follow = step.follow;
+			if (step.action === 'ask')
+				this._askState();
+			else if (step.action === 'apply')
+				this._handle(m.msg);
 			break;
+		}
 		case 'status':
-			if (m.from !== this._leaderId)
+			if (m.from !== this._follow.leaderId)
 				break;
 			this.lastError = m.error;
 			this.nextRetryAt = m.nextRetryAt;
-			this.lagMs = m.lagMs;
 			this._leaderStatus = m.status;
 			this._followStatus(m.status, m.stale);
 			break;
 		default:
-			break;
+			break;	/* 'bye': the lock passes on by itself */
 		}
 	}
 
 	_followStatus(status, stale) {
-		if (typeof navigator !== 'undefined' && navigator.onLine === false)
+		if (browserOffline())
 			status = 'offline';
 		this.stale = status !== 'connected' || stale;
 		this._setStatus(status, { force: true });
@@ -725,24 +533,13 @@ export class LiveKpi extends EventTarget {
 	/* --------------------------------------------------------- persistence */
 
 	async _restore() {
-		try {
-			const db = await idbOpen();
-			const saved = await idbRequest(db, 'readonly', (s) => s.get(this.name));
-			db.close();
-			if (!saved || !saved.rows || this.hasData)
-				return;
-			this.views = (saved.views || this.views).filter((v) => VIEW_KEYS[v]);
-			const changes = this._replace(saved.rows);
-			this.seq = saved.seq;
-			this.epoch = saved.epoch;
-			this.scope = saved.scope || null;
-			this.savedAt = saved.savedAt || null;
-			this.lastBatchAt = saved.lastBatchAt || null;
-			this.stale = true;
-			this._emit('change', { source: 'restore', seq: this.seq, changes, savedAt: this.savedAt });
-		} catch {
-			/* no IndexedDB (private mode, file://): live only */
-		}
+		const r = persist.fromRecord(await persist.load(this.name), this._s.views);
+		if (!r || this._s.hasData)
+			return;
+		this._s = r.state;
+		this.savedAt = r.savedAt;
+		this.stale = true;
+		this._emit('change', { source: 'restore', seq: this._s.seq, changes: r.changes, savedAt: this.savedAt });
 	}
 
 	_schedulePersist() {
@@ -754,37 +551,10 @@ export class LiveKpi extends EventTarget {
 	_flushPersist() {
 		clearTimeout(this._persistTimer);
 		this._persistTimer = null;
-		if (!this.options.persist || this.role === 'follower' || !this.hasData || this._awaitSnapshot)
+		if (!this.options.persist || this.role === 'follower' || !this._s.hasData || this._s.awaitSnapshot)
 			return;
-		const rows = {};
-		for (const [view, m] of this.state)
-			rows[view] = Array.from(m.values());
-		const record = {
-			seq: this.seq, epoch: this.epoch, scope: this.scope, views: this.views,
-			rows, savedAt: new Date().toISOString(), lastBatchAt: this.lastBatchAt,
-		};
-		idbOpen().then((db) => idbRequest(db, 'readwrite', (s) => s.put(record, this.name))
-			.finally(() => db.close())).catch(() => {});
+		persist.save(this.name, persist.toRecord(this._s, new Date().toISOString()));
 	}
-
-	/** Forgets the saved state of this subscription (e.g. on sign-out). */
-	async forget() {
-		try {
-			const db = await idbOpen();
-			await idbRequest(db, 'readwrite', (s) => s.delete(this.name));
-			db.close();
-		} catch { /* nothing saved */ }
-	}
-}
-
-function sameRow(a, b) {
-	const ka = Object.keys(a);
-	if (ka.length !== Object.keys(b).length)
-		return false;
-	for (const k of ka)
-		if (a[k] !== b[k])
-			return false;
-	return true;
 }
 
 export default LiveKpi;

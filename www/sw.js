@@ -6,8 +6,10 @@
  * Only the dashboard's static files are handled; /v1/stream, /healthz and
  * /metrics never go through the cache.
  */
-const CACHE = 'livekpi-shell-v1';
-const SHELL = ['./', 'app.js', 'livekpi.js', 'style.css', 'vendor/uPlot.esm.js', 'vendor/uPlot.min.css'];
+const CACHE = 'livekpi-shell-v2';
+const SHELL = ['./', 'app.js', 'model.js', 'livekpi.js', 'style.css', 'vendor/uPlot.esm.js', 'vendor/uPlot.min.css',
+	'lib/protocol.js', 'lib/store.js', 'lib/backoff.js', 'lib/connection.js', 'lib/share.js',
+	'lib/persist.js', 'lib/kpimath.js'];
 
 self.addEventListener('install', (event) => {
 	event.waitUntil(caches.open(CACHE)
@@ -28,8 +30,8 @@ function isShell(url) {
 	if (!url.pathname.startsWith(scope))
 		return false;
 	const rest = url.pathname.slice(scope.length);
-	return rest === '' || rest === 'index.html' || /^(app|livekpi)\.js$/.test(rest) ||
-		rest === 'style.css' || rest.startsWith('vendor/');
+	return rest === '' || rest === 'index.html' || /^(app|model|livekpi)\.js$/.test(rest) ||
+		rest === 'style.css' || rest.startsWith('vendor/') || /^lib\/[a-z]+\.js$/.test(rest);
 }
 
 self.addEventListener('fetch', (event) => {

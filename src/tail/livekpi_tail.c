@@ -12,7 +12,14 @@
  *
  * Exit codes: 0 normal end (--count reached, server closed normally),
  * 1 usage, 2 connection failed or lost, 3 token refused (4401),
- * 4 forbidden (4403), 5 message refused (1003, 1007, 1009), 6 other close.
+ * 4 forbidden (4403), 5 message refused (1003, 1007, 1009), 6 other close,
+ * 130 interrupted.  An "error" message is printed but never counts toward
+ * --count: the refusal that follows decides the exit code, so
+ * "--count 1" with a refused token does not exit 0.
+ *
+ * The hello is sent exactly once per connection: libwebsockets also calls
+ * the writable callback after it answered the server's idle ping, and a
+ * second hello is a protocol error (bad_message, close 1007).
  *
  * Copyright (c) 2026, livekpi authors
  *
@@ -56,6 +63,8 @@ static char path_buf[1024];
 static volatile sig_atomic_t interrupted = 0;
 static bool finished = false;
 static bool connected = false;
+static bool hello_sent = false;
+static int	error_exit = 0;
 static int	exit_code = 0;
 static long printed = 0;
 static long long last_seq = -1;
@@ -83,7 +92,10 @@ usage(FILE *out)
 			"  --follow             reconnect (with backoff) and resume when the connection drops\n"
 			"  --count N            exit after printing N messages\n"
 			"  --insecure           accept any TLS certificate (self-signed)\n"
-			"  --help               this text\n");
+			"  --help               this text\n"
+			"\n"
+			"Exit codes: 0 done, 1 usage, 2 connection failed or lost, 3 token refused,\n"
+			"4 forbidden, 5 message refused, 6 other close, 130 interrupted.\n");
 }
 
 static void
@@ -256,6 +268,36 @@ close_exit_code(int code)
 	}
 }
 
+/*
+ * error_message_exit
+ *		The exit code an "error" message stands for, or 0 when msg is not
+ *		one.  Used when the connection ends without a close frame after it,
+ *		and to keep error messages out of --count.
+ */
+static int
+error_message_exit(const char *msg)
+{
+	static const char prefix[] = "{\"type\":\"error\"";
+	const char *code;
+
+	if (strncmp(msg, prefix, sizeof(prefix) - 1) != 0)
+		return 0;
+	code = strstr(msg, "\"code\":\"");
+	if (code == NULL)
+		return 6;
+	code += 8;
+	if (strncmp(code, "bad_token\"", 10) == 0 ||
+		strncmp(code, "token_expired\"", 14) == 0 ||
+		strncmp(code, "token_revoked\"", 14) == 0)
+		return 3;
+	if (strncmp(code, "forbidden_", 10) == 0)
+		return 4;
+	if (strncmp(code, "bad_message\"", 12) == 0 ||
+		strncmp(code, "too_large\"", 10) == 0)
+		return 5;
+	return 6;
+}
+
 static int
 callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 		 void *in, size_t len)
@@ -278,10 +320,15 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 		case LWS_CALLBACK_CLIENT_WRITEABLE:
 			{
 				static unsigned char buf[LWS_PRE + 8192];
-				size_t		n = build_hello((char *) buf + LWS_PRE, sizeof(buf) - LWS_PRE);
+				size_t		n;
 
+				/* also called after lws answered a ping: hello only once */
+				if (hello_sent)
+					break;
+				n = build_hello((char *) buf + LWS_PRE, sizeof(buf) - LWS_PRE);
 				if (lws_write(wsi, buf + LWS_PRE, n, LWS_WRITE_TEXT) < (int) n)
 					return -1;
+				hello_sent = true;
 				break;
 			}
 
@@ -317,6 +364,18 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 			fflush(stdout);
 			note_position(rx);
 			rx_len = 0;
+			{
+				int			e = error_message_exit(rx);
+
+				if (e != 0)
+				{
+					/* a refusal follows; it decides, not --count */
+					error_exit = e;
+					if (e >= 3 && e <= 5)
+						opt_follow = false;
+					break;
+				}
+			}
 			printed++;
 			if (opt_count >= 0 && printed >= opt_count)
 			{
@@ -343,7 +402,9 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 			}
 
 		case LWS_CALLBACK_CLIENT_CLOSED:
-			if (exit_code == 0 && !(opt_count >= 0 && printed >= opt_count))
+			if (exit_code == 0 && error_exit != 0)
+				exit_code = error_exit;
+			else if (exit_code == 0 && !(opt_count >= 0 && printed >= opt_count))
 				exit_code = 2;
 			finished = true;
 			break;
@@ -381,6 +442,8 @@ run_once(struct lws_context *ctx)
 	}
 	finished = false;
 	connected = false;
+	hello_sent = false;
+	error_exit = 0;
 	exit_code = 0;
 	rx_len = 0;
 	if (lws_client_connect_via_info(&ci) == NULL)
