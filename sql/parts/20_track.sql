@@ -595,9 +595,14 @@ BEGIN
 	FOR t IN
 		SELECT DISTINCT tt.relid::oid AS relid, tt.partitions,
 			   bool_or(d.object_type = 'table' AND d.objid = tt.relid::oid) AS table_dropped,
-			   bool_or(d.object_type = 'trigger' AND d.address_names[3] = 'livekpi_capture'
+			   bool_or(d.object_type = 'trigger' AND d.address_names[3] IN ('livekpi_capture', 'livekpi_truncate')
 					   AND to_regclass(quote_ident(d.address_names[1]) || '.'
-									   || quote_ident(d.address_names[2])) = tt.relid) AS trigger_dropped,
+									   || quote_ident(d.address_names[2])) = ANY (ARRAY[tt.relid] || tt.partitions))
+				   AS trigger_dropped,
+			   bool_or(d.object_type = 'table column'
+					   AND to_regclass(quote_ident(d.address_names[1]) || '.'
+									   || quote_ident(d.address_names[2])) = ANY (ARRAY[tt.relid] || tt.partitions))
+				   AS column_dropped,
 			   bool_or(d.object_type = 'table' AND d.objid = ANY (tt.partitions::oid[])) AS partition_dropped
 		FROM livekpi.tracked_tables tt, pg_event_trigger_dropped_objects() d
 		GROUP BY tt.relid, tt.partitions
@@ -607,7 +612,10 @@ BEGIN
 			changed := true;
 		ELSIF t.trigger_dropped THEN
 			RAISE WARNING 'table % is no longer tracked by livekpi', t.relid::regclass
-				USING DETAIL = 'Its capture trigger was dropped, with a column it mapped.';
+				USING DETAIL = CASE WHEN t.column_dropped
+								   THEN 'Its capture trigger was dropped, with a column it mapped.'
+								   ELSE 'Its capture trigger was dropped (DROP TRIGGER); livekpi untracked the table and recomputed the KPIs without its rows.' END,
+					  HINT = 'Track it again with livekpi.track_bookings() or livekpi.track_expenses().';
 			PERFORM livekpi._drop_capture_triggers(t.relid::regclass, t.partitions);
 			DELETE FROM livekpi.tracked_tables WHERE relid::oid = t.relid;
 			changed := true;
