@@ -291,32 +291,32 @@ livekpi_check_requirements(PG_FUNCTION_ARGS)
 	{
 		appendStringInfo(&unmet, "%s- livekpi is not in shared_preload_libraries (it is \"%s\").",
 						 n++ ? "\n" : "", GetConfigOption("shared_preload_libraries", false, false));
-		appendStringInfoString(&fix, "\n  shared_preload_libraries = 'livekpi'   (keep the libraries already listed)");
+		appendStringInfoString(&fix, "shared_preload_libraries = 'livekpi' (beside the libraries already listed)");
 	}
 	if (wal_level < WAL_LEVEL_LOGICAL)
 	{
 		appendStringInfo(&unmet, "%s- wal_level is \"%s\"; livekpi needs logical.",
 						 n++ ? "\n" : "", GetConfigOption("wal_level", false, false));
-		appendStringInfoString(&fix, "\n  wal_level = logical");
+		appendStringInfo(&fix, "%swal_level = logical", fix.len ? ", " : "");
 	}
 	if (dbname == NULL || strcmp(dbname, want_db) != 0)
 	{
 		appendStringInfo(&unmet, "%s- livekpi.database is \"%s\", not this database \"%s\"; the workers connect to the database it names.",
 						 n++ ? "\n" : "", want_db, dbname ? dbname : "");
-		appendStringInfo(&fix, "\n  livekpi.database = '%s'   (or create the extension in \"%s\")",
-						 dbname ? dbname : "", want_db);
+		appendStringInfo(&fix, "%slivekpi.database = '%s' (or create the extension in \"%s\")",
+						 fix.len ? ", " : "", dbname ? dbname : "", want_db);
 	}
 	if (n > 0)
 	{
 		/* not a requirement: the apply worker allows itself; tools need it */
 		if (plugins != NULL && strstr(plugins, "livekpi") == NULL)
-			appendStringInfoString(&fix, "\nand, to read the slot with pg_recvlogical, output_plugin_libraries = '...', livekpi");
+			appendStringInfoString(&fix, "; to read changes with pg_recvlogical also add livekpi to output_plugin_libraries");
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 n == 1 ? errmsg("livekpi cannot be created: 1 server requirement is not met") :
 				 errmsg("livekpi cannot be created: %d server requirements are not met", n),
 				 errdetail_internal("%s", unmet.data),
-				 errhint("Set in postgresql.conf (or with ALTER SYSTEM):%s\nthen restart the server and run CREATE EXTENSION livekpi again.",
+				 errhint("Set %s in postgresql.conf (or with ALTER SYSTEM), restart the server, and run CREATE EXTENSION livekpi again.",
 						 fix.data)));
 	}
 	PG_RETURN_VOID();

@@ -651,6 +651,18 @@ DECLARE
 	t livekpi.tracked_tables;
 BEGIN
 	PERFORM livekpi._require_read_committed('untrack()');
+	-- the table track_properties() follows: its rows stay in livekpi.properties
+	IF EXISTS (SELECT FROM livekpi.tracked_properties p WHERE p.relid = rel) THEN
+		IF NOT livekpi._caller_owns(rel) THEN
+			RAISE EXCEPTION 'must be owner of table %', rel
+				USING ERRCODE = 'insufficient_privilege';
+		END IF;
+		PERFORM set_config('livekpi_internal.ddl', 'on', true);
+		EXECUTE format('DROP TRIGGER IF EXISTS livekpi_property ON %s', rel);
+		PERFORM set_config('livekpi_internal.ddl', 'off', true);
+		DELETE FROM livekpi.tracked_properties p WHERE p.relid = rel;
+		RETURN;
+	END IF;
 	SELECT * INTO t FROM livekpi.tracked_tables WHERE relid = rel;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'table % is not tracked', rel
@@ -716,6 +728,30 @@ BEGIN
 			UPDATE livekpi.tracked_tables SET partitions = livekpi._partitions(relid)
 			WHERE relid::oid = t.relid;
 			changed := true;
+		END IF;
+	END LOOP;
+	-- the table track_properties() follows: dropped, its trigger dropped, or
+	-- a mapped column dropped; livekpi.properties keeps what it had
+	FOR t IN
+		SELECT p.relid::oid AS relid,
+			   bool_or(d.object_type = 'table' AND d.objid = p.relid::oid) AS table_dropped,
+			   bool_or(d.object_type = 'trigger' AND d.address_names[3] = 'livekpi_property') AS trigger_dropped,
+			   bool_or(d.object_type = 'table column' AND d.objid = p.relid::oid
+					   AND d.objsubid IN (p.property_attnum, p.units_attnum, p.name_attnum)) AS column_dropped
+		FROM livekpi.tracked_properties p, pg_event_trigger_dropped_objects() d
+		GROUP BY p.relid
+	LOOP
+		IF t.table_dropped THEN
+			DELETE FROM livekpi.tracked_properties p WHERE p.relid::oid = t.relid;
+		ELSIF t.trigger_dropped OR t.column_dropped THEN
+			RAISE WARNING 'livekpi no longer takes units and names from table %', t.relid::regclass
+				USING DETAIL = CASE WHEN t.column_dropped THEN 'A column it mapped was dropped.'
+								   ELSE 'Its trigger livekpi_property was dropped.' END || ' livekpi.properties keeps the units and names it had.',
+					  HINT = 'Call livekpi.track_properties() again to follow the table.';
+			PERFORM set_config('livekpi_internal.ddl', 'on', true);
+			EXECUTE format('DROP TRIGGER IF EXISTS livekpi_property ON %s', t.relid::regclass);
+			PERFORM set_config('livekpi_internal.ddl', 'off', true);
+			DELETE FROM livekpi.tracked_properties p WHERE p.relid::oid = t.relid;
 		END IF;
 	END LOOP;
 	IF changed THEN

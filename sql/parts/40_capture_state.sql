@@ -90,7 +90,7 @@ BEGIN
 		IF position(reason IN coalesce((SELECT stale_reason FROM livekpi.state), '')) = 0 THEN
 			RAISE WARNING 'livekpi does not capture changes of table % while its trigger is disabled', g.relid
 				USING DETAIL = format('Not firing: %s. Rows written meanwhile are not counted: the KPIs are marked stale (livekpi.status, /healthz).', g.triggers),
-					  HINT = 'ENABLE TRIGGER livekpi_capture (or ENABLE TRIGGER ALL) again: livekpi then recomputes the KPIs by itself.';
+					  HINT = 'Enable the trigger again (ALTER TABLE ... ENABLE TRIGGER ALL): livekpi then recomputes the KPIs by itself.';
 			PERFORM livekpi._mark_stale(reason);
 		END IF;
 	END LOOP;
@@ -109,6 +109,7 @@ BEGIN
 					  HINT = 'Run SELECT livekpi.rebuild() in a READ COMMITTED transaction.';
 		ELSE
 			RAISE NOTICE 'livekpi capture is whole again: recomputing the KPIs';
+			PERFORM livekpi._backfill_properties();
 			PERFORM livekpi._rebuild(false);
 		END IF;
 	END IF;
