@@ -838,6 +838,19 @@ BEGIN
 		CASE WHEN skipped > 0 THEN format(', %s skipped: NULL key or units not a positive integer', skipped) ELSE '' END;
 END
 $$;
+
+-- ---------------------------------------------------------------------
+-- Token administration only through functions (issue 11 item 7)
+-- ---------------------------------------------------------------------
+
+/*
+ * create_token() and revoke_token() run as the extension's owner, so that a
+ * token administrator needs EXECUTE on them and no privilege at all on
+ * livekpi.push_tokens: a direct UPDATE could widen a scoped token, make it
+ * never expire or un-revoke it.  docs/protocol.md lists the GRANTs.
+ */
+ALTER FUNCTION livekpi._create_token(text, text[], interval) SECURITY DEFINER;
+ALTER FUNCTION livekpi.revoke_token(text) SECURITY DEFINER;
 INSERT INTO livekpi.key_settings (key_type)
 SELECT key_type FROM livekpi.state WHERE key_type <> 'bigint'::regtype;
 
