@@ -37,7 +37,7 @@ ROLLBACK;
 CREATE ROLE livekpi_regress_other;
 GRANT CREATE ON SCHEMA public TO livekpi_regress_other;
 GRANT USAGE ON SCHEMA livekpi TO livekpi_regress_other;
-GRANT EXECUTE ON FUNCTION livekpi.track_bookings(regclass, name, name, name, name, name, text[]),
+GRANT EXECUTE ON FUNCTION livekpi.track_bookings(regclass, name, name, name, name, name, text[], text),
 	livekpi.untrack(regclass) TO livekpi_regress_other;
 SET ROLE livekpi_regress_other;
 SELECT livekpi.track_bookings('stays', property_column => 'prop', check_in_column => 'arrive',

@@ -3,6 +3,8 @@
  * guc.c
  *	  Every livekpi.* configuration parameter (SPEC section 6): names,
  *	  defaults, contexts and limits.  Nothing else reads postgresql.conf.
+ *	  Also the ProcessUtility hook that turns SET of a livekpi setting
+ *	  that cannot be SET into an error saying how to change it.
  *
  * Copyright (c) 2026, livekpi authors
  *
@@ -15,9 +17,18 @@
 #include <limits.h>
 
 #include "pgtime.h"
+#include "tcop/utility.h"
 #include "utils/guc.h"
+#include "utils/guc_tables.h"
 
 #include "livekpi.h"
+
+static ProcessUtility_hook_type prev_process_utility = NULL;
+
+static void livekpi_process_utility(PlannedStmt *pstmt, const char *queryString,
+									bool readOnlyTree, ProcessUtilityContext context,
+									ParamListInfo params, QueryEnvironment *queryEnv,
+									DestReceiver *dest, QueryCompletion *qc);
 
 char	   *livekpi_database = NULL;
 int			livekpi_flush_interval = 500;
@@ -222,4 +233,65 @@ livekpi_define_gucs(void)
 							   check_currency, NULL, NULL);
 
 	MarkGUCPrefixReserved("livekpi");
+
+	prev_process_utility = ProcessUtility_hook;
+	ProcessUtility_hook = livekpi_process_utility;
+}
+
+/*
+ * livekpi_process_utility
+ *		PostgreSQL answers SET of a sighup or postmaster setting with
+ *		"parameter cannot be changed now" and nothing more; every livekpi
+ *		setting is one of those, and users reach for SET first (issue 11).
+ *		Say how to change it instead, before PostgreSQL refuses.
+ */
+static void
+livekpi_process_utility(PlannedStmt *pstmt, const char *queryString,
+						bool readOnlyTree, ProcessUtilityContext context,
+						ParamListInfo params, QueryEnvironment *queryEnv,
+						DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	if (IsA(parsetree, VariableSetStmt))
+	{
+		VariableSetStmt *stmt = (VariableSetStmt *) parsetree;
+
+		if (stmt->name != NULL && strncmp(stmt->name, "livekpi.", 8) == 0 &&
+			(stmt->kind == VAR_SET_VALUE || stmt->kind == VAR_SET_DEFAULT ||
+			 stmt->kind == VAR_RESET))
+		{
+			struct config_generic **vars = get_guc_variables();
+			struct config_generic *gconf = NULL;
+			int			i;
+
+			for (i = 0; i < GetNumConfigOptions(); i++)
+				if (pg_strcasecmp(vars[i]->name, stmt->name) == 0)
+					gconf = vars[i];
+
+			if (gconf != NULL && (gconf->context == PGC_SIGHUP ||
+								  gconf->context == PGC_POSTMASTER))
+			{
+				bool		restart = gconf->context == PGC_POSTMASTER;
+
+				ereport(ERROR,
+						(errcode(ERRCODE_CANT_CHANGE_RUNTIME_PARAM),
+						 errmsg("parameter \"%s\" cannot be changed with SET", stmt->name),
+						 errdetail("It is a server-wide setting: it is read from the server's configuration%s.",
+								   restart ? " at server start" : " when it is reloaded"),
+						 strcmp(stmt->name, "livekpi.timezone") == 0 ?
+						 errhint("Give a table its own zone with the timezone argument of livekpi.track_bookings() or livekpi.track_expenses(), or with livekpi.set_timezone(table, zone); or change the default for tables tracked later with ALTER SYSTEM SET livekpi.timezone = '...' and SELECT pg_reload_conf().") :
+						 restart ?
+						 errhint("Use ALTER SYSTEM SET %s = ... (or postgresql.conf) and restart the server.", stmt->name) :
+						 errhint("Use ALTER SYSTEM SET %s = ... (or postgresql.conf), then SELECT pg_reload_conf().", stmt->name)));
+			}
+		}
+	}
+
+	if (prev_process_utility)
+		prev_process_utility(pstmt, queryString, readOnlyTree, context, params,
+							 queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+								queryEnv, dest, qc);
 }

@@ -24,6 +24,7 @@
 #include "access/xlog_internal.h"
 #include "access/xlogrecovery.h"
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "catalog/dependency.h"
@@ -267,29 +268,84 @@ require_preload(void)
 /*
  * livekpi._check_requirements()
  *		Called first by the extension script so that CREATE EXTENSION fails
- *		with a hint naming the missing setting, before anything is created.
+ *		before anything is created, listing every unmet server requirement
+ *		at once (one restart fixes them all) with a hint.
  */
 PG_FUNCTION_INFO_V1(livekpi_check_requirements);
 Datum
 livekpi_check_requirements(PG_FUNCTION_ARGS)
 {
 	const char *dbname = get_database_name(MyDatabaseId);
+	const char *want_db = GetConfigOption("livekpi.database", true, false);
+	const char *plugins = GetConfigOption("output_plugin_libraries", true, false);
+	StringInfoData unmet;
+	StringInfoData fix;
+	int			n = 0;
 
-	require_preload();
+	initStringInfo(&unmet);
+	initStringInfo(&fix);
+	if (want_db == NULL || want_db[0] == '\0')
+		want_db = "postgres";	/* the default of livekpi.database */
+
+	if (!loaded_via_preload || livekpi_shared == NULL)
+	{
+		appendStringInfo(&unmet, "%s- livekpi is not in shared_preload_libraries (it is \"%s\").",
+						 n++ ? "\n" : "", GetConfigOption("shared_preload_libraries", false, false));
+		appendStringInfoString(&fix, "shared_preload_libraries = 'livekpi' (beside the libraries already listed)");
+	}
 	if (wal_level < WAL_LEVEL_LOGICAL)
+	{
+		appendStringInfo(&unmet, "%s- wal_level is \"%s\"; livekpi needs logical.",
+						 n++ ? "\n" : "", GetConfigOption("wal_level", false, false));
+		appendStringInfo(&fix, "%swal_level = logical", fix.len ? ", " : "");
+	}
+	if (dbname == NULL || strcmp(dbname, want_db) != 0)
+	{
+		appendStringInfo(&unmet, "%s- livekpi.database is \"%s\", not this database \"%s\"; the workers connect to the database it names.",
+						 n++ ? "\n" : "", want_db, dbname ? dbname : "");
+		appendStringInfo(&fix, "%slivekpi.database = '%s' (or create the extension in \"%s\")",
+						 fix.len ? ", " : "", dbname ? dbname : "", want_db);
+	}
+	if (n > 0)
+	{
+		/* not a requirement: the apply worker allows itself; tools need it */
+		if (plugins != NULL && strstr(plugins, "livekpi") == NULL)
+			appendStringInfoString(&fix, "; to read changes with pg_recvlogical also add livekpi to output_plugin_libraries");
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("livekpi requires wal_level = logical"),
-				 errdetail("The current wal_level is \"%s\".",
-						   GetConfigOption("wal_level", false, false)),
-				 errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
-	if (dbname == NULL || strcmp(dbname, livekpi_database) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("livekpi can only be created in database \"%s\"", livekpi_database),
-				 errdetail("Its workers connect to the database named by livekpi.database."),
-				 errhint("Set livekpi.database = '%s' in postgresql.conf and restart the server, or create the extension in \"%s\".",
-						 dbname ? dbname : "", livekpi_database)));
+				 n == 1 ? errmsg("livekpi cannot be created: 1 server requirement is not met") :
+				 errmsg("livekpi cannot be created: %d server requirements are not met", n),
+				 errdetail_internal("%s", unmet.data),
+				 errhint("Set %s in postgresql.conf (or with ALTER SYSTEM), restart the server, and run CREATE EXTENSION livekpi again.",
+						 fix.data)));
+	}
+	PG_RETURN_VOID();
+}
+
+/*
+ * livekpi._raise_error(sqlstate, message, detail, hint)
+ *		Raises a user's error from SQL without the CONTEXT lines of the
+ *		PL/pgSQL functions it is raised from: track_* report their mapping
+ *		problems this way, and livekpi's internal statements mean nothing to
+ *		the user.  Every enclosing PG_TRY restores error_context_stack.
+ */
+PG_FUNCTION_INFO_V1(livekpi_raise_error);
+Datum
+livekpi_raise_error(PG_FUNCTION_ARGS)
+{
+	char	   *state = PG_ARGISNULL(0) ? "P0001" : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *message = PG_ARGISNULL(1) ? "livekpi error" : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *detail = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	char	   *hint = PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3));
+
+	if (strlen(state) != 5)
+		state = "P0001";
+	error_context_stack = NULL;
+	ereport(ERROR,
+			(errcode(MAKE_SQLSTATE(state[0], state[1], state[2], state[3], state[4])),
+			 errmsg_internal("%s", message),
+			 detail ? errdetail_internal("%s", detail) : 0,
+			 hint ? errhint("%s", hint) : 0));
 	PG_RETURN_VOID();
 }
 

@@ -295,7 +295,7 @@ BEGIN
 	-- The capture trigger on livekpi.properties carries the key kind.
 	DROP TRIGGER IF EXISTS livekpi_units ON livekpi.properties;
 	EXECUTE format($t$CREATE TRIGGER livekpi_units
-		AFTER INSERT OR UPDATE OF units OR DELETE ON livekpi.properties
+		AFTER INSERT OR UPDATE OF units, name OR DELETE ON livekpi.properties
 		FOR EACH ROW EXECUTE FUNCTION livekpi.capture('U', %L, '0', '1', '0', '0', '0', '0', '0', '0', 'UTC', '0')$t$,
 		kind);
 	ALTER TABLE livekpi.properties ENABLE ALWAYS TRIGGER livekpi_units;
@@ -318,7 +318,8 @@ BEGIN
 		   coalesce(e.approved_expenses, 0) AS approved_expenses,
 		   coalesce(e.pending_expenses, 0) AS pending_expenses,
 		   coalesce(b.room_revenue, 0) - coalesce(e.approved_expenses, 0) AS noi,
-		   greatest(b.updated_at, e.updated_at, p.updated_at) AS updated_at
+		   greatest(b.updated_at, e.updated_at, p.updated_at) AS updated_at,
+		   p.name
 	FROM (SELECT property_id, month FROM livekpi.booking_monthly
 		  UNION
 		  SELECT property_id, month FROM livekpi.expense_monthly) k

@@ -390,24 +390,30 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 /*
- * _resolve_column(rel, column, role, allowed)
- *		Attribute number of a mapped column, or an error naming the table and
- *		the column.  allowed: 'key', 'date', 'amount' or 'text'.
+ * _map_column(rel, column, arg, allowed)
+ *		Attribute number of a mapped column, or the problem with it as one
+ *		line naming the column and the argument that maps it (track_* lists
+ *		every problem of a call in one error).  allowed: 'key', 'date',
+ *		'amount' or 'text'.
  */
-CREATE FUNCTION livekpi._resolve_column(rel regclass, col name, arg text, allowed text)
-RETURNS int2
+CREATE FUNCTION livekpi._map_column(rel regclass, col name, arg text, allowed text,
+									OUT attnum int2, OUT problem text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	a record;
 	ok boolean;
 BEGIN
+	IF col IS NULL THEN
+		problem := format('%s must not be NULL.', arg);
+		RETURN;
+	END IF;
 	SELECT att.attnum, att.atttypid::regtype AS typ, t.typcategory, t.typtype INTO a
 	FROM pg_attribute att JOIN pg_type t ON t.oid = att.atttypid
 	WHERE att.attrelid = rel AND att.attname = col AND att.attnum > 0 AND NOT att.attisdropped;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'column "%" of table % does not exist', col, rel
-			USING ERRCODE = 'undefined_column',
-				  HINT = format('Name the column with %s => ''...''.', arg);
+		problem := format('%s: column "%s" does not exist; name the column with %s => ''...''.',
+						  arg, col, arg);
+		RETURN;
 	END IF;
 	ok := CASE allowed
 			  WHEN 'key' THEN livekpi._key_type_of(a.typ) IS NOT NULL
@@ -417,99 +423,184 @@ BEGIN
 			  ELSE a.typcategory = 'S' OR a.typtype = 'e'
 		  END;
 	IF NOT ok THEN
-		RAISE EXCEPTION 'column "%" of table % has unsupported type %', col, rel, a.typ
-			USING ERRCODE = 'datatype_mismatch',
-				  DETAIL = CASE allowed
-					  WHEN 'key' THEN 'A property key must be smallint, integer, bigint, uuid, text or varchar.'
-					  WHEN 'date' THEN 'A date column must be date, timestamp or timestamptz.'
-					  WHEN 'amount' THEN 'An amount must be smallint, integer, bigint, numeric, real or double precision.'
-					  ELSE 'A status or category column must be of a string type or an enum.' END;
+		problem := format('%s: column "%s" has unsupported type %s; %s', arg, col, a.typ,
+						  CASE allowed
+							  WHEN 'key' THEN 'a property key must be smallint, integer, bigint, uuid, text or varchar.'
+							  WHEN 'date' THEN 'a date column must be date, timestamp or timestamptz.'
+							  WHEN 'amount' THEN 'an amount must be smallint, integer, bigint, numeric, real or double precision.'
+							  ELSE 'a status or category column must be of a string type or an enum.' END);
+		RETURN;
 	END IF;
-	RETURN a.attnum;
+	attnum := a.attnum;
+END
+$$;
+
+/*
+ * _check_zone(zone)
+ *		NULL when PostgreSQL knows the time zone, else the problem.
+ */
+CREATE FUNCTION livekpi._check_zone(zone text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF zone IS NULL OR zone = '' THEN
+		RETURN 'timezone must not be empty.';
+	END IF;
+	PERFORM now() AT TIME ZONE zone;
+	RETURN NULL;
+EXCEPTION WHEN invalid_parameter_value OR feature_not_supported THEN
+	RETURN format('timezone: time zone "%s" is not recognized; use a name from pg_timezone_names, such as ''America/New_York''.', zone);
 END
 $$;
 
 /*
  * _track(...)
- *		What track_bookings and track_expenses share: checks, the mapping row,
- *		the triggers, and a rebuild that backfills the table's current rows.
+ *		What track_bookings and track_expenses share: checks (every mapping
+ *		problem of the call in one error, without internal CONTEXT), the
+ *		mapping row, the triggers, and a rebuild that backfills the table's
+ *		current rows.  zone NULL: livekpi.timezone now.
  */
 CREATE FUNCTION livekpi._track(rel regclass, kind text, property_column name,
 							   day1_column name, day2_column name, amount_column name,
 							   status_column name, category_column name,
-							   statuses1 text[], statuses2 text[]) RETURNS void
+							   statuses1 text[], statuses2 text[], zone text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	c record;
+	m record;
 	key_attnum int2;
+	day1 int2;
+	day2 int2;
+	amount int2;
+	status int2;
+	category int2;
+	problems text[] := '{}';
 	new_key regtype;
 	cur_key regtype;
 	other regclass;
+	fn text := format('livekpi.track_%s()', kind);
+	tz_cols text;
 BEGIN
-	PERFORM livekpi._require_read_committed('track_' || kind || '()');
+	IF current_setting('transaction_isolation') <> 'read committed' THEN
+		PERFORM livekpi._raise_error('25000',
+			format('%s cannot run in a %s transaction', fn, upper(current_setting('transaction_isolation'))),
+			'It recomputes the KPIs from a snapshot taken after it locks the tracked tables.',
+			'Run it in a READ COMMITTED transaction.');
+	END IF;
 	IF rel IS NULL THEN
-		RAISE EXCEPTION 'rel must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+		PERFORM livekpi._raise_error('22004', 'rel must not be NULL', NULL, NULL);
 	END IF;
 	SELECT relkind, relowner, relpersistence INTO c FROM pg_class WHERE oid = rel;
 	IF c.relkind NOT IN ('r', 'p') THEN
-		RAISE EXCEPTION '% is not a table', rel
-			USING ERRCODE = 'wrong_object_type',
-				  DETAIL = 'livekpi tracks ordinary and partitioned tables.';
+		PERFORM livekpi._raise_error('42809', format('%s is not a table', rel),
+			'livekpi tracks ordinary and partitioned tables.', NULL);
 	END IF;
 	IF c.relpersistence = 't' THEN
-		RAISE EXCEPTION 'cannot track temporary table %', rel
-			USING ERRCODE = 'feature_not_supported',
-				  DETAIL = 'The apply worker cannot see another session''s temporary tables.';
+		PERFORM livekpi._raise_error('0A000', format('cannot track temporary table %s', rel),
+			'The apply worker cannot see another session''s temporary tables.', NULL);
 	END IF;
 	IF NOT livekpi._caller_owns(rel) THEN
-		RAISE EXCEPTION 'must be owner of table %', rel
-			USING ERRCODE = 'insufficient_privilege';
+		PERFORM livekpi._raise_error('42501', format('must be owner of table %s', rel), NULL, NULL);
 	END IF;
 	IF EXISTS (SELECT FROM livekpi.tracked_tables WHERE relid = rel) THEN
-		RAISE EXCEPTION 'table % is already tracked', rel
-			USING ERRCODE = 'duplicate_object',
-				  HINT = 'Call livekpi.untrack() first to track it with another mapping.';
+		PERFORM livekpi._raise_error('42710', format('table %s is already tracked', rel), NULL,
+			'Call livekpi.untrack() first to track it with another mapping.');
 	END IF;
 	SELECT t.relid INTO other FROM livekpi.tracked_tables t
 	WHERE t.relid::oid IN (SELECT a.relid FROM pg_partition_ancestors(rel) a WHERE a.relid <> rel)
 	   OR t.relid::oid IN (SELECT p.relid FROM pg_partition_tree(rel) p WHERE p.relid <> rel)
 	LIMIT 1;
 	IF other IS NOT NULL THEN
-		RAISE EXCEPTION 'cannot track % because % is tracked and they share a partition tree', rel, other
-			USING ERRCODE = 'duplicate_object',
-				  DETAIL = 'Each row must be counted once: track either the partitioned table or its partitions.';
+		PERFORM livekpi._raise_error('42710',
+			format('cannot track %s because %s is tracked and they share a partition tree', rel, other),
+			'Each row must be counted once: track either the partitioned table or its partitions.', NULL);
 	END IF;
 
-	key_attnum := livekpi._resolve_column(rel, property_column, 'property_column', 'key');
-	new_key := livekpi._key_type_of((SELECT atttypid FROM pg_attribute
-									  WHERE attrelid = rel AND attnum = key_attnum)::regtype);
-	SELECT key_type INTO cur_key FROM livekpi.state;
-	IF new_key <> cur_key THEN
-		IF EXISTS (SELECT FROM livekpi.tracked_tables) THEN
-			RAISE EXCEPTION 'property key column "%" of table % has type %, but the tracked tables use %',
-				property_column, rel, new_key, cur_key
-				USING ERRCODE = 'datatype_mismatch',
-					  DETAIL = 'All tracked tables share one property key type.';
+	-- every mapping problem of the call, then one error
+	m := livekpi._map_column(rel, property_column, 'property_column', 'key');
+	key_attnum := m.attnum;
+	problems := problems || m.problem;
+	m := livekpi._map_column(rel, day1_column,
+							 CASE kind WHEN 'bookings' THEN 'check_in_column' ELSE 'date_column' END, 'date');
+	day1 := m.attnum;
+	problems := problems || m.problem;
+	IF kind = 'bookings' THEN
+		m := livekpi._map_column(rel, day2_column, 'check_out_column', 'date');
+		day2 := m.attnum;
+		problems := problems || m.problem;
+	END IF;
+	m := livekpi._map_column(rel, amount_column, 'amount_column', 'amount');
+	amount := m.attnum;
+	problems := problems || m.problem;
+	IF status_column IS NOT NULL THEN
+		m := livekpi._map_column(rel, status_column, 'status_column', 'text');
+		status := m.attnum;
+		problems := problems || m.problem;
+	END IF;
+	IF category_column IS NOT NULL THEN
+		m := livekpi._map_column(rel, category_column, 'category_column', 'text');
+		category := m.attnum;
+		problems := problems || m.problem;
+	END IF;
+	IF zone IS NOT NULL THEN
+		problems := problems || livekpi._check_zone(zone);
+	END IF;
+
+	/*
+	 * A bookings or expenses table's own unique key is no property key:
+	 * each row would be its own property, and (for a uuid or text primary
+	 * key) the KPI tables would silently take its type.
+	 */
+	IF key_attnum IS NOT NULL AND EXISTS (
+		SELECT FROM pg_index i
+		WHERE i.indrelid = rel AND i.indisunique AND i.indnkeyatts = 1
+		  AND i.indkey[0] = key_attnum AND i.indpred IS NULL) THEN
+		problems := problems || format('property_column: column "%s" is a unique key of the table (each row would be its own property); name the column that identifies the property, such as property_column => ''listing_id''.',
+									   property_column);
+	END IF;
+
+	IF key_attnum IS NOT NULL THEN
+		new_key := livekpi._key_type_of((SELECT atttypid FROM pg_attribute
+										  WHERE attrelid = rel AND attnum = key_attnum)::regtype);
+		SELECT key_type INTO cur_key FROM livekpi.state;
+		IF new_key <> cur_key AND EXISTS (SELECT FROM livekpi.tracked_tables) THEN
+			problems := problems || format('property_column: column "%s" has key type %s, but the tracked tables use %s; all tracked tables share one property key type.',
+										   property_column, new_key, cur_key);
 		END IF;
-		PERFORM livekpi._install_key_type(new_key);
 	END IF;
 
+	problems := array_remove(problems, NULL);
+	IF cardinality(problems) > 0 THEN
+		PERFORM livekpi._raise_error(
+			CASE WHEN problems[1] LIKE '%does not exist%' THEN '42703' ELSE '42804' END,
+			format('cannot track table %s: %s', rel,
+				   CASE cardinality(problems) WHEN 1 THEN '1 problem with the mapping'
+						ELSE cardinality(problems) || ' problems with the mapping' END),
+			array_to_string(problems, E'\n'),
+			format('Fix them all in one call of %s; named arguments are the simplest.', fn));
+	END IF;
+
+	IF new_key <> cur_key THEN
+		PERFORM livekpi._install_key_type(new_key);
+		RAISE NOTICE 'livekpi''s property key type is now % (it was %)', new_key, cur_key
+			USING DETAIL = format('%s is the first tracked table; its column "%s" sets the key type of the KPI tables.', rel, property_column);
+	END IF;
+
+	zone := coalesce(zone, current_setting('livekpi.timezone'));
 	INSERT INTO livekpi.tracked_tables
 		(relid, kind, property_attnum, day1_attnum, day2_attnum, amount_attnum,
 		 status_attnum, category_attnum, statuses1, statuses2, max_stay_nights, timezone)
-	VALUES (rel, kind, key_attnum,
-			livekpi._resolve_column(rel, day1_column,
-				CASE kind WHEN 'bookings' THEN 'check_in_column' ELSE 'date_column' END, 'date'),
-			CASE WHEN kind = 'bookings'
-				 THEN livekpi._resolve_column(rel, day2_column, 'check_out_column', 'date') END,
-			livekpi._resolve_column(rel, amount_column, 'amount_column', 'amount'),
-			CASE WHEN status_column IS NOT NULL
-				 THEN livekpi._resolve_column(rel, status_column, 'status_column', 'text') END,
-			CASE WHEN category_column IS NOT NULL
-				 THEN livekpi._resolve_column(rel, category_column, 'category_column', 'text') END,
+	VALUES (rel, kind, key_attnum, day1, day2, amount, status, category,
 			coalesce(statuses1, '{}'), coalesce(statuses2, '{}'),
-			current_setting('livekpi.max_stay_nights')::int,
-			current_setting('livekpi.timezone'));
+			current_setting('livekpi.max_stay_nights')::int, zone);
+
+	SELECT string_agg(format('"%s"', a.attname), ', ' ORDER BY a.attnum) INTO tz_cols
+	FROM pg_attribute a
+	WHERE a.attrelid = rel AND a.attnum IN (day1, day2) AND a.atttypid = 'timestamptz'::regtype;
+	IF tz_cols IS NOT NULL THEN
+		RAISE NOTICE 'livekpi dates the timestamptz column% % of table % in time zone "%"',
+			CASE WHEN tz_cols LIKE '%,%' THEN 's' ELSE '' END, tz_cols, rel, zone
+			USING HINT = 'Change it with SELECT livekpi.set_timezone(''' || rel::text || ''', ''Area/City'').';
+	END IF;
 
 	PERFORM livekpi._create_capture_triggers(rel);
 	PERFORM livekpi._rebuild(false);
@@ -524,11 +615,12 @@ CREATE FUNCTION livekpi.track_bookings(
 	check_out_column name DEFAULT 'check_out',
 	amount_column name DEFAULT 'total_amount',
 	status_column name DEFAULT 'status',
-	cancelled_statuses text[] DEFAULT '{cancelled,canceled}')
+	cancelled_statuses text[] DEFAULT '{cancelled,canceled}',
+	timezone text DEFAULT NULL)
 RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	SELECT livekpi._track(rel, 'bookings', property_column, check_in_column, check_out_column,
-						  amount_column, status_column, NULL, cancelled_statuses, '{}')
+						  amount_column, status_column, NULL, cancelled_statuses, '{}', timezone)
 $$;
 
 CREATE FUNCTION livekpi.track_expenses(
@@ -539,12 +631,13 @@ CREATE FUNCTION livekpi.track_expenses(
 	category_column name DEFAULT 'category',
 	status_column name DEFAULT 'approval_status',
 	approved_statuses text[] DEFAULT '{approved}',
-	rejected_statuses text[] DEFAULT '{rejected}')
+	rejected_statuses text[] DEFAULT '{rejected}',
+	timezone text DEFAULT NULL)
 RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	SELECT livekpi._track(rel, 'expenses', property_column, date_column, NULL,
 						  amount_column, status_column, category_column,
-						  approved_statuses, rejected_statuses)
+						  approved_statuses, rejected_statuses, timezone)
 $$;
 
 /*
@@ -558,6 +651,18 @@ DECLARE
 	t livekpi.tracked_tables;
 BEGIN
 	PERFORM livekpi._require_read_committed('untrack()');
+	-- the table track_properties() follows: its rows stay in livekpi.properties
+	IF EXISTS (SELECT FROM livekpi.tracked_properties p WHERE p.relid = rel) THEN
+		IF NOT livekpi._caller_owns(rel) THEN
+			RAISE EXCEPTION 'must be owner of table %', rel
+				USING ERRCODE = 'insufficient_privilege';
+		END IF;
+		PERFORM set_config('livekpi_internal.ddl', 'on', true);
+		EXECUTE format('DROP TRIGGER IF EXISTS livekpi_property ON %s', rel);
+		PERFORM set_config('livekpi_internal.ddl', 'off', true);
+		DELETE FROM livekpi.tracked_properties p WHERE p.relid = rel;
+		RETURN;
+	END IF;
 	SELECT * INTO t FROM livekpi.tracked_tables WHERE relid = rel;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'table % is not tracked', rel
@@ -595,9 +700,14 @@ BEGIN
 	FOR t IN
 		SELECT DISTINCT tt.relid::oid AS relid, tt.partitions,
 			   bool_or(d.object_type = 'table' AND d.objid = tt.relid::oid) AS table_dropped,
-			   bool_or(d.object_type = 'trigger' AND d.address_names[3] = 'livekpi_capture'
+			   bool_or(d.object_type = 'trigger' AND d.address_names[3] IN ('livekpi_capture', 'livekpi_truncate')
 					   AND to_regclass(quote_ident(d.address_names[1]) || '.'
-									   || quote_ident(d.address_names[2])) = tt.relid) AS trigger_dropped,
+									   || quote_ident(d.address_names[2])) = ANY (ARRAY[tt.relid] || tt.partitions))
+				   AS trigger_dropped,
+			   bool_or(d.object_type = 'table column'
+					   AND to_regclass(quote_ident(d.address_names[1]) || '.'
+									   || quote_ident(d.address_names[2])) = ANY (ARRAY[tt.relid] || tt.partitions))
+				   AS column_dropped,
 			   bool_or(d.object_type = 'table' AND d.objid = ANY (tt.partitions::oid[])) AS partition_dropped
 		FROM livekpi.tracked_tables tt, pg_event_trigger_dropped_objects() d
 		GROUP BY tt.relid, tt.partitions
@@ -607,7 +717,10 @@ BEGIN
 			changed := true;
 		ELSIF t.trigger_dropped THEN
 			RAISE WARNING 'table % is no longer tracked by livekpi', t.relid::regclass
-				USING DETAIL = 'Its capture trigger was dropped, with a column it mapped.';
+				USING DETAIL = CASE WHEN t.column_dropped
+								   THEN 'Its capture trigger was dropped, with a column it mapped.'
+								   ELSE 'Its capture trigger was dropped (DROP TRIGGER); livekpi untracked the table and recomputed the KPIs without its rows.' END,
+					  HINT = 'Track it again with livekpi.track_bookings() or livekpi.track_expenses().';
 			PERFORM livekpi._drop_capture_triggers(t.relid::regclass, t.partitions);
 			DELETE FROM livekpi.tracked_tables WHERE relid::oid = t.relid;
 			changed := true;
@@ -615,6 +728,30 @@ BEGIN
 			UPDATE livekpi.tracked_tables SET partitions = livekpi._partitions(relid)
 			WHERE relid::oid = t.relid;
 			changed := true;
+		END IF;
+	END LOOP;
+	-- the table track_properties() follows: dropped, its trigger dropped, or
+	-- a mapped column dropped; livekpi.properties keeps what it had
+	FOR t IN
+		SELECT p.relid::oid AS relid,
+			   bool_or(d.object_type = 'table' AND d.objid = p.relid::oid) AS table_dropped,
+			   bool_or(d.object_type = 'trigger' AND d.address_names[3] = 'livekpi_property') AS trigger_dropped,
+			   bool_or(d.object_type = 'table column' AND d.objid = p.relid::oid
+					   AND d.objsubid IN (p.property_attnum, p.units_attnum, p.name_attnum)) AS column_dropped
+		FROM livekpi.tracked_properties p, pg_event_trigger_dropped_objects() d
+		GROUP BY p.relid
+	LOOP
+		IF t.table_dropped THEN
+			DELETE FROM livekpi.tracked_properties p WHERE p.relid::oid = t.relid;
+		ELSIF t.trigger_dropped OR t.column_dropped THEN
+			RAISE WARNING 'livekpi no longer takes units and names from table %', t.relid::regclass
+				USING DETAIL = CASE WHEN t.column_dropped THEN 'A column it mapped was dropped.'
+								   ELSE 'Its trigger livekpi_property was dropped.' END || ' livekpi.properties keeps the units and names it had.',
+					  HINT = 'Call livekpi.track_properties() again to follow the table.';
+			PERFORM set_config('livekpi_internal.ddl', 'on', true);
+			EXECUTE format('DROP TRIGGER IF EXISTS livekpi_property ON %s', t.relid::regclass);
+			PERFORM set_config('livekpi_internal.ddl', 'off', true);
+			DELETE FROM livekpi.tracked_properties p WHERE p.relid::oid = t.relid;
 		END IF;
 	END LOOP;
 	IF changed THEN

@@ -59,8 +59,11 @@ BEGIN
 	ELSE
 		dl := dl || jsonb_build_object('portfolio_kpis', jsonb_build_array(jsonb_build_object('month', m)));
 	END IF;
+	-- views with nothing to say are absent; NULL values inside rows stay
+	-- (to_jsonb of a view row, such as property_kpis.name)
 	INSERT INTO livekpi.delta_log VALUES (s, now(), now(), pg_current_wal_lsn(), false,
-		jsonb_strip_nulls(up), dl);
+		(SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}') FROM jsonb_each(up) e
+		 WHERE jsonb_typeof(e.value) <> 'null'), dl);
 	UPDATE livekpi.state SET last_seq = s;
 	PERFORM livekpi._tokens_changed();	-- writes the push worker's eventfd at commit
 	RETURN s;

@@ -3,8 +3,9 @@
 #
 # test/t/004_preload_required.pl
 #	  CREATE EXTENSION livekpi refuses to run without
-#	  shared_preload_libraries = 'livekpi' or without wal_level = logical,
-#	  with a HINT naming the missing setting and leaving nothing behind;
+#	  shared_preload_libraries = 'livekpi', without wal_level = logical or
+#	  in another database than livekpi.database, listing every unmet
+#	  requirement in one error with a HINT and leaving nothing behind;
 #	  with both it works, and DROP EXTENSION removes the slot and the
 #	  triggers.
 
@@ -28,12 +29,13 @@ my $started = 0;
 
 sub configure
 {
-	my ($preload, $wal_level) = @_;
+	my ($preload, $wal_level, $database) = @_;
+	$database //= 'postgres';
 	$node->append_conf('postgresql.conf',
 		    "shared_preload_libraries = '"
 		  . ($preload ? 'livekpi' : '') . "'\n"
 		  . "wal_level = $wal_level\n"
-		  . "livekpi.database = 'postgres'\n");
+		  . "livekpi.database = '$database'\n");
 	$started++ ? $node->restart : $node->start;
 	return;
 }
@@ -76,9 +78,19 @@ create_fails('without wal_level = logical', qr/^HINT:.*wal_level/m);
 is($node->safe_psql('postgres', 'SELECT 1'),
 	'1', 'the server runs with the library preloaded and wal_level = replica');
 
+# every unmet requirement in one error, so that one restart fixes them all
+configure(0, 'replica', 'elsewhere');
+create_fails('with none of the three',
+	qr/^HINT:.*shared_preload_libraries = 'livekpi'.*wal_level = logical.*livekpi.database = 'postgres'/m);
+{
+	my ($rc, $out, $err) =
+	  $node->psql('postgres', 'CREATE EXTENSION livekpi');
+	like($err, qr/ERROR:\s+livekpi cannot be created: 3 server requirements are not met/,
+		'one error counts the three unmet requirements');
+	like($err, qr/^DETAIL:.*shared_preload_libraries.*\n.*wal_level is "replica".*\n.*livekpi.database is "elsewhere"/m,
+		'its DETAIL lists each of them');
+}
 configure(0, 'replica');
-create_fails('with neither',
-	qr/^HINT:.*(shared_preload_libraries|wal_level)/m);
 
 configure(1, 'logical');
 my ($rc, $out, $err) = $node->psql('postgres', 'CREATE EXTENSION livekpi');

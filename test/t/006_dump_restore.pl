@@ -5,7 +5,8 @@
 #	  new cluster: the mapping and the units of livekpi.properties come
 #	  along (extension configuration tables), the restored capture triggers
 #	  work on the new table OIDs, and after rebuild() the KPIs equal the
-#	  original's and keep streaming.
+#	  original's and keep streaming.  With uuid keys and track_properties,
+#	  the key type, units and names come back too.
 #
 #-------------------------------------------------------------------------
 use strict;
@@ -102,6 +103,56 @@ $new->safe_psql('postgres', q{DROP EXTENSION livekpi});
 is($new->safe_psql('postgres',
 		q{SELECT count(*) FROM pg_trigger WHERE tgname IN ('livekpi_capture', 'livekpi_truncate')}),
 	'0', 'DROP EXTENSION took the capture triggers');
+
+# uuid keys, units and names from the user's own table (track_properties):
+# the restored extension takes the key type before the properties load.
+my $uold = new_node('uuid_old');
+$uold->safe_psql(
+	'postgres', q{
+CREATE EXTENSION livekpi;
+CREATE TABLE listings (listing_id uuid PRIMARY KEY, rooms int, title text);
+CREATE TABLE reservations (reservation_id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+						   listing_id uuid, check_in date, check_out date, total_amount numeric);
+INSERT INTO listings VALUES ('00000000-0000-0000-0000-0000000000a1', 6, 'Harbour House'),
+							('00000000-0000-0000-0000-0000000000b2', 2, 'Cabin');
+INSERT INTO reservations (listing_id, check_in, check_out, total_amount)
+SELECT CASE WHEN i % 2 = 0 THEN '00000000-0000-0000-0000-0000000000a1'::uuid
+			ELSE '00000000-0000-0000-0000-0000000000b2'::uuid END,
+	   DATE '2026-05-01' + i % 20, DATE '2026-05-02' + i % 20, 100 + i
+FROM generate_series(1, 50) i;
+SELECT livekpi.track_bookings('reservations', property_column => 'listing_id', status_column => NULL);
+SELECT livekpi.track_properties('listings', property_column => 'listing_id',
+								units_column => 'rooms', name_column => 'title');
+});
+is($uold->safe_psql('postgres', q{SELECT livekpi.sync('60s')}), 't', 'uuid old: synced');
+my $names = q{SELECT string_agg(property_id || ':' || units || ':' || coalesce(name, '-'), ' '
+							 ORDER BY property_id) FROM livekpi.properties};
+my $unames = $uold->safe_psql('postgres', $names);
+my $ukpis = $uold->safe_psql('postgres', $kpis);
+my $udump = $uold->basedir . '/uuid.dump';
+$uold->command_ok([ 'pg_dump', '-Fc', '-d', $uold->connstr('postgres'), '-f', $udump ],
+	'pg_dump with uuid keys');
+my $unew = new_node('uuid_new');
+$unew->command_ok(
+	[ 'pg_restore', '--exit-on-error', '-d', $unew->connstr('postgres'), $udump ],
+	'pg_restore with uuid keys');
+is($unew->safe_psql('postgres', q{SELECT key_type FROM livekpi.state}), 'uuid',
+	'the restored extension has the uuid key type');
+is($unew->safe_psql('postgres', $names), $unames, 'units and names were restored');
+$unew->safe_psql('postgres', q{SELECT livekpi.rebuild()});
+is($unew->safe_psql('postgres', q{SELECT livekpi.sync('60s')}), 't', 'uuid new: synced');
+is($unew->safe_psql('postgres', q{SELECT count(*) FROM livekpi.verify()}), '0', 'uuid new: exact');
+is($unew->safe_psql('postgres', $kpis), $ukpis, 'uuid new: the same KPIs and units');
+$unew->safe_psql('postgres',
+	q{UPDATE listings SET rooms = 7, title = 'Harbour House East' WHERE rooms = 6});
+is( $unew->safe_psql(
+		'postgres',
+		q{SELECT units || ' ' || name FROM livekpi.properties
+		  WHERE property_id = '00000000-0000-0000-0000-0000000000a1'}),
+	'7 Harbour House East',
+	'the restored properties trigger keeps units and names in step');
+$uold->stop;
+$unew->stop;
 
 $old->stop;
 $new->stop;
