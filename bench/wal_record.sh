@@ -4,7 +4,8 @@
 # whatever livekpi build $PG_CONFIG has installed.  docs/internals.md
 # ("Change records") and BENCHMARKS.md quote its figures.
 #
-#   PG_CONFIG=... bench/wal_record.sh [ROWS [BULK_ROWS]]     (10000, 300000)
+#   PG_CONFIG=... [KEY=int|uuid|text] bench/wal_record.sh [ROWS [BULK_ROWS]]
+#                                                         (int, 10000, 300000)
 #
 # A throwaway cluster (full_page_writes off, so that only record bytes
 # count), one table tracked and one not, same columns (int keys); the
@@ -20,6 +21,13 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/test/lib.sh"
 rows=${1:-10000}
 bulk=${2:-300000}
+key=${KEY:-int}
+case $key in
+	int) keytype=int keyexpr='%d' bulkexpr='g % 2000' ;;
+	uuid) keytype=uuid keyexpr="md5('%d')::uuid" bulkexpr='md5((g % 2000)::text)::uuid' ;;
+	text) keytype=text keyexpr="'property %d'" bulkexpr="'property ' || g % 2000" ;;
+	*) echo "KEY must be int, uuid or text" >&2; exit 2 ;;
+esac
 dir=$(mktemp -d /tmp/livekpi-walrec.XXXX)
 port=$(free_port)
 trap 'cluster_stop "$dir"; rm -rf "$dir"' EXIT
@@ -33,7 +41,7 @@ q "CREATE EXTENSION livekpi" >/dev/null
 q "CREATE EXTENSION pg_walinspect" >/dev/null
 q "SELECT livekpi.sync('60s')" >/dev/null
 for t in plain tracked; do
-	q "CREATE TABLE t_$t (id int PRIMARY KEY, property_id int, check_in date, check_out date,
+	q "CREATE TABLE t_$t (id int PRIMARY KEY, property_id $keytype, check_in date, check_out date,
 	                      total_amount numeric(12, 2), status text)"
 done
 q "SELECT livekpi.track_bookings('t_tracked')" >/dev/null
@@ -42,12 +50,13 @@ until [ "$(q "SELECT paused FROM livekpi.status")" = t ]; do sleep 0.1; done
 
 sqlf=$dir/stmts.sql
 [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+echo "property key: $keytype"
 printf '%-8s %-8s %12s %12s\n' op table "WAL B/row" "msg B/row"
 for op in insert update delete; do
 	for t in plain tracked; do
 		case $op in
-			insert) awk -v n="$rows" -v t="$t" 'BEGIN { for (i = 1; i <= n; i++)
-				printf "INSERT INTO t_%s VALUES (%d, %d, DATE %s + %d, DATE %s + %d, %d.50, %s);\n",
+			insert) awk -v n="$rows" -v t="$t" -v k="$keyexpr" 'BEGIN { for (i = 1; i <= n; i++)
+				printf "INSERT INTO t_%s VALUES (%d, " k ", DATE %s + %d, DATE %s + %d, %d.50, %s);\n",
 					t, i, i % 2000, "'"'"'2026-01-01'"'"'", i % 900, "'"'"'2026-01-01'"'"'", i % 900 + 3, 100 + i % 500, "'"'"'confirmed'"'"'" }' ;;
 			update) awk -v n="$rows" -v t="$t" 'BEGIN { for (i = 1; i <= n; i++)
 				printf "UPDATE t_%s SET check_out = check_out + 1, total_amount = total_amount + 1 WHERE id = %d;\n", t, i }' ;;
@@ -77,7 +86,8 @@ for round in $(seq 1 "$rounds"); do
 		q "TRUNCATE t_$t"
 		q "CHECKPOINT"
 		t0=$(date +%s%N)
-		q "INSERT INTO t_$t SELECT g, g % 2000, DATE '2026-01-01' + g % 900,
+		q "INSERT INTO t_$t SELECT g, $bulkexpr,
+		   DATE '2026-01-01' + g % 900,
 		   DATE '2026-01-01' + g % 900 + 3, 100 + g % 500, 'confirmed'
 		   FROM generate_series(1, $bulk) g"
 		ms=$(( ($(date +%s%N) - t0) / 1000000 ))
