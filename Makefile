@@ -25,7 +25,7 @@ PG_CFLAGS = -Werror -Wall -Wmissing-prototypes -Wpointer-arith -Wendif-labels \
 SHLIB_LINK = -lwebsockets $(LIVEKPI_SANITIZE_LDFLAGS)
 
 REGRESS = setup booking_rules expense_rules views mapping key_types partitions \
-	dml_forms decoder capture_state timezones track_errors properties tokens operations
+	dml_forms decoder integrity capture_state timezones track_errors properties tokens operations
 REGRESS_OPTS = --temp-config=$(srcdir)/test/livekpi.conf --temp-config=$(srcdir)/test/regress.conf \
 	--temp-instance=./tmp_regress
 ISOLATION = writers_concurrent rebuild_vs_writers track_vs_writers
@@ -78,6 +78,22 @@ fuzz: $(LIVEKPI_FUZZ)
 	./test/fuzz/run-brief.sh $${FUZZ_SECONDS:-300}
 EXTRA_CLEAN += $(LIVEKPI_TAIL) $(LIVEKPI_FUZZ)
 # --- push worker end
+
+# The change-record decoder's libFuzzer target (src/change.c, with
+# test/fuzz/pg_shim.c standing in for the server) and the SipHash-2-4
+# reference-vector test; test/fuzz/run-brief.sh builds and runs both.
+FUZZ_CHANGE = test/fuzz/fuzz_change
+TEST_SIPHASH = test/fuzz/test_siphash
+FUZZ_SAN = -g -O1 -fsanitize=address,undefined -fno-sanitize-recover=all
+$(FUZZ_CHANGE): test/fuzz/fuzz_change.c test/fuzz/pg_shim.c test/fuzz/pg_shim.h \
+		src/change.c src/change.h src/siphash.c src/siphash.h
+	clang $(FUZZ_SAN) -fsanitize=fuzzer -Wno-ignored-attributes \
+		-I$(srcdir)/src -I$(srcdir)/test/fuzz -I$(includedir_server) -o $@ \
+		test/fuzz/fuzz_change.c test/fuzz/pg_shim.c src/change.c src/siphash.c
+$(TEST_SIPHASH): test/fuzz/test_siphash.c src/siphash.c src/siphash.h
+	clang $(FUZZ_SAN) -Wall -Werror -I$(srcdir)/src -o $@ test/fuzz/test_siphash.c src/siphash.c
+fuzz: $(FUZZ_CHANGE) $(TEST_SIPHASH)
+EXTRA_CLEAN += $(FUZZ_CHANGE) $(TEST_SIPHASH)
 
 livekpi--1.1.sql: $(SQL_PARTS)
 	cat $^ > $@

@@ -127,6 +127,11 @@ $$;
 -- ---------------------------------------------------------------------
 -- Section A: change-record authentication, output plugin options
 -- ---------------------------------------------------------------------
+-- No SQL objects: records are signed by the C trigger and checked by the
+-- output plugin (src/change.c, src/decoder.c).  The 1.1 library rejects
+-- 1.0's unsigned records (counted in records_rejected), so changes
+-- committed under 1.0 and still in the slot reach the KPIs only through
+-- the rebuild this update ends with.
 
 -- ---------------------------------------------------------------------
 -- Section B: KPI rules in C, extreme values, rebuild

@@ -30,6 +30,7 @@
 #include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/partition.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
@@ -37,6 +38,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "replication/message.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
@@ -481,15 +483,24 @@ project(CaptureMapping *m, HeapTuple tuple, TupleDesc desc, ChangeImage *img)
 			if (!isnull)
 			{
 				img->category = text_value(&m->category, v, &img->category_len);
+				/* counted under its first characters (SPEC section 2) */
+				img->category_len = pg_mbcharcliplen(img->category, img->category_len,
+													 CHANGE_CATEGORY_MAX_CHARS);
 				img->flags &= ~IMG_CATEGORY_NULL;
 			}
 		}
 	}
 }
 
+/*
+ * emit
+ *		Signs the record for this top-level transaction and writes it.  The
+ *		row change that fired the trigger has already assigned the xid.
+ */
 static void
 emit(StringInfo buf)
 {
+	change_sign(buf, GetTopTransactionId());
 	LogLogicalMessage(LIVEKPI_MESSAGE_PREFIX, buf->data, buf->len, true);
 	livekpi_wake_apply_at_commit();
 }
@@ -512,6 +523,7 @@ livekpi_capture(PG_FUNCTION_ARGS)
 				new_img;
 	bool		has_old,
 				has_new;
+	int			header_len;
 	MemoryContext old_cxt;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
@@ -555,6 +567,7 @@ livekpi_capture(PG_FUNCTION_ARGS)
 
 	change_encode_header(message_buf, m->kind, m->key_kind, m->root_relid,
 						 has_old, has_new);
+	header_len = message_buf->len;
 	if (has_old)
 	{
 		project(m, trigdata->tg_trigtuple, desc, &old_img);
@@ -563,7 +576,7 @@ livekpi_capture(PG_FUNCTION_ARGS)
 	if (has_new)
 	{
 		int			old_end = message_buf->len;
-		int			old_len = old_end - 7;
+		int			old_len = old_end - header_len;
 
 		project(m, TRIGGER_FIRED_BY_UPDATE(ev) ? trigdata->tg_newtuple : trigdata->tg_trigtuple,
 				desc, &new_img);
@@ -572,7 +585,7 @@ livekpi_capture(PG_FUNCTION_ARGS)
 		/* An UPDATE that changes nothing we project is not a change. */
 		if (has_old && m->kind != CHANGE_UNITS &&
 			message_buf->len - old_end == old_len &&
-			memcmp(message_buf->data + 7, message_buf->data + old_end, old_len) == 0)
+			memcmp(message_buf->data + header_len, message_buf->data + old_end, old_len) == 0)
 		{
 			MemoryContextSwitchTo(old_cxt);
 			return PointerGetDatum(NULL);
@@ -598,6 +611,7 @@ livekpi_emit_rebuild_marker(PG_FUNCTION_ARGS)
 
 	initStringInfo(&buf);
 	change_encode_header(&buf, CHANGE_REBUILD, KEY_INT, InvalidOid, false, false);
+	change_sign(&buf, GetTopTransactionId());
 	LogLogicalMessage(LIVEKPI_MESSAGE_PREFIX, buf.data, buf.len, true);
 	pfree(buf.data);
 	PG_RETURN_VOID();

@@ -6,12 +6,23 @@
  *	  read back.  One compact binary layout, kept small because every byte
  *	  is written to WAL once per captured row.
  *
- * Layout (integers little-endian, "varint" = unsigned LEB128):
- *	  kind:1 key_kind:1 relid:4 images:1 [old image] [new image]
- *	  image = flags:1 [key] [day1:4] [day2:4, bookings] [amount] [category]
- *	  key = zigzag varint (int) | 16 bytes (uuid) | varint length + bytes (text)
+ * Layout of version 1.1 ("varint" = unsigned LEB128, shortest form only;
+ * "zvarint" = zigzag-mapped signed varint; "tag" little-endian):
+ *	  kind:1 key_kind:1 relid:varint images:1 [old image] [new image] tag:8
+ *	  image = flags:1 [key] [day1] [day2, bookings] [amount] [category]
+ *	  key = zvarint (int) | 16 bytes (uuid) | varint length + bytes (text)
+ *	  day1 = zvarint days since 2000-01-01
+ *	  day2 = zvarint day2 - day1 when day1 is present, else zvarint day2
  *	  amount = varint length + numeric body (without varlena header)
  *	  category = varint length + bytes (expenses, when not NULL)
+ *	  tag = SipHash-2-4(record key, top-level xid:4 || everything before tag)
+ *
+ * The tag authenticates the record: the key is derived from the cluster's
+ * secret mock-authentication nonce and the database OID (change_record_key),
+ * which no SQL function exposes, so only livekpi's own C code (the capture
+ * trigger and the rebuild marker) can make a record the output plugin
+ * accepts; covering the top-level xid makes a record copied into another
+ * transaction fail too.  See docs/internals.md, "Change records".
  *
  * Copyright (c) 2026, livekpi authors
  *
@@ -25,6 +36,27 @@
 #include "lib/stringinfo.h"
 #include "utils/date.h"
 #include "utils/numeric.h"
+
+#include "siphash.h"
+
+/*
+ * The largest record the output plugin accepts, tag included.  A legitimate
+ * record stays far below it: two numeric amounts (at most ~74 kB each), a
+ * category clipped to CHANGE_CATEGORY_MAX_CHARS and a property key; only a
+ * text key of about a megabyte, which no KPI table could index anyway, can
+ * make one longer.  Bounds the memory a forged message can make the decoder
+ * and the apply worker spend.
+ */
+#define CHANGE_MAX_RECORD_SIZE	(1024 * 1024)
+
+/* bytes of the authentication tag at the end of every record */
+#define CHANGE_TAG_LEN		8
+
+/*
+ * A category counts under its first 200 characters (SPEC section 2); the
+ * trigger clips it before it is written, which also keeps records small.
+ */
+#define CHANGE_CATEGORY_MAX_CHARS 200
 
 /* change kinds */
 #define CHANGE_BOOKING		'B'
@@ -89,6 +121,11 @@ extern void change_encode_header(StringInfo buf, char kind, char key_kind,
 								 Oid relid, bool has_old, bool has_new);
 extern void change_encode_image(StringInfo buf, char kind, char key_kind,
 								const ChangeImage *img);
+extern void change_sign(StringInfo buf, TransactionId toplevel_xid);
+extern bool change_verify(const char *data, Size len, TransactionId toplevel_xid);
+extern const SipKey *change_record_key(void);
+extern bool change_decode_checked(const char *data, Size len, Change *change,
+								  const char **why);
 extern void change_decode(const char *data, Size len, Change *change);
 extern char *change_key_to_cstring(char key_kind, Datum key);
 

@@ -2,16 +2,30 @@
  *
  * decoder.c
  *	  The logical decoding output plugin "livekpi".  It passes on only the
- *	  transactional messages with prefix "livekpi", framed by their
- *	  transaction's begin and commit (commit LSN, end LSN, commit time);
- *	  transactions without such messages produce no output at all.
+ *	  transactional messages with prefix "livekpi" that livekpi's own C code
+ *	  wrote, framed by their transaction's begin and commit (commit LSN, end
+ *	  LSN, commit time); transactions without such messages produce no
+ *	  output at all.
  *
- *	  format=binary (default) is what the apply worker reads:
- *		'B' xid:4 | 'M' change record | 'C' commit_lsn:8 end_lsn:8 time:8
- *	  format=json prints one JSON object per captured change, for
- *	  pg_recvlogical -P livekpi -o format=json.
- *	  skip_origin=<id> drops transactions replayed by that replication
- *	  origin (the apply worker's own), before they are even reassembled.
+ *	  Every record is checked before anything of it is copied out: its size
+ *	  (CHANGE_MAX_RECORD_SIZE), its SipHash tag for the transaction's
+ *	  top-level xid, that it decodes, and that the capture trigger of the
+ *	  table it names existed when it was written (the historic catalog
+ *	  snapshot of decoding says so).  A record failing any check is dropped,
+ *	  logged with its LSN and, inside the apply worker, counted once in
+ *	  livekpi.status.records_rejected.  See docs/internals.md.
+ *
+ * Options (test_decoding's conventions; '-' and '_' are the same):
+ *	  format=json (default) prints one JSON object per captured change, for
+ *	  pg_recvlogical -P livekpi.  format=binary is what the apply worker
+ *	  reads:
+ *		'B' xid:4 | 'M' change record, without its tag | 'C' commit_lsn:8
+ *		end_lsn:8 time:8
+ *	  skip_origin=<origin id> drops transactions replayed by that
+ *	  replication origin (the apply worker's own) before they are even
+ *	  reassembled; skip_origin=on drops every transaction that has an
+ *	  origin (test_decoding's only-local), off (default) none.
+ *	  include_xids=on|off (default on): the "xid" field of the JSON form.
  *
  * Copyright (c) 2026, livekpi authors
  *
@@ -21,6 +35,10 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "libpq/pqformat.h"
 #include "replication/logical.h"
@@ -29,6 +47,7 @@
 #include "utils/date.h"
 #include "miscadmin.h"
 #include "utils/datetime.h"
+#include "utils/fmgroids.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -44,13 +63,23 @@ typedef struct DecoderData
 {
 	MemoryContext context;		/* reset after every message */
 	bool		json;
+	bool		include_xids;
+	bool		skip_any_origin;
 	RepOriginId skip_origin;
 } DecoderData;
 
-/* Per transaction: whether its 'B' frame was written yet. */
+/*
+ * Per transaction: whether its 'B' frame was written yet, whether it had a
+ * rejected record, and the relation the last accepted record named (most
+ * transactions change one table: one catalog lookup each).
+ */
 typedef struct DecoderTxn
 {
 	bool		began;
+	bool		rejected;
+	Oid			checked_relid;
+	char		checked_kind;
+	char		checked_key_kind;
 } DecoderTxn;
 
 static void decoder_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt,
@@ -65,6 +94,8 @@ static void decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 							XLogRecPtr message_lsn, bool transactional,
 							const char *prefix, Size sz, const char *message);
 static bool decoder_filter_origin(LogicalDecodingContext *ctx, RepOriginId origin_id);
+static bool in_apply_worker(void);
+static TransactionId toplevel_xid(ReorderBufferTXN *txn);
 
 void
 _PG_output_plugin_init(OutputPluginCallbacks *cb)
@@ -78,7 +109,62 @@ _PG_output_plugin_init(OutputPluginCallbacks *cb)
 	cb->shutdown_cb = decoder_shutdown;
 }
 
-/* startup: parse options, worded like test_decoding's errors */
+/* The option names a user may give, for the HINT of an unknown one. */
+#define DECODER_VALID_OPTIONS "\"format\", \"skip_origin\" and \"include_xids\""
+
+/* A boolean option's value: on/off, true/false, yes/no, 1/0 (parse_bool). */
+static bool
+option_bool(DefElem *elem, const char *val)
+{
+	bool		result;
+
+	/* a bare option name, as in -o include_xids, means on */
+	if (val == NULL)
+		return true;
+	if (!parse_bool(val, &result))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("could not parse value \"%s\" for parameter \"%s\"",
+						val, elem->defname),
+				 errhint("Use on, off, true, false, yes, no, 1 or 0.")));
+	return result;
+}
+
+/*
+ * skip_origin's value: a replication origin's id (what the apply worker
+ * passes, so digits are always an id: 0 is none), or a boolean word, on
+ * meaning every origin, the way test_decoding's only-local does it.
+ */
+static void
+option_skip_origin(DecoderData *data, DefElem *elem, const char *val)
+{
+	bool		b;
+
+	if (val != NULL && val[0] != '\0' && strspn(val, "0123456789") == strlen(val))
+	{
+		int64		id = pg_strtoint64(val);
+
+		if (id > PG_UINT16_MAX)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("replication origin id %s for parameter \"%s\" is out of range",
+							val, elem->defname),
+					 errhint("Origin ids are between 0 and %d.", PG_UINT16_MAX)));
+		data->skip_origin = (RepOriginId) id;
+		data->skip_any_origin = false;
+		return;
+	}
+	if (val != NULL && !parse_bool(val, &b))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("could not parse value \"%s\" for parameter \"%s\"",
+						val, elem->defname),
+				 errhint("Give a replication origin id (see pg_replication_origin.roident), or on to skip every replicated transaction, or off.")));
+	data->skip_any_origin = (val == NULL) ? true : b;
+	data->skip_origin = InvalidRepOriginId;
+}
+
+/* startup: parse options the way test_decoding and wal2json do */
 static void
 decoder_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_init)
 {
@@ -87,39 +173,45 @@ decoder_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_i
 
 	data->context = AllocSetContextCreate(ctx->context, "livekpi decoder",
 										  ALLOCSET_DEFAULT_SIZES);
+	data->json = true;
+	data->include_xids = true;
 	data->skip_origin = InvalidRepOriginId;
 
 	foreach(lc, ctx->output_plugin_options)
 	{
 		DefElem    *elem = lfirst(lc);
 		char	   *val = elem->arg ? strVal(elem->arg) : NULL;
+		char	   *name = pstrdup(elem->defname);
+		char	   *c;
 
-		if (strcmp(elem->defname, "format") == 0)
+		/* include-xids and include_xids alike */
+		for (c = name; *c; c++)
+			if (*c == '-')
+				*c = '_';
+
+		if (strcmp(name, "format") == 0)
 		{
-			if (val != NULL && strcmp(val, "json") == 0)
+			if (val != NULL && pg_strcasecmp(val, "json") == 0)
 				data->json = true;
-			else if (val != NULL && strcmp(val, "binary") == 0)
+			else if (val != NULL && pg_strcasecmp(val, "binary") == 0)
 				data->json = false;
 			else
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("could not parse value \"%s\" for parameter \"%s\"",
 								val ? val : "(null)", elem->defname),
-						 errhint("Valid formats are \"binary\" and \"json\".")));
+						 errhint("Valid formats are \"json\" (the default) and \"binary\".")));
 		}
-		else if (strcmp(elem->defname, "skip_origin") == 0)
-		{
-			if (val == NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("parameter \"%s\" needs a value", elem->defname)));
-			data->skip_origin = (RepOriginId) pg_strtoint32(val);
-		}
+		else if (strcmp(name, "skip_origin") == 0)
+			option_skip_origin(data, elem, val);
+		else if (strcmp(name, "include_xids") == 0)
+			data->include_xids = option_bool(elem, val);
 		else
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("option \"%s\" = \"%s\" is unknown",
-							elem->defname, val ? val : "(null)")));
+							elem->defname, val ? val : "(null)"),
+					 errhint("Valid options are " DECODER_VALID_OPTIONS ".")));
 	}
 
 	opt->output_type = data->json ? OUTPUT_PLUGIN_TEXTUAL_OUTPUT
@@ -143,6 +235,8 @@ decoder_filter_origin(LogicalDecodingContext *ctx, RepOriginId origin_id)
 {
 	DecoderData *data = ctx->output_plugin_private;
 
+	if (data->skip_any_origin)
+		return origin_id != InvalidRepOriginId;
 	return data->skip_origin != InvalidRepOriginId && origin_id == data->skip_origin;
 }
 
@@ -170,6 +264,14 @@ decoder_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	DecoderTxn *t = txn->output_plugin_private;
 	bool		began = t != NULL && t->began;
 
+	/* this transaction's rejections are counted: decoding it again won't */
+	if (t != NULL && t->rejected && in_apply_worker())
+	{
+		SpinLockAcquire(&livekpi_shared->mutex);
+		if (livekpi_shared->rejected_upto < txn->end_lsn)
+			livekpi_shared->rejected_upto = txn->end_lsn;
+		SpinLockRelease(&livekpi_shared->mutex);
+	}
 	if (t != NULL)
 	{
 		pfree(t);
@@ -184,6 +286,41 @@ decoder_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	pq_sendint64(ctx->out, txn->end_lsn);
 	pq_sendint64(ctx->out, txn->xact_time.commit_time);
 	OutputPluginWrite(ctx, true);
+}
+
+/* Whether this process is the apply worker, whose rejections are counted. */
+static bool
+in_apply_worker(void)
+{
+	return livekpi_shared != NULL && livekpi_shared->apply_pid == MyProcPid;
+}
+
+/*
+ * toplevel_xid
+ *		The xid the capture trigger signed with (GetTopTransactionId()): a
+ *		subtransaction's changes are replayed inside their top-level one.
+ */
+static TransactionId
+toplevel_xid(ReorderBufferTXN *txn)
+{
+	return txn->toptxn ? txn->toptxn->xid : txn->xid;
+}
+
+/* A timestamp in RFC 3339, in UTC with microseconds: 2026-11-29T19:54:45.123456Z */
+static void
+json_rfc3339(StringInfo out, TimestampTz ts)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
+	{
+		appendStringInfoString(out, "null");
+		return;
+	}
+	appendStringInfo(out, "\"%04d-%02d-%02dT%02d:%02d:%02d.%06dZ\"",
+					 tm.tm_year, tm.tm_mon, tm.tm_mday,
+					 tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
 }
 
 static void
@@ -265,6 +402,7 @@ static void
 write_json_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 				  const Change *c)
 {
+	DecoderData *data = ctx->output_plugin_private;
 	StringInfo	out = ctx->out;
 	const char *kind;
 	const char *op;
@@ -308,14 +446,23 @@ write_json_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 												 name);
 	}
 
-	appendStringInfo(out, "{\"xid\":%u,\"commit_lsn\":\"%X/%X\",\"commit_time\":",
-					 txn->xid, LSN_FORMAT_ARGS(txn->final_lsn));
-	escape_json(out, timestamptz_to_str(txn->xact_time.commit_time));
+	appendStringInfoChar(out, '{');
+	if (data->include_xids)
+		appendStringInfo(out, "\"xid\":%u,", toplevel_xid(txn));
+	appendStringInfo(out, "\"commit_lsn\":\"%X/%X\",\"commit_time\":",
+					 LSN_FORMAT_ARGS(txn->final_lsn));
+	json_rfc3339(out, txn->xact_time.commit_time);
 	appendStringInfo(out, ",\"kind\":\"%s\",\"op\":\"%s\",\"table\":", kind, op);
 	if (relname != NULL)
 		escape_json(out, relname);
 	else
 		appendStringInfoString(out, "null");
+	/* the property the change is about: the new row's, else the old row's */
+	if (c->has_new || c->has_old)
+	{
+		appendStringInfoString(out, ",\"property\":");
+		json_key(out, c->key_kind, c->has_new ? &c->new : &c->old);
+	}
 	if (c->has_old)
 	{
 		appendStringInfoString(out, ",\"old\":");
@@ -329,7 +476,135 @@ write_json_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	appendStringInfoChar(out, '}');
 }
 
-/* message: pass on livekpi's transactional messages, nothing else */
+/*
+ * trigger_captures
+ *		Whether relid had, in the catalog snapshot the record was written
+ *		in, a trigger calling livekpi.capture() for this kind of change and
+ *		key kind: the trigger's own arguments 0 and 1 (see capture.c).  A
+ *		TRUNCATE record comes from the livekpi_truncate trigger of a
+ *		bookings or expenses table.  pg_trigger is a catalog, so decoding's
+ *		historic snapshot can read it.
+ */
+static bool
+trigger_captures(Oid relid, char kind, char key_kind)
+{
+	Relation	tgrel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	bool		found = false;
+
+	tgrel = table_open(TriggerRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_trigger_tgrelid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(relid));
+	scan = systable_beginscan(tgrel, TriggerRelidNameIndexId, true, NULL, 1, &key);
+	while (!found && HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		Form_pg_trigger tg = (Form_pg_trigger) GETSTRUCT(tuple);
+		char	   *fname;
+		char	   *nspname;
+		bytea	   *args;
+		bool		isnull;
+		Datum		d;
+		const char *p;
+		int			n;
+
+		if (tg->tgnargs < 2)
+			continue;
+		fname = get_func_name(tg->tgfoid);
+		nspname = get_namespace_name(get_func_namespace(tg->tgfoid));
+		if (fname == NULL || nspname == NULL || strcmp(fname, "capture") != 0 ||
+			strcmp(nspname, "livekpi") != 0)
+			continue;
+		d = heap_getattr(tuple, Anum_pg_trigger_tgargs, RelationGetDescr(tgrel), &isnull);
+		if (isnull)
+			continue;
+		/* tgargs: the arguments, each terminated by a zero byte */
+		args = DatumGetByteaPP(d);
+		p = VARDATA_ANY(args);
+		n = VARSIZE_ANY_EXHDR(args);
+		if (n < 4 || p[1] != '\0' || p[3] != '\0' || p[2] != key_kind)
+			continue;
+		if (kind == CHANGE_TRUNCATE)
+			found = (p[0] == CHANGE_BOOKING || p[0] == CHANGE_EXPENSE) &&
+				(tg->tgtype & TRIGGER_TYPE_TRUNCATE);
+		else
+			found = (p[0] == kind) && (tg->tgtype & TRIGGER_TYPE_ROW);
+	}
+	systable_endscan(scan);
+	table_close(tgrel, AccessShareLock);
+	return found;
+}
+
+/*
+ * check_record
+ *		Everything a record must pass before any of it is output.  Returns
+ *		NULL and the decoded change when it passes, else the reason.
+ */
+static const char *
+check_record(DecoderTxn *t, TransactionId xid, const char *message, Size sz,
+			 Change *c)
+{
+	const char *why;
+
+	if (sz > CHANGE_MAX_RECORD_SIZE)
+		return psprintf("change record of %zu bytes is larger than the %d bytes allowed",
+						sz, CHANGE_MAX_RECORD_SIZE);
+	if (!change_verify(message, sz, xid))
+		return "change record not written by livekpi's capture trigger in this transaction (authentication tag does not match)";
+	if (!change_decode_checked(message, sz - CHANGE_TAG_LEN, c, &why))
+		return why;
+	if (c->kind == CHANGE_REBUILD)
+		return OidIsValid(c->relid) ? "rebuild marker naming a relation" : NULL;
+	if (t->checked_relid == c->relid && t->checked_kind == c->kind &&
+		t->checked_key_kind == c->key_kind)
+		return NULL;
+	if (!trigger_captures(c->relid, c->kind, c->key_kind))
+		return psprintf("change record for relation %u, which livekpi does not capture",
+						c->relid);
+	t->checked_relid = c->relid;
+	t->checked_kind = c->kind;
+	t->checked_key_kind = c->key_kind;
+	return NULL;
+}
+
+/*
+ * reject
+ *		Logs a rejected record and, in the apply worker, counts it; WAL that
+ *		the worker decodes again (after a retry or a restart) is neither
+ *		logged nor counted again.
+ */
+static void
+reject(XLogRecPtr lsn, XLogRecPtr counted_at, bool transactional, const char *why)
+{
+	if (in_apply_worker())
+	{
+		bool		fresh;
+
+		SpinLockAcquire(&livekpi_shared->mutex);
+		if (transactional)
+			fresh = counted_at > livekpi_shared->rejected_upto;
+		else
+		{
+			fresh = counted_at > livekpi_shared->rejected_nontx_upto;
+			if (fresh)
+				livekpi_shared->rejected_nontx_upto = counted_at;
+		}
+		if (fresh)
+			livekpi_shared->records_rejected++;
+		SpinLockRelease(&livekpi_shared->mutex);
+		if (!fresh)
+			return;
+	}
+	ereport(WARNING,
+			(errcode(ERRCODE_DATA_EXCEPTION),
+			 errmsg("livekpi: rejected change record at %X/%X: %s",
+					LSN_FORMAT_ARGS(lsn), why),
+			 errdetail("It contributes nothing to the KPIs; anyone may call pg_logical_emit_message() with the prefix \"%s\".",
+					   LIVEKPI_MESSAGE_PREFIX)));
+}
+
+/* message: pass on livekpi's authentic transactional messages, nothing else */
 static void
 decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 				XLogRecPtr message_lsn, bool transactional,
@@ -338,16 +613,32 @@ decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	DecoderData *data = ctx->output_plugin_private;
 	DecoderTxn *t = txn ? txn->output_plugin_private : NULL;
 	MemoryContext old;
+	Change		c;
+	const char *why;
 
-	if (!transactional || t == NULL || strcmp(prefix, LIVEKPI_MESSAGE_PREFIX) != 0)
+	if (strcmp(prefix, LIVEKPI_MESSAGE_PREFIX) != 0)
 		return;
+	if (!transactional || t == NULL)
+	{
+		/* the trigger writes only transactional messages */
+		reject(message_lsn, message_lsn, false,
+			   "non-transactional message with livekpi's prefix");
+		return;
+	}
+
+	old = MemoryContextSwitchTo(data->context);
+	why = check_record(t, toplevel_xid(txn), message, sz, &c);
+	if (why != NULL)
+	{
+		t->rejected = true;
+		reject(message_lsn, txn->end_lsn, true, why);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(data->context);
+		return;
+	}
 
 	if (data->json)
 	{
-		Change		c;
-
-		old = MemoryContextSwitchTo(data->context);
-		change_decode(message, sz, &c);
 		OutputPluginPrepareWrite(ctx, true);
 		write_json_change(ctx, txn, &c);
 		OutputPluginWrite(ctx, true);
@@ -356,6 +647,8 @@ decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		t->began = true;
 		return;
 	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(data->context);
 
 	if (!t->began)
 	{
@@ -367,6 +660,6 @@ decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	}
 	OutputPluginPrepareWrite(ctx, false);
 	pq_sendbyte(ctx->out, 'M');
-	appendBinaryStringInfo(ctx->out, message, sz);
+	appendBinaryStringInfo(ctx->out, message, sz - CHANGE_TAG_LEN);
 	OutputPluginWrite(ctx, false);
 }

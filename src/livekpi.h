@@ -84,6 +84,16 @@ typedef struct LiveKpiShared
 	int64		batches;
 	int64		rebuilds;
 	int64		records_rejected;	/* change records not from the trigger */
+	/*
+	 * Rejections already counted and logged, so that WAL decoded again
+	 * (after a retry or a restart of the worker) counts them once: end LSN
+	 * of the newest transaction with a rejected record (transactions are
+	 * decoded in commit order), and LSN of the newest non-transactional
+	 * message (decoded in WAL order).  Written by the output plugin inside
+	 * the apply worker.
+	 */
+	XLogRecPtr	rejected_upto;
+	XLogRecPtr	rejected_nontx_upto;
 	bool		stale;			/* state.stale_reason is set: KPIs inexact */
 	char		last_error[LIVEKPI_ERROR_LEN];
 	TimestampTz last_error_at;

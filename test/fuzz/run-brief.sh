@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test/fuzz/run-brief.sh [SECONDS | TREE]
-#	  Build the client-message fuzz target (src/protocol.c) and run it for
-#	  SECONDS (default $FUZZ_SECONDS, else 20).  Given a directory instead
+#	  Build the fuzz targets (client messages, src/protocol.c; change
+#	  records, src/change.c) and run each for SECONDS (default
+#	  $FUZZ_SECONDS, else 20), after the SipHash reference vectors.  Given a directory instead
 #	  (as test/run-tests.sh passes its scratch tree to test/suites/*.sh),
 #	  build and run there.  `make fuzz` runs it for 300 s.  A crash fails
 #	  the run and leaves the input in crash-* in the current directory.
@@ -15,9 +16,14 @@ if ! command -v clang >/dev/null; then
 	echo "run-brief.sh: clang (with libFuzzer) is required" >&2
 	exit 1
 fi
-make -s -C "$top" test/fuzz/fuzz_protocol
+make -s -C "$top" test/fuzz/fuzz_protocol test/fuzz/fuzz_change test/fuzz/test_siphash
+"$top"/test/fuzz/test_siphash
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cp "$top"/test/fuzz/corpus/* "$work"/
+mkdir "$work/protocol" "$work/change"
+cp "$top"/test/fuzz/corpus/* "$work/protocol"/
+cp "$top"/test/fuzz/corpus_change/* "$work/change"/
 "$top"/test/fuzz/fuzz_protocol -max_total_time="$secs" -max_len=70000 \
-	-print_final_stats=1 "$work" 2>&1 | tail -n 6
+	-print_final_stats=1 "$work/protocol" 2>&1 | tail -n 6
+"$top"/test/fuzz/fuzz_change -max_total_time="$secs" -max_len=4096 \
+	-print_final_stats=1 "$work/change" 2>&1 | tail -n 6
