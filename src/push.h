@@ -73,8 +73,9 @@ extern LkTokenStatus livekpi_token_lookup(const char *secret, LkToken *token,
 extern void livekpi_token_touch(int64 token_id);
 extern void livekpi_token_wake_push_at_commit(void);
 extern int	livekpi_cmp_cstring(const void *a, const void *b);
+extern int	livekpi_cmp_int64(const void *a, const void *b);
 
-/* push_worker.c */
+/* push_worker.c (the push_*.c files share push_internal.h) */
 PGDLLEXPORT void livekpi_push_main(Datum main_arg);
 
 #endif							/* LIVEKPI_PUSH_H */

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test/fuzz/run-brief.sh [SECONDS | TREE]
-#	  Build the client-message fuzz target (src/protocol.c) and run it for
+#	  Build the fuzz targets of the client-message parser (src/protocol.c)
+#	  and the HTTP request rules (src/http_rules.c) and run each for
 #	  SECONDS (default $FUZZ_SECONDS, else 20).  Given a directory instead
 #	  (as test/run-tests.sh passes its scratch tree to test/suites/*.sh),
 #	  build and run there.  `make fuzz` runs it for 300 s.  A crash fails
@@ -15,9 +16,14 @@ if ! command -v clang >/dev/null; then
 	echo "run-brief.sh: clang (with libFuzzer) is required" >&2
 	exit 1
 fi
-make -s -C "$top" test/fuzz/fuzz_protocol
+make -s -C "$top" test/fuzz/fuzz_protocol test/fuzz/fuzz_http
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cp "$top"/test/fuzz/corpus/* "$work"/
+mkdir "$work/protocol" "$work/http"
+cp "$top"/test/fuzz/corpus/* "$work"/protocol/
+cp "$top"/test/fuzz/corpus_http/* "$work"/http/
 "$top"/test/fuzz/fuzz_protocol -max_total_time="$secs" -max_len=70000 \
-	-print_final_stats=1 "$work" 2>&1 | tail -n 6
+	-print_final_stats=1 "$work/protocol" 2>&1 | tail -n 6
+# the HTTP request rules (src/http_rules.c)
+"$top"/test/fuzz/fuzz_http -max_total_time="$secs" -max_len=4096 \
+	-print_final_stats=1 "$work/http" 2>&1 | tail -n 6
