@@ -42,6 +42,8 @@ typedef struct LkPushShared
 {
 	/* bumped at commit of every transaction that revoked a token */
 	pg_atomic_uint64 token_generation;
+	/* push worker starts since the last one that reached its database */
+	int			failed_starts;
 	int			nslots;
 	LkClientSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } LkPushShared;

@@ -24,7 +24,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "access/xlog.h"
+#include "access/xlogrecovery.h"
 #include "miscadmin.h"
+#include "replication/slot.h"
+#include "storage/lwlock.h"
 
 #include "http_rules.h"
 #include "livekpi.h"
@@ -104,9 +108,11 @@ http_prepare(PushClient *c, int status, const char *type, const char *body)
 
 /*
  * health_body
- *		The /healthz answer, from the workers' shared state: 503 when the
- *		apply worker is not running, the KPIs are stale or it lags past
- *		max_lag.
+ *		The /healthz answer, from the workers' shared state (SPEC section
+ *		7): 503 with the first reason that applies: livekpi.database does
+ *		not exist, the extension is not installed there, the apply worker
+ *		is not running, its slot is not streaming, the KPIs are stale, or
+ *		it lags past max_lag.
  */
 static int
 health_body(char *buf, size_t len)
@@ -116,8 +122,10 @@ health_body(char *buf, size_t len)
 	char		state[LIVEKPI_STATE_LEN];
 	int			clients;
 	bool		stale;
+	bool		slot_ready;
 	long		lag_ms = (long) livekpi_apply_lag_ms();
-	bool		ok;
+	const char *reason = NULL;
+	char		esc[256];
 
 	SpinLockAcquire(&livekpi_shared->mutex);
 	apply_pid = livekpi_shared->apply_pid;
@@ -125,55 +133,159 @@ health_body(char *buf, size_t len)
 	strlcpy(state, livekpi_shared->apply_state, sizeof(state));
 	clients = livekpi_shared->clients;
 	stale = livekpi_shared->stale;
+	slot_ready = livekpi_shared->slot_ready;
 	SpinLockRelease(&livekpi_shared->mutex);
 
-	ok = apply_pid != 0 && !stale && lag_ms <= (long) livekpi_max_lag * 1000L;
+	if (lk_database_missing)
+		reason = "livekpi.database does not exist";
+	else if (!lk_extension_ready)
+		reason = "the extension is not installed in livekpi.database";
+	else if (apply_pid == 0)
+		reason = "the apply worker is not running";
+	else if (!slot_ready || !(strcmp(state, "streaming") == 0 || strcmp(state, "applying") == 0 ||
+							  strcmp(state, "idle") == 0 || strcmp(state, "paused") == 0))
+		reason = "the apply worker is not streaming";
+	else if (stale)
+		reason = "the KPIs are stale until livekpi.rebuild()";
+	else if (lag_ms > (long) livekpi_max_lag * 1000L)
+		reason = "the apply lag exceeds livekpi.max_lag";
+	lk_json_escape(state, esc, sizeof(esc));
 	snprintf(buf, len,
 			 "{\"status\":\"%s\",\"apply_worker\":%s,\"apply_state\":\"%s\","
-			 "\"last_seq\":" INT64_FORMAT ",\"lag_ms\":%ld,\"clients\":%d,\"stale\":%s}\n",
-			 ok ? "ok" : "unhealthy", apply_pid != 0 ? "true" : "false",
-			 state, last_seq, lag_ms, clients, stale ? "true" : "false");
-	return ok ? 200 : 503;
+			 "\"last_seq\":" INT64_FORMAT ",\"lag_ms\":%ld,\"clients\":%d,\"stale\":%s%s%s%s}\n",
+			 reason ? "unhealthy" : "ok", apply_pid != 0 ? "true" : "false",
+			 esc, last_seq, lag_ms, clients, stale ? "true" : "false",
+			 reason ? ",\"reason\":\"" : "", reason ? reason : "", reason ? "\"" : "");
+	return reason ? 503 : 200;
 }
 
+/*
+ * slot_retained_wal
+ *		Bytes of WAL the livekpi slot holds back (from its restart_lsn to
+ *		the WAL written), read from shared memory as pg_replication_slots
+ *		does; -1 when there is no slot.
+ */
+static int64
+slot_retained_wal(void)
+{
+	XLogRecPtr	restart = InvalidXLogRecPtr;
+	XLogRecPtr	end;
+
+	if (ReplicationSlotCtl == NULL)
+		return -1;
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	for (int i = 0; i < max_replication_slots; i++)
+	{
+		ReplicationSlot *s = &ReplicationSlotCtl->replication_slots[i];
+
+		if (!s->in_use || strcmp(NameStr(s->data.name), LIVEKPI_SLOT_NAME) != 0)
+			continue;
+		SpinLockAcquire(&s->mutex);
+		restart = s->data.restart_lsn;
+		SpinLockRelease(&s->mutex);
+		break;
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	if (XLogRecPtrIsInvalid(restart))
+		return -1;
+	end = RecoveryInProgress() ? GetXLogReplayRecPtr(NULL) : GetXLogWriteRecPtr();
+	return end > restart ? (int64) (end - restart) : 0;
+}
+
+/*
+ * metrics_body
+ *		Prometheus text (docs/protocol.md lists every metric).  The batch
+ *		counter and the duration histogram count the same thing, every
+ *		batch the apply worker committed: livekpi_batches_total is the
+ *		histogram's count; batches that changed KPI rows (and got a seq,
+ *		livekpi.status.batches) are livekpi_delta_batches_total.  Lag is
+ *		livekpi_apply_lag_ms(), the one definition livekpi.status and
+ *		/healthz use too.
+ */
 static int
 metrics_body(char *buf, size_t len)
 {
 	static const int bounds_ms[] = LIVEKPI_DURATION_BOUNDS_MS;
-	int64		batches,
+	int64		delta_batches,
 				changes,
 				rows,
+				skipped,
+				rejected,
+				rebuilds,
 				msgs,
 				bytes,
 				sum_us;
 	int64		counts[LIVEKPI_DURATION_BUCKETS];
+	int64		total = 0;
 	int64		cumulative = 0;
+	int64		retained = slot_retained_wal();
 	int			clients;
+	bool		paused,
+				stale;
+	bool		apply_error,
+				push_error;
 	double		lag = (double) livekpi_apply_lag_ms() / 1000.0;
 	int			n;
 	int			i;
 
 	SpinLockAcquire(&livekpi_shared->mutex);
-	batches = livekpi_shared->batches;
+	delta_batches = livekpi_shared->batches;
 	changes = livekpi_shared->changes_applied;
 	rows = livekpi_shared->rows_written;
+	skipped = livekpi_shared->rows_skipped;
+	rejected = livekpi_shared->records_rejected;
+	rebuilds = livekpi_shared->rebuilds;
+	paused = livekpi_shared->paused;
+	stale = livekpi_shared->stale;
+	apply_error = livekpi_shared->last_error[0] != '\0';
+	push_error = livekpi_shared->push_error[0] != '\0';
 	msgs = livekpi_shared->messages_sent;
 	bytes = livekpi_shared->bytes_sent;
 	clients = livekpi_shared->clients;
 	memcpy(counts, livekpi_shared->batch_duration_counts, sizeof(counts));
 	sum_us = livekpi_shared->batch_duration_sum_us;
 	SpinLockRelease(&livekpi_shared->mutex);
+	for (i = 0; i < LIVEKPI_DURATION_BUCKETS; i++)
+		total += counts[i];
 
 	n = snprintf(buf, len,
-				 "# HELP livekpi_batches_total Batches applied.\n"
+				 "# HELP livekpi_build_info The running livekpi library.\n"
+				 "# TYPE livekpi_build_info gauge\n"
+				 "livekpi_build_info{version=\"%s\",pg_version=\"%s\"} 1\n"
+				 "# HELP livekpi_batches_total Batches applied (every apply transaction; the histogram's count).\n"
 				 "# TYPE livekpi_batches_total counter\n"
 				 "livekpi_batches_total " INT64_FORMAT "\n"
+				 "# HELP livekpi_delta_batches_total Batches that changed KPI rows and got a seq (livekpi.status.batches).\n"
+				 "# TYPE livekpi_delta_batches_total counter\n"
+				 "livekpi_delta_batches_total " INT64_FORMAT "\n"
 				 "# HELP livekpi_changes_total Row changes applied.\n"
 				 "# TYPE livekpi_changes_total counter\n"
 				 "livekpi_changes_total " INT64_FORMAT "\n"
 				 "# HELP livekpi_rows_written_total KPI rows written.\n"
 				 "# TYPE livekpi_rows_written_total counter\n"
 				 "livekpi_rows_written_total " INT64_FORMAT "\n"
+				 "# HELP livekpi_rows_skipped_total Source rows skipped (values the KPI math cannot use).\n"
+				 "# TYPE livekpi_rows_skipped_total counter\n"
+				 "livekpi_rows_skipped_total " INT64_FORMAT "\n"
+				 "# HELP livekpi_records_rejected_total Change records ignored (not from the capture trigger, or undecodable).\n"
+				 "# TYPE livekpi_records_rejected_total counter\n"
+				 "livekpi_records_rejected_total " INT64_FORMAT "\n"
+				 "# HELP livekpi_rebuilds_total Rebuilds since the server started.\n"
+				 "# TYPE livekpi_rebuilds_total counter\n"
+				 "livekpi_rebuilds_total " INT64_FORMAT "\n"
+				 "# HELP livekpi_errors Whether the last attempt of a worker failed (livekpi.status last_error, push_last_error).\n"
+				 "# TYPE livekpi_errors gauge\n"
+				 "livekpi_errors{worker=\"apply\"} %d\n"
+				 "livekpi_errors{worker=\"push\"} %d\n"
+				 "# HELP livekpi_paused 1 while livekpi.pause() is in effect.\n"
+				 "# TYPE livekpi_paused gauge\n"
+				 "livekpi_paused %d\n"
+				 "# HELP livekpi_stale 1 while the KPIs are stale (until livekpi.rebuild()).\n"
+				 "# TYPE livekpi_stale gauge\n"
+				 "livekpi_stale %d\n"
+				 "# HELP livekpi_slot_retained_wal_bytes WAL the livekpi slot holds back (-1: no slot).\n"
+				 "# TYPE livekpi_slot_retained_wal_bytes gauge\n"
+				 "livekpi_slot_retained_wal_bytes " INT64_FORMAT "\n"
 				 "# HELP livekpi_lag_seconds Apply lag: 0 while all flushed WAL is read, else the time since it was.\n"
 				 "# TYPE livekpi_lag_seconds gauge\n"
 				 "livekpi_lag_seconds %.3f\n"
@@ -188,7 +300,10 @@ metrics_body(char *buf, size_t len)
 				 "livekpi_bytes_sent_total " INT64_FORMAT "\n"
 				 "# HELP livekpi_batch_duration_seconds Time to apply a batch.\n"
 				 "# TYPE livekpi_batch_duration_seconds histogram\n",
-				 batches, changes, rows, lag, clients, msgs, bytes);
+				 LIVEKPI_LIBRARY_VERSION, PG_VERSION,
+				 total, delta_batches, changes, rows, skipped, rejected, rebuilds,
+				 apply_error ? 1 : 0, push_error ? 1 : 0, paused ? 1 : 0, stale ? 1 : 0,
+				 retained, lag, clients, msgs, bytes);
 	for (i = 0; i < LIVEKPI_DURATION_BUCKETS && n >= 0 && (size_t) n < len; i++)
 	{
 		cumulative += counts[i];

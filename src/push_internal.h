@@ -43,6 +43,14 @@
 /* hellos and subscribes checked in one round's transaction */
 #define LK_REQUESTS_PER_ROUND	256
 #define LK_SOCKET_SNDBUF		(128 * 1024)
+/* listener retries after a failure to listen: from 1 s, doubling, to 60 s */
+#define LK_LISTEN_RETRY_MIN_MS	1000
+#define LK_LISTEN_RETRY_MAX_MS	60000
+
+/* the library's version, for livekpi_build_info in /metrics */
+#ifndef LIVEKPI_LIBRARY_VERSION
+#define LIVEKPI_LIBRARY_VERSION	"1.1"
+#endif
 
 /* WebSocket close codes of SPEC section 7 */
 #define LK_CLOSE_PROTOCOL		1002
@@ -238,6 +246,8 @@ extern int64 broadcast_seq;
 extern int64 stat_messages;
 extern int64 stat_bytes;
 extern char www_dir[MAXPGPATH];
+extern bool lk_database_missing;
+extern bool lk_extension_ready;
 
 extern int	slot_acquire(PushClient *c);
 extern void slot_release(int i);

@@ -413,11 +413,35 @@ process_requests(void)
 	RoundChecks rc;
 	dlist_iter	it;
 	dlist_mutable_iter mit;
-	TimestampTz now = GetCurrentTimestamp();
-	bool		check_tokens = tokens_due(now);
+	TimestampTz now;
+	bool		check_tokens;
 	int			n = 0;
 	int			left = 0;
 
+	if (lk_database_missing)
+	{
+		/* nothing to check against: refuse (see livekpi_push_main) */
+		dlist_foreach(it, &all_clients)
+		{
+			PushClient *c = dlist_container(PushClient, node, it.cur);
+
+			if (c->request != NULL)
+				client_fail(c, "internal", "livekpi.database does not exist",
+							LK_CLOSE_INTERNAL);
+		}
+		dlist_foreach_modify(mit, &http_waiting)
+		{
+			PushClient *c = dlist_container(PushClient, node, mit.cur);
+
+			dlist_delete(&c->node);
+			c->http_pending = false;
+			http_answer_metrics(c, false);
+		}
+		requests_pending = false;
+		return;
+	}
+	now = GetCurrentTimestamp();
+	check_tokens = tokens_due(now);
 	memset(&rc, 0, sizeof(rc));
 	if (requests_pending)
 	{
@@ -478,8 +502,6 @@ process_requests(void)
 
 	if (!sql_round_checks(&rc))
 	{
-		for (int i = 0; i < rc.njobs; i++)
-			rc.jobs[i].err_code = NULL;
 		for (int i = 0; i < rc.njobs; i++)
 			client_fail(rc.jobs[i].c, "internal", "the server could not process the request",
 						LK_CLOSE_INTERNAL);

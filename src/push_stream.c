@@ -267,7 +267,8 @@ poll_batches(void)
 	BatchRead	br;
 
 	memset(&br, 0, sizeof(br));
-	if (!sql_read_state(&br))
+	lk_extension_ready = sql_read_state(&br);
+	if (!lk_extension_ready)
 		return;
 
 	if (broadcast_seq < 0 ||

@@ -36,10 +36,14 @@
  */
 #include "postgres.h"
 
-#include <malloc.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -79,6 +83,8 @@ int64		broadcast_seq = -1; /* newest batch dispatched to live clients */
 int64		stat_messages = 0;	/* published to livekpi_shared */
 int64		stat_bytes = 0;
 char		www_dir[MAXPGPATH];
+bool		lk_database_missing = false;	/* running without a database */
+bool		lk_extension_ready = false; /* livekpi.state was readable */
 
 static volatile sig_atomic_t got_sigterm = false;
 static volatile bool tick_pending = true;
@@ -150,6 +156,7 @@ livekpi_push_shmem_init(void)
 	if (!found)
 	{
 		pg_atomic_init_u64(&livekpi_push_shared->token_generation, 0);
+		livekpi_push_shared->failed_starts = 0;
 		livekpi_push_shared->nslots = push_slot_count();
 		for (int i = 0; i < livekpi_push_shared->nslots; i++)
 		{
@@ -340,12 +347,162 @@ adopt_fd(int fd, const char *what)
 				 errmsg("livekpi push worker could not watch the %s", what)));
 }
 
+static bool create_listener(char *why, size_t whylen);
+
+/*
+ * listener_destroy
+ *		Undo a partly made listener, so that the next attempt starts clean.
+ */
+static void
+listener_destroy(void)
+{
+	if (lws_ctx)
+	{
+		struct lws_context *ctx = lws_ctx;
+
+		lws_ctx = NULL;
+		lws_context_destroy(ctx);
+	}
+	first_vhost = NULL;
+}
+
+/*
+ * probe_listen
+ *		Bind a socket to (iface, livekpi.port) and let it go, to learn why
+ *		listening fails (errno) before libwebsockets tries: lws only says
+ *		that it failed.  iface NULL means every address.
+ */
+static bool
+probe_listen(const char *iface, char *why, size_t whylen)
+{
+	struct addrinfo hints;
+	struct addrinfo *res = NULL;
+	char		port[16];
+	int			rc;
+	bool		ok = false;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	snprintf(port, sizeof(port), "%d", livekpi_port);
+	rc = getaddrinfo(iface, port, &hints, &res);
+	if (rc != 0)
+	{
+		snprintf(why, whylen, "could not resolve \"%s\": %s", iface ? iface : "*",
+				 gai_strerror(rc));
+		return false;
+	}
+	for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
+	{
+		int			fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+		int			one = 1;
+
+		if (fd < 0)
+			continue;
+		(void) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (ai->ai_family == AF_INET6)
+			(void) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1) != 0)
+		{
+			snprintf(why, whylen, "could not listen on %s port %d: %s",
+					 iface ? iface : "*", livekpi_port, strerror(errno));
+			close(fd);
+			ok = false;
+			break;
+		}
+		close(fd);
+		ok = true;
+	}
+	freeaddrinfo(res);
+	if (!ok && why[0] == '\0')
+		snprintf(why, whylen, "could not listen on %s port %d", iface ? iface : "*",
+				 livekpi_port);
+	return ok;
+}
+
+/*
+ * database_exists
+ *		Whether livekpi.database exists, read from the shared catalog
+ *		pg_database (the worker is then connected to no database).
+ */
+static bool
+database_exists(void)
+{
+	bool		found;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	found = OidIsValid(get_database_oid(livekpi_database, true));
+	CommitTransactionCommand();
+	return found;
+}
+
+/*
+ * wait_or_exit
+ *		Sleep ms on the latch (signals wake it); exit on SIGTERM.
+ */
+static void
+wait_or_exit(long ms)
+{
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, ms,
+					 PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	if (got_sigterm)
+		proc_exit(0);
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
+/*
+ * listen_with_backoff
+ *		Make the listener, and while that fails (the port is taken, by
+ *		another cluster say), say why once per distinct reason, publish it
+ *		in livekpi.status (push_last_error) and retry from 1 s, doubling,
+ *		up to once a minute, instead of exiting and being restarted every
+ *		5 s with a log line each time.
+ */
+static void
+listen_with_backoff(void)
+{
+	char		why[LIVEKPI_ERROR_LEN];
+	char		last[LIVEKPI_ERROR_LEN] = "";
+	long		delay = LK_LISTEN_RETRY_MIN_MS;
+
+	for (;;)
+	{
+		why[0] = '\0';
+		if (create_listener(why, sizeof(why)))
+			break;
+		if (strcmp(why, last) != 0)
+		{
+			ereport(LOG,
+					(errmsg("livekpi push worker %s", why),
+					 errhint("Another server (another cluster?) may be using this address and port: "
+							 "set livekpi.port (or livekpi.listen_addresses) to a free one.  "
+							 "The worker retries with a growing delay, up to once a minute.")));
+			strlcpy(last, why, sizeof(last));
+		}
+		else
+			elog(DEBUG1, "livekpi push worker %s", why);
+		set_push_error(why);
+		publish_state("cannot listen");
+		wait_or_exit(delay);
+		delay = Min(delay * 2, LK_LISTEN_RETRY_MAX_MS);
+	}
+	if (last[0])
+		ereport(LOG, (errmsg("livekpi push worker: the listener works again")));
+}
+
 /*
  * create_listener
  *		One lws context, one vhost per listen address ("*" means all).
  */
-static void
-create_listener(void)
+static bool
+create_listener(char *why, size_t whylen)
 {
 	struct lws_context_creation_info info;
 	char	   *list;
@@ -371,9 +528,10 @@ create_listener(void)
 	info.uid = -1;
 	lws_ctx = lws_create_context(&info);
 	if (lws_ctx == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("livekpi push worker could not create its listener context")));
+	{
+		snprintf(why, whylen, "could not create the listener context");
+		return false;
+	}
 
 	list = pstrdup(livekpi_listen_addresses);
 	for (tok = strtok_r(list, ",", &saveptr); tok; tok = strtok_r(NULL, ",", &saveptr))
@@ -409,24 +567,34 @@ create_listener(void)
 			info.ssl_private_key_filepath = livekpi_ssl_key_file;
 		}
 		info.retry_and_idle_policy = &push_retry;
+		if (!probe_listen(info.iface, why, whylen))
+		{
+			listener_destroy();
+			return false;
+		}
 		vh = lws_create_vhost(lws_ctx, &info);
 		if (vh == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_CONFIG_FILE_ERROR),
-					 errmsg("livekpi push worker could not listen on %s port %d", tok, livekpi_port),
-					 errhint("Check livekpi.listen_addresses, livekpi.port%s and the server log.",
-							 tls ? ", livekpi.ssl_cert_file, livekpi.ssl_key_file" : "")));
+		{
+			snprintf(why, whylen, "could not listen on %s port %d%s", tok, livekpi_port,
+					 tls ? " (check livekpi.ssl_cert_file and livekpi.ssl_key_file)" : "");
+			listener_destroy();
+			return false;
+		}
 		if (first_vhost == NULL)
 			first_vhost = vh;
 	}
+	pfree(list);
 	if (first_vhost == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("livekpi.listen_addresses names no address")));
+	{
+		snprintf(why, whylen, "livekpi.listen_addresses names no address");
+		listener_destroy();
+		return false;
+	}
 
 	adopt_fd(livekpi_shared->push_wakeup_fd, "wake-up eventfd");
 	adopt_fd(postmaster_alive_fds[POSTMASTER_FD_WATCH], "postmaster");
 	lws_sul_schedule(lws_ctx, 0, &tick_sul, tick_cb, LK_TICK_USEC);
+	return true;
 }
 
 static void
@@ -465,7 +633,23 @@ livekpi_push_main(Datum main_arg)
 	pqsignal(SIGHUP, push_sighup);
 	BackgroundWorkerUnblockSignals();
 
-	BackgroundWorkerInitializeConnection(livekpi_database, NULL, 0);
+	/*
+	 * A start that did not reach its database connection died in
+	 * InitPostgres, most likely because livekpi.database does not exist:
+	 * then this one connects to no database, says so once, serves /healthz
+	 * (503) and waits for the database instead of failing every 5 s.
+	 */
+	lk_database_missing = livekpi_push_shared->failed_starts > 0;
+	livekpi_push_shared->failed_starts++;
+	BackgroundWorkerInitializeConnection(lk_database_missing ? NULL : livekpi_database, NULL, 0);
+	if (lk_database_missing && database_exists())
+	{
+		/* it was something else, and it is gone: start normally */
+		livekpi_push_shared->failed_starts = 0;
+		proc_exit(1);
+	}
+	if (!lk_database_missing)
+		livekpi_push_shared->failed_starts = 0;
 	SetConfigOption("TimeZone", "UTC", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("application_name", "livekpi push worker", PGC_USERSET, PGC_S_OVERRIDE);
 	pgstat_report_appname("livekpi push worker");
@@ -493,9 +677,21 @@ livekpi_push_main(Datum main_arg)
 	for (int i = 0; i < livekpi_push_shared->nslots; i++)
 		slot_release(i);
 
+	if (lk_database_missing)
+	{
+		char		msg[LIVEKPI_ERROR_LEN];
+
+		snprintf(msg, sizeof(msg), "livekpi.database \"%s\" does not exist", livekpi_database);
+		ereport(LOG,
+				(errmsg("livekpi push worker: %s", msg),
+				 errhint("Create the database or set livekpi.database and restart the server.  "
+						 "Until then /healthz answers 503 and the stream is refused.")));
+		set_push_error(msg);
+	}
+
 	origins_init();
-	create_listener();
-	publish_state("listening");
+	listen_with_backoff();
+	publish_state(lk_database_missing ? "no database" : "listening");
 	ereport(LOG,
 			(errmsg("livekpi push worker listening on %s port %d%s (max %d clients)",
 					livekpi_listen_addresses, livekpi_port,
@@ -519,7 +715,23 @@ livekpi_push_main(Datum main_arg)
 		ResetLatch(MyLatch);
 
 		process_requests();
-		if (wake_pending || TimestampDifferenceExceeds(last_poll, GetCurrentTimestamp(), 1000))
+		if (lk_database_missing)
+		{
+			/* check once in a while whether the database came */
+			if (TimestampDifferenceExceeds(last_poll, GetCurrentTimestamp(), 5000))
+			{
+				last_poll = GetCurrentTimestamp();
+				if (database_exists())
+				{
+					ereport(LOG,
+							(errmsg("livekpi push worker: livekpi.database \"%s\" exists now; restarting",
+									livekpi_database)));
+					livekpi_push_shared->failed_starts = 0;
+					proc_exit(1);
+				}
+			}
+		}
+		else if (wake_pending || TimestampDifferenceExceeds(last_poll, GetCurrentTimestamp(), 1000))
 		{
 			wake_pending = false;
 			last_poll = GetCurrentTimestamp();
