@@ -43,7 +43,10 @@
 #include <unistd.h>
 
 #include "access/xact.h"
-#include "commands/dbcommands.h"
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_database.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -58,6 +61,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 
 #include "livekpi.h"
 #include "push_internal.h"
@@ -429,11 +433,29 @@ probe_listen(const char *iface, char *why, size_t whylen)
 static bool
 database_exists(void)
 {
-	bool		found;
+	bool		found = false;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
 
+	/*
+	 * A plain heap scan, as autovacuum's launcher does: without a database
+	 * the indexes of pg_database cannot be opened (their relcache entries
+	 * are read from pg_class).
+	 */
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	found = OidIsValid(get_database_oid(livekpi_database, true));
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (!found && (tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		found = strcmp(NameStr(db->datname), livekpi_database) == 0;
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
 	return found;
 }

@@ -54,10 +54,11 @@ $second->stop;
 
 # --- the extension missing, then present
 my $node = push_node('listen_noext', no_extension => 1);
-my ($st, $body) = http_get($node, '/healthz');
+my ($st, $body);
+poll_until('the listener', 30, sub { ($st, $body) = http_get($node, '/healthz'); $st != 599 });
 is($st, 503, '/healthz is 503 without the extension');
 like($body, qr/"reason":"the extension is not installed/, '... saying why');
-push_node_prepare($node);
+TestLib::LiveKpiPush::push_node_prepare($node);
 ok(poll_until('/healthz 200', 30, sub { ($st, $body) = http_get($node, '/healthz'); $st == 200 }),
 	'/healthz is 200 once the extension exists and the apply worker streams');
 
