@@ -75,6 +75,9 @@ $(LIVEKPI_UNIT): test/unit/test_push_queue.c src/push_queue.c src/push_queue.h s
 unit: $(LIVEKPI_UNIT)
 	./$(LIVEKPI_UNIT)
 EXTRA_CLEAN += $(LIVEKPI_TAIL) $(LIVEKPI_FUZZ) $(LIVEKPI_FUZZ_HTTP) $(LIVEKPI_UNIT)
+# PGXS tracks no header dependencies: a changed shared-memory struct must
+# rebuild every object that sees it
+$(OBJS): $(wildcard src/*.h)
 # --- push worker end
 
 livekpi--1.1.sql: $(SQL_PARTS)

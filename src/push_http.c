@@ -28,6 +28,7 @@
 #include "access/xlogrecovery.h"
 #include "miscadmin.h"
 #include "replication/slot.h"
+#include "replication/walreceiver.h"
 #include "storage/lwlock.h"
 
 #include "http_rules.h"
@@ -107,6 +108,28 @@ http_prepare(PushClient *c, int status, const char *type, const char *body)
 }
 
 /*
+ * standby_lag_ms
+ *		On a hot standby, the replay lag of SPEC section 10: 0 while the WAL
+ *		receiver streams and everything it received is replayed (so an idle
+ *		primary does not make a standby unhealthy), else the time since the
+ *		newest transaction replayed committed on the primary.
+ */
+static long
+standby_lag_ms(void)
+{
+	XLogRecPtr	received = GetWalRcvFlushRecPtr(NULL, NULL);
+	XLogRecPtr	replayed = GetXLogReplayRecPtr(NULL);
+	TimestampTz latest;
+
+	if (WalRcvStreaming() && replayed >= received)
+		return 0;
+	latest = GetLatestXTime();
+	if (latest == 0)
+		return 0;
+	return (long) Max((GetCurrentTimestamp() - latest) / 1000, 0);
+}
+
+/*
  * health_body
  *		The /healthz answer, from the workers' shared state (SPEC section
  *		7): 503 with the first reason that applies: livekpi.database does
@@ -124,6 +147,7 @@ health_body(char *buf, size_t len)
 	bool		stale;
 	bool		slot_ready;
 	long		lag_ms = (long) livekpi_apply_lag_ms();
+	bool		standby = RecoveryInProgress();
 	const char *reason = NULL;
 	char		esc[256];
 
@@ -136,10 +160,20 @@ health_body(char *buf, size_t len)
 	slot_ready = livekpi_shared->slot_ready;
 	SpinLockRelease(&livekpi_shared->mutex);
 
+	if (standby)
+		lag_ms = standby_lag_ms();
 	if (lk_database_missing)
 		reason = "livekpi.database does not exist";
 	else if (!lk_extension_ready)
 		reason = "the extension is not installed in livekpi.database";
+	else if (standby)
+	{
+		/* no apply worker on a standby is normal: replay is what counts */
+		if (stale)
+			reason = "the KPIs are stale until livekpi.rebuild()";
+		else if (lag_ms > (long) livekpi_max_lag * 1000L)
+			reason = "the replay lag exceeds livekpi.max_lag";
+	}
 	else if (apply_pid == 0)
 		reason = "the apply worker is not running";
 	else if (!slot_ready || !(strcmp(state, "streaming") == 0 || strcmp(state, "applying") == 0 ||
@@ -152,9 +186,11 @@ health_body(char *buf, size_t len)
 	lk_json_escape(state, esc, sizeof(esc));
 	snprintf(buf, len,
 			 "{\"status\":\"%s\",\"apply_worker\":%s,\"apply_state\":\"%s\","
-			 "\"last_seq\":" INT64_FORMAT ",\"lag_ms\":%ld,\"clients\":%d,\"stale\":%s%s%s%s}\n",
+			 "\"last_seq\":" INT64_FORMAT ",\"lag_ms\":%ld,\"clients\":%d,\"stale\":%s,"
+			 "\"role\":\"%s\",\"seq_served\":" INT64_FORMAT "%s%s%s}\n",
 			 reason ? "unhealthy" : "ok", apply_pid != 0 ? "true" : "false",
 			 esc, last_seq, lag_ms, clients, stale ? "true" : "false",
+			 standby ? "standby" : "primary", broadcast_seq,
 			 reason ? ",\"reason\":\"" : "", reason ? reason : "", reason ? "\"" : "");
 	return reason ? 503 : 200;
 }
@@ -225,6 +261,7 @@ metrics_body(char *buf, size_t len)
 	bool		apply_error,
 				push_error;
 	double		lag = (double) livekpi_apply_lag_ms() / 1000.0;
+	bool		standby = RecoveryInProgress();
 	int			n;
 	int			i;
 
@@ -289,6 +326,12 @@ metrics_body(char *buf, size_t len)
 				 "# HELP livekpi_lag_seconds Apply lag: 0 while all flushed WAL is read, else the time since it was.\n"
 				 "# TYPE livekpi_lag_seconds gauge\n"
 				 "livekpi_lag_seconds %.3f\n"
+				 "# HELP livekpi_standby 1 on a hot standby (the push worker serves what it replayed).\n"
+				 "# TYPE livekpi_standby gauge\n"
+				 "livekpi_standby %d\n"
+				 "# HELP livekpi_replay_lag_seconds On a standby: 0 while all WAL received is replayed, else the time since the newest replayed commit.\n"
+				 "# TYPE livekpi_replay_lag_seconds gauge\n"
+				 "livekpi_replay_lag_seconds %.3f\n"
 				 "# HELP livekpi_clients Open WebSocket connections.\n"
 				 "# TYPE livekpi_clients gauge\n"
 				 "livekpi_clients %d\n"
@@ -303,7 +346,8 @@ metrics_body(char *buf, size_t len)
 				 LIVEKPI_LIBRARY_VERSION, PG_VERSION,
 				 total, delta_batches, changes, rows, skipped, rejected, rebuilds,
 				 apply_error ? 1 : 0, push_error ? 1 : 0, paused ? 1 : 0, stale ? 1 : 0,
-				 retained, lag, clients, msgs, bytes);
+				 retained, lag, standby ? 1 : 0,
+				 standby ? (double) standby_lag_ms() / 1000.0 : 0.0, clients, msgs, bytes);
 	for (i = 0; i < LIVEKPI_DURATION_BUCKETS && n >= 0 && (size_t) n < len; i++)
 	{
 		cumulative += counts[i];

@@ -34,6 +34,8 @@
 #define LK_SUBPROTOCOL			"livekpi.v1"
 #define LK_STREAM_PATH			"/v1/stream"
 #define LK_TICK_USEC			(100 * 1000)
+/* on a hot standby with clients: how often the replay position is read */
+#define LK_REPLAY_POLL_USEC		(5 * 1000)
 #define LK_HELLO_DEADLINE_MS	10000
 #define LK_TOKEN_RECHECK_MS		500
 #define LK_WRITE_CHUNK			(64 * 1024)

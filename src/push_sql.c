@@ -33,6 +33,7 @@
 #include "port/pg_bitutils.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -46,6 +47,16 @@
  *		error: an error is logged and published in livekpi.status, the
  *		transaction rolled back, and the loop goes on.  Returns success.
  */
+static int	last_step_sqlerrcode = 0;
+
+/*
+ * Subtransactions per client on a primary; none on a hot standby, where
+ * PostgreSQL 15 turns a recovery conflict inside a subtransaction into
+ * FATAL (every client would be dropped): there the round is retried on
+ * SQLSTATE 40001 instead.
+ */
+static bool use_subxacts = true;
+
 static bool
 run_step(const char *what, void (*fn) (void *), void *arg, bool repeatable_read)
 {
@@ -76,6 +87,7 @@ run_step(const char *what, void (*fn) (void *), void *arg, bool repeatable_read)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
+		last_step_sqlerrcode = edata->sqlerrcode;
 		snprintf(msg, sizeof(msg), "%s: %s", what, edata->message);
 		ereport(LOG,
 				(errmsg("livekpi push worker: %s", msg)));
@@ -473,6 +485,33 @@ canonical_keys(RequestJob *job)
 			return false;
 		}
 	}
+	if (!use_subxacts && key_is_number())
+	{
+		/*
+		 * No subtransaction on a standby (see round_step): make sure the
+		 * cast below cannot fail by checking the numbers here.
+		 */
+		int64		lo = strcmp(key_type, "smallint") == 0 ? PG_INT16_MIN :
+			strcmp(key_type, "integer") == 0 ? PG_INT32_MIN : PG_INT64_MIN;
+		int64		hi = strcmp(key_type, "smallint") == 0 ? PG_INT16_MAX :
+			strcmp(key_type, "integer") == 0 ? PG_INT32_MAX : PG_INT64_MAX;
+
+		for (int i = 0; i < msg->nproperties; i++)
+		{
+			const char *k = msg->propbuf + msg->property_off[i];
+			char	   *end;
+			int64		v;
+
+			errno = 0;
+			v = strtoi64(k, &end, 10);
+			if (errno != 0 || end == k || *end != '\0' || v < lo || v > hi)
+			{
+				job_error(job, "bad_message", LK_CLOSE_INVALID,
+						  "invalid property key: %s is not a valid %s", k, key_type);
+				return false;
+			}
+		}
+	}
 	elems = palloc(sizeof(Datum) * msg->nproperties);
 	for (int i = 0; i < msg->nproperties; i++)
 		elems[i] = CStringGetTextDatum(msg->propbuf + msg->property_off[i]);
@@ -481,6 +520,32 @@ canonical_keys(RequestJob *job)
 	sql = psprintf("SELECT array_agg(k ORDER BY k), to_jsonb(array_agg(k::%s ORDER BY k))::text "
 				   "FROM (SELECT DISTINCT (p::%s)::text AS k FROM unnest($1) p) s",
 				   key_type, key_type);
+
+	if (!use_subxacts)
+	{
+		ret = SPI_execute_with_args(sql, 1, types, values, NULL, true, 0);
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "could not check property keys");
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			ArrayType  *arr = DatumGetArrayTypeP(d);
+			Datum	   *ke;
+			bool	   *kn;
+			int			n;
+
+			deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &ke, &kn, &n);
+			old = MemoryContextSwitchTo(lk_loop_cxt);
+			job->props = palloc(sizeof(char *) * Max(n, 1));
+			job->nprops = n;
+			for (int i = 0; i < n; i++)
+				job->props[i] = TextDatumGetCString(ke[i]);
+			job->scope_json = pstrdup(SPI_getvalue(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 2));
+			MemoryContextSwitchTo(old);
+		}
+		return true;
+	}
 
 	/* a bad key is the client's mistake: catch it in a subtransaction */
 	BeginInternalSubTransaction(NULL);
@@ -554,6 +619,27 @@ keys_json(char **keys, int n)
 }
 
 /*
+ * valid_calendar_date
+ *		Whether "YYYY-MM-DD" (the parser checked the shape) is a day of the
+ *		calendar, as date_in would accept it.
+ */
+static bool
+valid_calendar_date(const char *s)
+{
+	int			y,
+				m,
+				d,
+				y2,
+				m2,
+				d2;
+
+	if (sscanf(s, "%d-%d-%d", &y, &m, &d) != 3 || m < 1 || m > 12 || d < 1 || d > 31)
+		return false;
+	j2date(date2j(y, m, d), &y2, &m2, &d2);
+	return y == y2 && m == m2 && d == d2;
+}
+
+/*
  * request_step
  *		(job->latest is already set by the round.)  Check a hello or subscribe against the database: the token, the
  *		views and properties it allows, the daily range, and whether a
@@ -606,9 +692,17 @@ request_step(void *arg)
 						 "booking_daily needs \"daily_range\"");
 	if (msg->has_daily_range)
 	{
+		Datum		f;
+		Datum		t;
+
+		/* without a subtransaction (a standby) date_in must not fail */
+		if (!use_subxacts && (!valid_calendar_date(msg->daily_from) ||
+							  !valid_calendar_date(msg->daily_to)))
+			return job_error(job, "bad_message", LK_CLOSE_INVALID,
+							 "daily_range has a date that does not exist");
 		/* through date_in, which rejects February 30th */
-		Datum		f = DirectFunctionCall1(date_in, CStringGetDatum(msg->daily_from));
-		Datum		t = DirectFunctionCall1(date_in, CStringGetDatum(msg->daily_to));
+		f = DirectFunctionCall1(date_in, CStringGetDatum(msg->daily_from));
+		t = DirectFunctionCall1(date_in, CStringGetDatum(msg->daily_to));
 
 		strlcpy(job->daily_from, DatumGetCString(DirectFunctionCall1(date_out, f)), 11);
 		strlcpy(job->daily_to, DatumGetCString(DirectFunctionCall1(date_out, t)), 11);
@@ -705,6 +799,13 @@ round_step(void *arg)
 			continue;
 		}
 		job->latest = latest;
+		if (!use_subxacts)
+		{
+			request_step(job);
+			if (job->err_code == NULL && job->msg->type == LK_MSG_HELLO)
+				touch[ntouch++] = job->token.id;
+			continue;
+		}
 		BeginInternalSubTransaction(NULL);
 		PG_TRY();
 		{
@@ -801,5 +902,31 @@ round_step(void *arg)
 bool
 sql_round_checks(RoundChecks *rc)
 {
-	return run_step("checking requests and tokens", round_step, rc, false);
+	use_subxacts = !RecoveryInProgress();
+	for (int attempt = 0;; attempt++)
+	{
+		last_step_sqlerrcode = 0;
+		if (run_step("checking requests and tokens", round_step, rc, false))
+			return true;
+		if (use_subxacts || attempt >= 2 ||
+			last_step_sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE)
+			return false;
+		/* a recovery conflict on a standby: the round again, from scratch */
+		for (int i = 0; i < rc->njobs; i++)
+		{
+			PushClient *c = rc->jobs[i].c;
+			LkClientMessage *msg = rc->jobs[i].msg;
+
+			memset(&rc->jobs[i], 0, sizeof(RequestJob));
+			rc->jobs[i].c = c;
+			rc->jobs[i].msg = msg;
+		}
+		if (rc->nmetrics > 0)
+			memset(rc->metrics_ok, 0, sizeof(bool) * rc->nmetrics);
+		if (rc->ntokens > 0)
+		{
+			memset(rc->revoked, 0, sizeof(bool) * rc->ntokens);
+			memset(rc->expired, 0, sizeof(bool) * rc->ntokens);
+		}
+	}
 }

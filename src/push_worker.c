@@ -44,6 +44,8 @@
 
 #include "access/xact.h"
 #include "access/heapam.h"
+#include "access/xlog.h"
+#include "access/xlogrecovery.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "catalog/pg_database.h"
@@ -295,6 +297,38 @@ push_sighup(SIGNAL_ARGS)
 	poke_eventfd();
 	SetLatch(MyLatch);
 	errno = save_errno;
+}
+
+/*
+ * replay_cb
+ *		On a hot standby no apply worker writes the wake-up eventfd: while
+ *		clients are connected, look at the replay position every
+ *		LK_REPLAY_POLL_USEC and wake the loop when it moved, so that a
+ *		replayed batch reaches clients within a few milliseconds (SPEC
+ *		section 10).  Reading the position is a spinlock, no SQL.
+ */
+static lws_sorted_usec_list_t replay_sul;
+static XLogRecPtr last_replay = InvalidXLogRecPtr;
+
+static void
+replay_cb(lws_sorted_usec_list_t *sul)
+{
+	if (!RecoveryInProgress())
+	{
+		wake_pending = true;	/* promoted: the apply worker takes over */
+		return;
+	}
+	if (nclients > 0)
+	{
+		XLogRecPtr	r = GetXLogReplayRecPtr(NULL);
+
+		if (r != last_replay)
+		{
+			last_replay = r;
+			wake_pending = true;
+		}
+	}
+	lws_sul_schedule(lws_ctx, 0, &replay_sul, replay_cb, LK_REPLAY_POLL_USEC);
 }
 
 static void
@@ -616,6 +650,8 @@ create_listener(char *why, size_t whylen)
 	adopt_fd(livekpi_shared->push_wakeup_fd, "wake-up eventfd");
 	adopt_fd(postmaster_alive_fds[POSTMASTER_FD_WATCH], "postmaster");
 	lws_sul_schedule(lws_ctx, 0, &tick_sul, tick_cb, LK_TICK_USEC);
+	if (RecoveryInProgress())
+		lws_sul_schedule(lws_ctx, 0, &replay_sul, replay_cb, LK_REPLAY_POLL_USEC);
 	return true;
 }
 
