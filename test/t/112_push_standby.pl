@@ -7,7 +7,10 @@
 #	  there; a batch committed on the primary reaches a standby client
 #	  (the worker watches the replay position while clients are
 #	  connected); nothing is written there (last_used_at stays as the
-#	  primary has it); /healthz and /metrics know the role.
+#	  primary has it); /healthz and /metrics know the role; a client moved
+#	  from one standby to another with its seq and epoch misses nothing and
+#	  receives nothing twice; after promotion the standby's clients keep
+#	  receiving.
 
 use strict;
 use warnings;
@@ -75,7 +78,57 @@ $primary->safe_psql('postgres', "SELECT livekpi.revoke_token('all')");
 $e = ws_expect($c, 'error', 'revocation', 30);
 is($e && $e->{code}, 'token_revoked', 'a revocation on the primary closes the standby client');
 
-ws_close($_) for ($c, $s2, $bad);
+ws_close($_) for ($c, $bad);
+
+# a second standby; a client moves from the first to the second
+my $standby2 = PostgreSQL::Test::Cluster->new('standby_two');
+$standby2->init_from_backup($primary, 'b', has_streaming => 1);
+my $sport2 = PostgreSQL::Test::Cluster::get_free_port();
+$standby2->append_conf('postgresql.conf', "livekpi.port = $sport2\n");
+$standby2->start;
+$standby2->{livekpi_port} = $sport2;
+$standby2->{livekpi_scheme} = 'http';
+my $all2 = make_token($primary, 'all2');
+$primary->wait_for_catchup($standby, 'replay');
+my $m1 = ws_open($standby, name => 'mover on 1', hello => { type => 'hello', token => $all2 });
+my $w1 = ws_expect($m1, 'welcome');
+ok(ws_expect($m1, 'snapshot'), 'mover connected to the first standby');
+my $seqA = fake_batch($primary, 1, "'2026-01-07'", 1, 100);
+ok(ws_expect($m1, sub { ($_[0]->{type} // '') eq 'delta' && $_[0]->{seq} == $seqA }, "delta $seqA"),
+	'mover got a batch on the first standby');
+ws_close($m1);
+my $seqB = fake_batch($primary, 1, "'2026-01-08'", 1, 100);
+my $seqC = fake_batch($primary, 2, "'2026-01-08'", 1, 100);
+$primary->wait_for_catchup($standby2, 'replay');
+my $m2 = ws_open($standby2, name => 'mover on 2',
+	hello => { type => 'hello', token => $all2, resume_from => $seqA + 0, epoch => $w1->{epoch} });
+my $w2 = ws_expect($m2, 'welcome');
+ok($w2 && $w2->{resumed}, 'resumed on the second standby with the seq and epoch of the first');
+ok(ws_expect($m2, sub { ($_[0]->{type} // '') eq 'delta' && $_[0]->{seq} == $seqC }, "delta $seqC"),
+	'it receives the batches it missed');
+my @seqs = map { $_->{seq} } grep { ($_->{type} // '') =~ /^(delta|snapshot)$/ } ws_all($m2);
+is_deeply(\@seqs, [ $seqB, $seqC ], 'every batch after its seq exactly once, no snapshot');
+
+# promotion of the first standby: its clients keep receiving
+$standby->promote;
+$standby->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()') or die 'promote';
+ok( poll_until(
+		'/healthz says primary', 60,
+		sub { my ($st2, $b2) = http_get($standby, '/healthz'); ($b2 // '') =~ /"role":"primary"/ }),
+	'after promotion /healthz says primary');
+my $seqP = fake_batch($standby, 1, "'2026-01-09'", 1, 100);
+ok( ws_expect(
+		$s2,
+		sub {
+			($_[0]->{type} // '') =~ /^(delta|snapshot|heartbeat)$/
+			  && ($_[0]->{seq} // -1) >= $seqP;
+		},
+		"position $seqP after promotion",
+		60),
+	'a client of the promoted standby receives what the new primary commits');
+
+ws_close($_) for ($s2, $m2);
+$standby2->stop;
 $standby->stop;
 $primary->stop;
 done_testing();
