@@ -46,6 +46,7 @@ include $(PGXS)
 # the libFuzzer target of the client-message parser (src/protocol.c).
 LIVEKPI_TAIL = src/tail/livekpi-tail
 LIVEKPI_FUZZ = test/fuzz/fuzz_protocol
+LIVEKPI_FUZZ_HTTP = test/fuzz/fuzz_http
 all: $(LIVEKPI_TAIL)
 $(LIVEKPI_TAIL): src/tail/livekpi_tail.c
 	$(CC) -O2 -g -Wall -Wextra -Wno-unused-parameter -Werror -o $@ $< -lwebsockets
@@ -74,9 +75,25 @@ endif
 $(LIVEKPI_FUZZ): test/fuzz/fuzz_protocol.c src/protocol.c src/protocol.h
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 		-I$(srcdir)/src -o $@ test/fuzz/fuzz_protocol.c src/protocol.c
-fuzz: $(LIVEKPI_FUZZ)
+fuzz: $(LIVEKPI_FUZZ) $(LIVEKPI_FUZZ_HTTP)
 	./test/fuzz/run-brief.sh $${FUZZ_SECONDS:-300}
-EXTRA_CLEAN += $(LIVEKPI_TAIL) $(LIVEKPI_FUZZ)
+# the HTTP request rules (src/http_rules.c), fuzzed beside the parser
+$(LIVEKPI_FUZZ_HTTP): test/fuzz/fuzz_http.c src/http_rules.c src/http_rules.h
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+		-I$(srcdir)/src -o $@ test/fuzz/fuzz_http.c src/http_rules.c
+# unit tests of the libc-only parts (the push worker's client queue)
+LIVEKPI_UNIT = test/unit/test_push_queue
+$(LIVEKPI_UNIT): test/unit/test_push_queue.c src/push_queue.c src/push_queue.h src/protocol.c
+	$(CC) -g -O1 -Wall -Wextra -Wno-unused-parameter -Werror -fsanitize=address,undefined \
+		-fno-sanitize-recover=all -I$(srcdir)/src -o $@ test/unit/test_push_queue.c \
+		src/push_queue.c src/protocol.c
+.PHONY: unit
+unit: $(LIVEKPI_UNIT)
+	./$(LIVEKPI_UNIT)
+EXTRA_CLEAN += $(LIVEKPI_TAIL) $(LIVEKPI_FUZZ) $(LIVEKPI_FUZZ_HTTP) $(LIVEKPI_UNIT)
+# PGXS tracks no header dependencies: a changed shared-memory struct must
+# rebuild every object that sees it
+$(OBJS): $(wildcard src/*.h)
 # --- push worker end
 
 # The change-record decoder's libFuzzer target (src/change.c, with

@@ -42,6 +42,8 @@ typedef struct LkPushShared
 {
 	/* bumped at commit of every transaction that revoked a token */
 	pg_atomic_uint64 token_generation;
+	/* push worker starts since the last one that reached its database */
+	int			failed_starts;
 	int			nslots;
 	LkClientSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } LkPushShared;
@@ -73,8 +75,9 @@ extern LkTokenStatus livekpi_token_lookup(const char *secret, LkToken *token,
 extern void livekpi_token_touch(int64 token_id);
 extern void livekpi_token_wake_push_at_commit(void);
 extern int	livekpi_cmp_cstring(const void *a, const void *b);
+extern int	livekpi_cmp_int64(const void *a, const void *b);
 
-/* push_worker.c */
+/* push_worker.c (the push_*.c files share push_internal.h) */
 PGDLLEXPORT void livekpi_push_main(Datum main_arg);
 
 #endif							/* LIVEKPI_PUSH_H */

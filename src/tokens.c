@@ -61,6 +61,19 @@ livekpi_cmp_cstring(const void *a, const void *b)
 }
 
 /*
+ * livekpi_cmp_int64
+ *		qsort/bsearch comparator for arrays of int64 (token ids).
+ */
+int
+livekpi_cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/*
  * sha256_of
  *		SHA-256 of a secret, with PostgreSQL's hashing (OpenSSL when built
  *		with it), the same function as SQL's sha256().

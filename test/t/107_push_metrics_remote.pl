@@ -29,7 +29,9 @@ my $all = make_token($node, 'all');
 my $port = $node->{livekpi_port};
 my $http = HTTP::Tiny->new(timeout => 10);
 
-my $r = $http->get("http://$ip:$port/healthz");
+# /healthz is 503 until the apply worker streams
+my $r;
+poll_until('/healthz', 30, sub { $r = $http->get("http://$ip:$port/healthz"); $r->{status} == 200 });
 is($r->{status}, 200, "listening on $ip as well");
 $r = $http->get("http://$ip:$port/metrics");
 is($r->{status}, 401, 'remote /metrics without a token: 401');
