@@ -16,16 +16,37 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 	WHERE a.attrelid = rel AND a.attnum = _attname.attnum AND NOT a.attisdropped
 $$;
 
--- SQL for a mapped date column as a day, the way the capture trigger does it
+/*
+ * _day_sql(rel, attnum, tz)
+ *		SQL for a mapped date column as the day SPEC section 3 counts it on,
+ *		NULL when it cannot be used (infinite, or outside 4714-12-01 BC ..
+ *		294276-11-30: LIVEKPI_FIRST_DAY .. LIVEKPI_LAST_DAY in src/kpi.h).
+ *		verify() states the rule here in SQL, independently of kpi.c; a
+ *		timestamptz near either end of the timestamp range goes through
+ *		_local_day(), which turns "out of range" into NULL.
+ */
 CREATE FUNCTION livekpi._day_sql(rel regclass, attnum int2, tz text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-	SELECT CASE a.atttypid
-			   WHEN 'date'::regtype THEN quote_ident(a.attname)
-			   WHEN 'timestamp'::regtype THEN quote_ident(a.attname) || '::date'
-			   ELSE format('(%I AT TIME ZONE %L)::date', a.attname, tz)
-		   END
+	SELECT format('CASE WHEN %1$s BETWEEN %2$L::date AND %3$L::date THEN %1$s END',
+				  CASE a.atttypid
+					  WHEN 'date'::regtype THEN quote_ident(a.attname)
+					  WHEN 'timestamp'::regtype THEN quote_ident(a.attname) || '::date'
+					  ELSE format('CASE WHEN %1$I BETWEEN %2$L::timestamptz AND %3$L::timestamptz THEN (%1$I AT TIME ZONE %4$L)::date ELSE livekpi._local_day(%1$I, %4$L) END',
+								  a.attname, '4714-12-10 00:00:00+00 BC', '294276-12-20 00:00:00+00', tz)
+				  END,
+				  '4714-12-01 BC', '294276-11-30')
 	FROM pg_attribute a
 	WHERE a.attrelid = rel AND a.attnum = _day_sql.attnum
+$$;
+
+-- (x AT TIME ZONE tz)::date, NULL when that is out of the timestamp range
+CREATE FUNCTION livekpi._local_day(x timestamptz, tz text) RETURNS date
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RETURN (x AT TIME ZONE tz)::date;
+EXCEPTION WHEN datetime_field_overflow THEN
+	RETURN NULL;
+END
 $$;
 
 CREATE FUNCTION livekpi._from_sql(rel regclass) RETURNS text
@@ -70,6 +91,7 @@ BEGIN
 						ELSE amt END AS amt
 			FROM src
 			WHERE pid IS NOT NULL AND ci IS NOT NULL AND co IS NOT NULL
+			  AND octet_length(pid::text) <= 1024	-- LIVEKPI_MAX_KEY_BYTES
 			  AND isfinite(ci) AND isfinite(co) AND co - ci <= max_stay),
 		contrib AS (
 			SELECT pid, ci AS day, 0 AS nights,
@@ -107,8 +129,9 @@ BEGIN
 			livekpi._attname(t.relid, t.property_attnum), key_type,
 			livekpi._day_sql(t.relid, t.day1_attnum, t.timezone),
 			livekpi._attname(t.relid, t.amount_attnum),
+			-- LIVEKPI_MAX_CATEGORY_CHARS: the first 200 characters
 			CASE WHEN t.category_attnum IS NULL THEN '''uncategorized'''
-				 ELSE format('coalesce(%s::text, ''uncategorized'')',
+				 ELSE format('coalesce(left(%s::text, 200), ''uncategorized'')',
 							 livekpi._attname(t.relid, t.category_attnum)) END,
 			CASE WHEN t.status_attnum IS NULL THEN '0'
 				 ELSE format('CASE WHEN %1$s::text = ANY (%2$L::text[]) THEN 0 WHEN %1$s::text = ANY (%3$L::text[]) THEN 2 ELSE 1 END',
@@ -126,7 +149,8 @@ BEGIN
 				   CASE WHEN amt IS NULL OR amt IN ('NaN', 'Infinity', '-Infinity') THEN 0
 						ELSE amt END AS amt
 			FROM src
-			WHERE pid IS NOT NULL AND d IS NOT NULL AND isfinite(d))
+			WHERE pid IS NOT NULL AND d IS NOT NULL AND isfinite(d)
+			  AND octet_length(pid::text) <= 1024)	-- LIVEKPI_MAX_KEY_BYTES
 		SELECT pid, d, cat,
 			   sum(CASE WHEN cls = 0 THEN amt ELSE 0 END),
 			   sum(CASE WHEN cls = 1 THEN amt ELSE 0 END),
@@ -134,6 +158,98 @@ BEGIN
 			   count(*)
 		FROM valid GROUP BY pid, d, cat
 	$q$, array_to_string(parts, ' UNION ALL '));
+END
+$$;
+
+/*
+ * The rebuild's recompute: kpi.c's rules, in C, over the tracked tables
+ * (src/recompute.c).  _booking_rows and _expense_rows give the daily rows
+ * one source row contributes, called in the target list so that the query
+ * streams; PostgreSQL aggregates them.  _new_heap, _fill_heap and
+ * _swap_heap load the aggregated rows into fresh heaps and swap them in.
+ */
+CREATE FUNCTION livekpi._booking_rows(key "any", check_in "any", check_out "any", amount "any",
+									  status text, cancelled_statuses text[], max_stay int,
+									  timezone text)
+RETURNS TABLE (day date, nights int, revenue numeric, arrivals int, cancelled int)
+	AS 'MODULE_PATHNAME', 'livekpi_booking_rows' LANGUAGE C STABLE;
+CREATE FUNCTION livekpi._expense_rows(key "any", day "any", amount "any", category text,
+									  status text, has_status boolean, approved_statuses text[],
+									  rejected_statuses text[], timezone text)
+RETURNS TABLE (day date, category text, class int, amount numeric)
+	AS 'MODULE_PATHNAME', 'livekpi_expense_rows' LANGUAGE C STABLE;
+CREATE FUNCTION livekpi._new_heap(target regclass) RETURNS oid
+	AS 'MODULE_PATHNAME', 'livekpi_new_heap' LANGUAGE C STRICT;
+CREATE FUNCTION livekpi._fill_heap(heap oid, query text) RETURNS bigint
+	AS 'MODULE_PATHNAME', 'livekpi_fill_heap' LANGUAGE C STRICT;
+CREATE FUNCTION livekpi._swap_heap(target regclass, heap oid) RETURNS void
+	AS 'MODULE_PATHNAME', 'livekpi_swap_heap' LANGUAGE C STRICT;
+
+/*
+ * _booking_rows_sql(key_type)
+ *		One query over every tracked bookings table: (pid, day, nights,
+ *		revenue, arrivals, cancelled), one row per night or arrival, by the
+ *		C rules.  Columns are passed as they are stored; statuses as ::text,
+ *		which is how the capture trigger compares them.
+ */
+CREATE FUNCTION livekpi._booking_rows_sql(key_type text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t record;
+	parts text[] := '{}';
+BEGIN
+	FOR t IN SELECT * FROM livekpi.tracked_tables WHERE kind = 'bookings' ORDER BY relid::oid LOOP
+		parts := parts || format(
+			'SELECT pid, (c).day, (c).nights, (c).revenue, (c).arrivals, (c).cancelled FROM ('
+			'SELECT %1$s::%2$s AS pid, livekpi._booking_rows(%1$s, %3$s, %4$s, %5$s, %6$s, %7$L::text[], %8$s, %9$L) AS c '
+			'FROM %10$s) s',
+			livekpi._attname(t.relid, t.property_attnum), key_type,
+			livekpi._attname(t.relid, t.day1_attnum),
+			livekpi._attname(t.relid, t.day2_attnum),
+			livekpi._attname(t.relid, t.amount_attnum),
+			CASE WHEN t.status_attnum IS NULL THEN 'NULL::text'
+				 ELSE livekpi._attname(t.relid, t.status_attnum) || '::text' END,
+			t.statuses1, t.max_stay_nights, t.timezone,
+			livekpi._from_sql(t.relid));
+	END LOOP;
+	IF cardinality(parts) = 0 THEN
+		parts := ARRAY[format('SELECT NULL::%s AS pid, NULL::date AS day, 0 AS nights, 0::numeric AS revenue, 0 AS arrivals, 0 AS cancelled WHERE false', key_type)];
+	END IF;
+	RETURN array_to_string(parts, ' UNION ALL ');
+END
+$$;
+
+/*
+ * _expense_rows_sql(key_type)
+ *		One query over every tracked expenses table: (pid, day, category,
+ *		class, amount), one row per expense that counts, by the C rules.
+ */
+CREATE FUNCTION livekpi._expense_rows_sql(key_type text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t record;
+	parts text[] := '{}';
+BEGIN
+	FOR t IN SELECT * FROM livekpi.tracked_tables WHERE kind = 'expenses' ORDER BY relid::oid LOOP
+		parts := parts || format(
+			'SELECT pid, (c).day, (c).category, (c).class, (c).amount FROM ('
+			'SELECT %1$s::%2$s AS pid, livekpi._expense_rows(%1$s, %3$s, %4$s, %5$s, %6$s, %7$s, %8$L::text[], %9$L::text[], %10$L) AS c '
+			'FROM %11$s) s',
+			livekpi._attname(t.relid, t.property_attnum), key_type,
+			livekpi._attname(t.relid, t.day1_attnum),
+			livekpi._attname(t.relid, t.amount_attnum),
+			CASE WHEN t.category_attnum IS NULL THEN 'NULL::text'
+				 ELSE livekpi._attname(t.relid, t.category_attnum) || '::text' END,
+			CASE WHEN t.status_attnum IS NULL THEN 'NULL::text'
+				 ELSE livekpi._attname(t.relid, t.status_attnum) || '::text' END,
+			CASE WHEN t.status_attnum IS NULL THEN 'false' ELSE 'true' END,
+			t.statuses1, t.statuses2, t.timezone,
+			livekpi._from_sql(t.relid));
+	END LOOP;
+	IF cardinality(parts) = 0 THEN
+		parts := ARRAY[format('SELECT NULL::%s AS pid, NULL::date AS day, NULL::text AS category, 0 AS class, 0::numeric AS amount WHERE false', key_type)];
+	END IF;
+	RETURN array_to_string(parts, ' UNION ALL ');
 END
 $$;
 
@@ -286,6 +402,12 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	point pg_lsn;
 	s bigint;
+	kt text;
+	bd oid;
+	ed oid;
+	bm oid;
+	em oid;
+	pm oid;
 BEGIN
 	PERFORM livekpi._require_read_committed('rebuild()');
 	PERFORM livekpi._lock_tracked_tables();
@@ -293,43 +415,51 @@ BEGIN
 	point := pg_current_wal_insert_lsn();
 	PERFORM livekpi._emit_rebuild_marker();
 
-	-- Each statement below takes a new snapshot, after the locks.
-	DELETE FROM livekpi.booking_daily;
-	DELETE FROM livekpi.booking_monthly;
-	DELETE FROM livekpi.expense_daily;
-	DELETE FROM livekpi.expense_monthly;
-	DELETE FROM livekpi.portfolio_monthly;
+	kt := (SELECT key_type FROM livekpi.state)::text;
 
-	INSERT INTO livekpi.booking_daily
-		(property_id, day, nights_sold, room_revenue, arrivals, cancelled_arrivals, updated_at)
-	SELECT r.*, now() FROM livekpi._recompute_booking_daily() r;
-	INSERT INTO livekpi.expense_daily
-		(property_id, day, category, approved_amount, pending_amount, rejected_amount,
-		 expense_count, updated_at)
-	SELECT r.*, now() FROM livekpi._recompute_expense_daily() r;
+	/*
+	 * The KPI tables are refilled the way REFRESH MATERIALIZED VIEW does it:
+	 * each into a fresh heap (bulk-inserted, frozen, indexed once at the
+	 * swap), the monthly ones from the new daily heaps.  Until the swaps,
+	 * readers see the old rows (the tables are locked EXCLUSIVE); the swaps
+	 * take ACCESS EXCLUSIVE locks, held to commit.  Each _fill_heap() runs
+	 * with a snapshot taken after the locks above.
+	 */
+	bd := livekpi._new_heap('livekpi.booking_daily');
+	ed := livekpi._new_heap('livekpi.expense_daily');
+	bm := livekpi._new_heap('livekpi.booking_monthly');
+	em := livekpi._new_heap('livekpi.expense_monthly');
+	pm := livekpi._new_heap('livekpi.portfolio_monthly');
 
-	INSERT INTO livekpi.booking_monthly
-		(property_id, month, nights_sold, room_revenue, arrivals, cancelled_arrivals, updated_at)
-	SELECT property_id, date_trunc('month', day)::date, sum(nights_sold), sum(room_revenue),
-		   sum(arrivals), sum(cancelled_arrivals), now()
-	FROM livekpi.booking_daily GROUP BY 1, 2;
-	INSERT INTO livekpi.expense_monthly
-		(property_id, month, category, approved_amount, pending_amount, rejected_amount,
-		 expense_count, updated_at)
-	SELECT property_id, date_trunc('month', day)::date, category, sum(approved_amount),
-		   sum(pending_amount), sum(rejected_amount), sum(expense_count), now()
-	FROM livekpi.expense_daily GROUP BY 1, 2, 3;
-	INSERT INTO livekpi.portfolio_monthly
-		(month, nights_sold, room_revenue, arrivals, cancelled_arrivals, approved_expenses,
-		 pending_expenses, expense_count, updated_at)
-	SELECT month, sum(n), sum(r), sum(a), sum(c), sum(ap), sum(pe), sum(ec), now()
-	FROM (SELECT month, nights_sold AS n, room_revenue AS r, arrivals AS a,
-				 cancelled_arrivals AS c, 0 AS ap, 0 AS pe, 0 AS ec
-		  FROM livekpi.booking_monthly
-		  UNION ALL
-		  SELECT month, 0, 0, 0, 0, approved_amount, pending_amount, expense_count
-		  FROM livekpi.expense_monthly) x
-	GROUP BY month;
+	PERFORM livekpi._fill_heap(bd, format(
+		'SELECT pid, day, sum(nights), sum(revenue), sum(arrivals), sum(cancelled), now() '
+		'FROM (%s) x GROUP BY pid, day', livekpi._booking_rows_sql(kt)));
+	PERFORM livekpi._fill_heap(ed, format(
+		'SELECT pid, day, category, coalesce(sum(amount) FILTER (WHERE class = 0), 0), '
+		'coalesce(sum(amount) FILTER (WHERE class = 1), 0), '
+		'coalesce(sum(amount) FILTER (WHERE class = 2), 0), count(*), now() '
+		'FROM (%s) x GROUP BY pid, day, category', livekpi._expense_rows_sql(kt)));
+	PERFORM livekpi._fill_heap(bm, format(
+		'SELECT property_id, date_trunc(''month'', day)::date, sum(nights_sold)::bigint, '
+		'sum(room_revenue), sum(arrivals)::bigint, sum(cancelled_arrivals)::bigint, now() '
+		'FROM %s GROUP BY 1, 2', bd::regclass));
+	PERFORM livekpi._fill_heap(em, format(
+		'SELECT property_id, date_trunc(''month'', day)::date, category, sum(approved_amount), '
+		'sum(pending_amount), sum(rejected_amount), sum(expense_count)::bigint, now() '
+		'FROM %s GROUP BY 1, 2, 3', ed::regclass));
+	PERFORM livekpi._fill_heap(pm, format(
+		'SELECT month, sum(n)::bigint, sum(r), sum(a)::bigint, sum(c)::bigint, sum(ap), sum(pe), '
+		'sum(ec)::bigint, now() '
+		'FROM (SELECT month, nights_sold AS n, room_revenue AS r, arrivals AS a, '
+		'cancelled_arrivals AS c, 0 AS ap, 0 AS pe, 0 AS ec FROM %s '
+		'UNION ALL SELECT month, 0, 0, 0, 0, approved_amount, pending_amount, expense_count '
+		'FROM %s) x GROUP BY month', bm::regclass, em::regclass));
+
+	PERFORM livekpi._swap_heap('livekpi.booking_daily', bd);
+	PERFORM livekpi._swap_heap('livekpi.expense_daily', ed);
+	PERFORM livekpi._swap_heap('livekpi.booking_monthly', bm);
+	PERFORM livekpi._swap_heap('livekpi.expense_monthly', em);
+	PERFORM livekpi._swap_heap('livekpi.portfolio_monthly', pm);
 
 	INSERT INTO livekpi.properties (property_id, first_seen, updated_at)
 	SELECT DISTINCT property_id, now(), now()
@@ -355,9 +485,11 @@ $$;
 
 /*
  * rebuild()
- *		The user's rebuild: also puts the current livekpi.max_stay_nights and
- *		livekpi.timezone into the capture triggers, which is how changing
- *		them takes effect.
+ *		The user's rebuild: recomputes with the settings stored with each
+ *		tracked table (timezone, max_stay_nights), which it never changes:
+ *		a restored database keeps the zone it was tracked with, whatever
+ *		this server's livekpi.timezone says.  The capture triggers are made
+ *		again from those settings, which repairs triggers a restore left out.
  */
 CREATE FUNCTION livekpi.rebuild() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -366,9 +498,6 @@ DECLARE
 BEGIN
 	PERFORM livekpi._require_read_committed('rebuild()');
 	PERFORM livekpi._lock_tracked_tables();
-	UPDATE livekpi.tracked_tables
-	SET max_stay_nights = current_setting('livekpi.max_stay_nights')::int,
-		timezone = current_setting('livekpi.timezone');
 	FOR r IN SELECT relid FROM livekpi.tracked_tables ORDER BY relid::oid LOOP
 		PERFORM livekpi._create_capture_triggers(r.relid);
 	END LOOP;
