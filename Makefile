@@ -23,7 +23,7 @@ PG_CFLAGS = -Werror -Wall -Wmissing-prototypes -Wpointer-arith -Wendif-labels \
 SHLIB_LINK = -lwebsockets
 
 REGRESS = setup booking_rules expense_rules views mapping key_types partitions \
-	dml_forms decoder operations
+	dml_forms decoder operations extreme_values
 REGRESS_OPTS = --temp-config=$(srcdir)/test/livekpi.conf --temp-config=$(srcdir)/test/regress.conf \
 	--temp-instance=./tmp_regress
 ISOLATION = writers_concurrent rebuild_vs_writers track_vs_writers

@@ -36,6 +36,8 @@
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -455,6 +457,8 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 	List	   *queries;
 	PlannedStmt *plan;
 	QueryDesc  *qdesc;
+	int			nestlevel;
+	char		mem[32];
 
 	memset(&r, 0, sizeof(r));
 	r.pub.receiveSlot = fill_receive;
@@ -474,6 +478,16 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 		elog(ERROR, "livekpi._fill_heap wants one SELECT");
 	plan = pg_plan_query(linitial_node(Query, queries), sql, 0, NULL);
 
+	/*
+	 * The aggregation is a maintenance task: like an index build, it may
+	 * use maintenance_work_mem (work_mem would make the hash aggregate of a
+	 * large portfolio spill to disk).  Set for this query only.
+	 */
+	nestlevel = NewGUCNestLevel();
+	snprintf(mem, sizeof(mem), "%d", maintenance_work_mem);
+	(void) set_config_option("work_mem", mem, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+
 	/* a snapshot that sees what this transaction did so far */
 	PushCopiedSnapshot(GetActiveSnapshot());
 	UpdateActiveSnapshotCommandId();
@@ -485,6 +499,7 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 	ExecutorEnd(qdesc);
 	FreeQueryDesc(qdesc);
 	PopActiveSnapshot();
+	AtEOXact_GUC(true, nestlevel);
 
 	if (r.mapped != NULL)
 		ExecDropSingleTupleTableSlot(r.mapped);
@@ -520,4 +535,25 @@ livekpi_swap_heap(PG_FUNCTION_ARGS)
 	finish_heap_swap(target, heap, false, false, true, true,
 					 RecentXmin, ReadNextMultiXactId(), persistence);
 	PG_RETURN_VOID();
+}
+
+/*
+ * livekpi._month(day date) RETURNS date
+ *		The first day of day's month, by calendar arithmetic: what
+ *		date_trunc('month', day)::date gives for every usable day, without
+ *		the trip through timestamptz and the session's zone.
+ */
+PG_FUNCTION_INFO_V1(livekpi_month);
+Datum
+livekpi_month(PG_FUNCTION_ARGS)
+{
+	DateADT		day = PG_GETARG_DATEADT(0);
+	int			y,
+				m,
+				d;
+
+	if (DATE_NOT_FINITE(day))
+		PG_RETURN_DATEADT(day);
+	j2date(day + POSTGRES_EPOCH_JDATE, &y, &m, &d);
+	PG_RETURN_DATEADT(date2j(y, m, 1) - POSTGRES_EPOCH_JDATE);
 }

@@ -184,6 +184,8 @@ CREATE FUNCTION livekpi._fill_heap(heap oid, query text) RETURNS bigint
 	AS 'MODULE_PATHNAME', 'livekpi_fill_heap' LANGUAGE C STRICT;
 CREATE FUNCTION livekpi._swap_heap(target regclass, heap oid) RETURNS void
 	AS 'MODULE_PATHNAME', 'livekpi_swap_heap' LANGUAGE C STRICT;
+CREATE FUNCTION livekpi._month(day date) RETURNS date
+	AS 'MODULE_PATHNAME', 'livekpi_month' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 /*
  * _booking_rows_sql(key_type)
@@ -440,11 +442,11 @@ BEGIN
 		'coalesce(sum(amount) FILTER (WHERE class = 2), 0), count(*), now() '
 		'FROM (%s) x GROUP BY pid, day, category', livekpi._expense_rows_sql(kt)));
 	PERFORM livekpi._fill_heap(bm, format(
-		'SELECT property_id, date_trunc(''month'', day)::date, sum(nights_sold)::bigint, '
+		'SELECT property_id, livekpi._month(day), sum(nights_sold)::bigint, '
 		'sum(room_revenue), sum(arrivals)::bigint, sum(cancelled_arrivals)::bigint, now() '
 		'FROM %s GROUP BY 1, 2', bd::regclass));
 	PERFORM livekpi._fill_heap(em, format(
-		'SELECT property_id, date_trunc(''month'', day)::date, category, sum(approved_amount), '
+		'SELECT property_id, livekpi._month(day), category, sum(approved_amount), '
 		'sum(pending_amount), sum(rejected_amount), sum(expense_count)::bigint, now() '
 		'FROM %s GROUP BY 1, 2, 3', ed::regclass));
 	PERFORM livekpi._fill_heap(pm, format(
