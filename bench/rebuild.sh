@@ -26,9 +26,25 @@ cluster_start "$dir" "$port" "shared_preload_libraries = 'livekpi'" \
 [ "${BENCH_KEEP:-0}" = 1 ] || trap 'cluster_stop "$dir"' EXIT
 PSQL=(psql -X -q -At -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres)
 q() { "${PSQL[@]}" -c "$1"; }
+# timed SQL...: wall ms of the statements (one session), and the CPU ms of
+# that server process (user + system), which a loaded machine disturbs less.
 timed() {
-	{ echo '\timing on'; for s in "$@"; do echo "${s%;};"; done; } |
-		"${PSQL[@]}" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | paste -sd+ | bc -l
+	local out
+	out=$({
+		echo 'SELECT pg_backend_pid() AS pid \gset'
+		echo '\setenv BACKEND_PID :pid'
+		echo "\\! awk '{print \"cpu0\", \$14 + \$15}' /proc/\$BACKEND_PID/stat"
+		echo '\timing on'
+		for s in "$@"; do echo "${s%;};"; done
+		echo '\timing off'
+		echo "\\! awk '{print \"cpu1\", \$14 + \$15}' /proc/\$BACKEND_PID/stat"
+	} | "${PSQL[@]}")
+	local wall cpu0 cpu1 hz
+	hz=$(getconf CLK_TCK)
+	wall=$(echo "$out" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | paste -sd+ | bc -l)
+	cpu0=$(echo "$out" | sed -n 's/^cpu0 //p')
+	cpu1=$(echo "$out" | sed -n 's/^cpu1 //p')
+	echo "$wall (cpu $(( (cpu1 - cpu0) * 1000 / hz )))"
 }
 if [ "$(q "SELECT to_regclass('gen.bookings') IS NOT NULL")" = f ]; then
 	"${PSQL[@]}" -v schema=gen -v properties="$properties" -v years=3 \

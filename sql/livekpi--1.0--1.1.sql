@@ -48,6 +48,311 @@ $$;
 -- ---------------------------------------------------------------------
 -- Section B: KPI rules in C, extreme values, rebuild
 -- ---------------------------------------------------------------------
+-- Values the math cannot use are skipped (usable days 4714-12-01 BC ..
+-- 294276-11-30, categories clipped to 200 characters, text keys up to 1024
+-- bytes), in verify()'s SQL recompute as in kpi.c; rebuild() recomputes with
+-- kpi.c's rules in C (_booking_rows, _expense_rows) into fresh heaps that it
+-- swaps in, and never rewrites the stored timezone or max_stay_nights.
+CREATE OR REPLACE FUNCTION livekpi._local_day(x timestamptz, tz text) RETURNS date
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RETURN (x AT TIME ZONE tz)::date;
+EXCEPTION WHEN datetime_field_overflow THEN
+	RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION livekpi._day_sql(rel regclass, attnum int2, tz text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT format('CASE WHEN %1$s BETWEEN %2$L::date AND %3$L::date THEN %1$s END',
+				  CASE a.atttypid
+					  WHEN 'date'::regtype THEN quote_ident(a.attname)
+					  WHEN 'timestamp'::regtype THEN quote_ident(a.attname) || '::date'
+					  ELSE format('CASE WHEN %1$I BETWEEN %2$L::timestamptz AND %3$L::timestamptz THEN (%1$I AT TIME ZONE %4$L)::date ELSE livekpi._local_day(%1$I, %4$L) END',
+								  a.attname, '4714-12-10 00:00:00+00 BC', '294276-12-20 00:00:00+00', tz)
+				  END,
+				  '4714-12-01 BC', '294276-11-30')
+	FROM pg_attribute a
+	WHERE a.attrelid = rel AND a.attnum = _day_sql.attnum
+$$;
+
+CREATE OR REPLACE FUNCTION livekpi._booking_recompute_sql(key_type text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t record;
+	parts text[] := '{}';
+BEGIN
+	FOR t IN SELECT * FROM livekpi.tracked_tables WHERE kind = 'bookings' ORDER BY relid::oid LOOP
+		parts := parts || format(
+			'SELECT %s::%s AS pid, %s AS ci, %s AS co, %s::numeric AS amt, %s AS cancelled, %s AS max_stay FROM %s',
+			livekpi._attname(t.relid, t.property_attnum), key_type,
+			livekpi._day_sql(t.relid, t.day1_attnum, t.timezone),
+			livekpi._day_sql(t.relid, t.day2_attnum, t.timezone),
+			livekpi._attname(t.relid, t.amount_attnum),
+			CASE WHEN t.status_attnum IS NULL THEN 'false'
+				 ELSE format('coalesce(%s::text = ANY (%L::text[]), false)',
+							 livekpi._attname(t.relid, t.status_attnum), t.statuses1) END,
+			t.max_stay_nights,
+			livekpi._from_sql(t.relid));
+	END LOOP;
+	IF cardinality(parts) = 0 THEN
+		parts := ARRAY[format('SELECT NULL::%s AS pid, NULL::date AS ci, NULL::date AS co, NULL::numeric AS amt, false AS cancelled, 0 AS max_stay WHERE false', key_type)];
+	END IF;
+
+	RETURN format($q$
+		WITH src AS (%s),
+		valid AS (
+			SELECT pid, ci, co - ci AS n, cancelled,
+				   CASE WHEN amt IS NULL OR amt IN ('NaN', 'Infinity', '-Infinity') THEN 0
+						ELSE amt END AS amt
+			FROM src
+			WHERE pid IS NOT NULL AND ci IS NOT NULL AND co IS NOT NULL
+			  AND octet_length(pid::text) <= 1024	-- LIVEKPI_MAX_KEY_BYTES
+			  AND isfinite(ci) AND isfinite(co) AND co - ci <= max_stay),
+		contrib AS (
+			SELECT pid, ci AS day, 0 AS nights,
+				   CASE WHEN NOT cancelled AND n <= 0 THEN amt ELSE 0 END AS rev,
+				   CASE WHEN cancelled THEN 0 ELSE 1 END AS arr,
+				   CASE WHEN cancelled THEN 1 ELSE 0 END AS canc
+			FROM valid
+			UNION ALL
+			SELECT pid, ci + i, 1,
+				   CASE WHEN i < n - 1 THEN round(amt / n, 2)
+						ELSE amt - round(amt / n, 2) * (n - 1) END,
+				   0, 0
+			FROM valid, generate_series(0, n - 1) AS i
+			WHERE NOT cancelled AND n >= 1)
+		SELECT pid, day, sum(nights)::bigint, sum(rev), sum(arr)::bigint, sum(canc)::bigint
+		FROM contrib GROUP BY pid, day
+	$q$, array_to_string(parts, ' UNION ALL '));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION livekpi._expense_recompute_sql(key_type text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t record;
+	parts text[] := '{}';
+BEGIN
+	FOR t IN SELECT * FROM livekpi.tracked_tables WHERE kind = 'expenses' ORDER BY relid::oid LOOP
+		parts := parts || format(
+			'SELECT %s::%s AS pid, %s AS d, %s::numeric AS amt, %s AS cat, %s AS cls FROM %s',
+			livekpi._attname(t.relid, t.property_attnum), key_type,
+			livekpi._day_sql(t.relid, t.day1_attnum, t.timezone),
+			livekpi._attname(t.relid, t.amount_attnum),
+			-- LIVEKPI_MAX_CATEGORY_CHARS: the first 200 characters
+			CASE WHEN t.category_attnum IS NULL THEN '''uncategorized'''
+				 ELSE format('coalesce(left(%s::text, 200), ''uncategorized'')',
+							 livekpi._attname(t.relid, t.category_attnum)) END,
+			CASE WHEN t.status_attnum IS NULL THEN '0'
+				 ELSE format('CASE WHEN %1$s::text = ANY (%2$L::text[]) THEN 0 WHEN %1$s::text = ANY (%3$L::text[]) THEN 2 ELSE 1 END',
+							 livekpi._attname(t.relid, t.status_attnum), t.statuses1, t.statuses2) END,
+			livekpi._from_sql(t.relid));
+	END LOOP;
+	IF cardinality(parts) = 0 THEN
+		parts := ARRAY[format('SELECT NULL::%s AS pid, NULL::date AS d, NULL::numeric AS amt, NULL::text AS cat, 0 AS cls WHERE false', key_type)];
+	END IF;
+
+	RETURN format($q$
+		WITH src AS (%s),
+		valid AS (
+			SELECT pid, d, cat, cls,
+				   CASE WHEN amt IS NULL OR amt IN ('NaN', 'Infinity', '-Infinity') THEN 0
+						ELSE amt END AS amt
+			FROM src
+			WHERE pid IS NOT NULL AND d IS NOT NULL AND isfinite(d)
+			  AND octet_length(pid::text) <= 1024)	-- LIVEKPI_MAX_KEY_BYTES
+		SELECT pid, d, cat,
+			   sum(CASE WHEN cls = 0 THEN amt ELSE 0 END),
+			   sum(CASE WHEN cls = 1 THEN amt ELSE 0 END),
+			   sum(CASE WHEN cls = 2 THEN amt ELSE 0 END),
+			   count(*)
+		FROM valid GROUP BY pid, d, cat
+	$q$, array_to_string(parts, ' UNION ALL '));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION livekpi._booking_rows(key "any", check_in "any", check_out "any", amount "any",
+									  status text, cancelled_statuses text[], max_stay int,
+									  timezone text)
+RETURNS TABLE (day date, nights int, revenue numeric, arrivals int, cancelled int)
+	AS 'MODULE_PATHNAME', 'livekpi_booking_rows' LANGUAGE C STABLE;
+
+CREATE OR REPLACE FUNCTION livekpi._expense_rows(key "any", day "any", amount "any", category text,
+									  status text, has_status boolean, approved_statuses text[],
+									  rejected_statuses text[], timezone text)
+RETURNS TABLE (day date, category text, class int, amount numeric)
+	AS 'MODULE_PATHNAME', 'livekpi_expense_rows' LANGUAGE C STABLE;
+
+CREATE OR REPLACE FUNCTION livekpi._new_heap(target regclass) RETURNS oid
+	AS 'MODULE_PATHNAME', 'livekpi_new_heap' LANGUAGE C STRICT;
+
+CREATE OR REPLACE FUNCTION livekpi._fill_heap(heap oid, query text) RETURNS bigint
+	AS 'MODULE_PATHNAME', 'livekpi_fill_heap' LANGUAGE C STRICT;
+
+CREATE OR REPLACE FUNCTION livekpi._swap_heap(target regclass, heap oid) RETURNS void
+	AS 'MODULE_PATHNAME', 'livekpi_swap_heap' LANGUAGE C STRICT;
+
+CREATE OR REPLACE FUNCTION livekpi._month(day date) RETURNS date
+	AS 'MODULE_PATHNAME', 'livekpi_month' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE OR REPLACE FUNCTION livekpi._booking_rows_sql(key_type text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t record;
+	parts text[] := '{}';
+BEGIN
+	FOR t IN SELECT * FROM livekpi.tracked_tables WHERE kind = 'bookings' ORDER BY relid::oid LOOP
+		parts := parts || format(
+			'SELECT pid, (c).day, (c).nights, (c).revenue, (c).arrivals, (c).cancelled FROM ('
+			'SELECT %1$s::%2$s AS pid, livekpi._booking_rows(%1$s, %3$s, %4$s, %5$s, %6$s, %7$L::text[], %8$s, %9$L) AS c '
+			'FROM %10$s) s',
+			livekpi._attname(t.relid, t.property_attnum), key_type,
+			livekpi._attname(t.relid, t.day1_attnum),
+			livekpi._attname(t.relid, t.day2_attnum),
+			livekpi._attname(t.relid, t.amount_attnum),
+			CASE WHEN t.status_attnum IS NULL THEN 'NULL::text'
+				 ELSE livekpi._attname(t.relid, t.status_attnum) || '::text' END,
+			t.statuses1, t.max_stay_nights, t.timezone,
+			livekpi._from_sql(t.relid));
+	END LOOP;
+	IF cardinality(parts) = 0 THEN
+		parts := ARRAY[format('SELECT NULL::%s AS pid, NULL::date AS day, 0 AS nights, 0::numeric AS revenue, 0 AS arrivals, 0 AS cancelled WHERE false', key_type)];
+	END IF;
+	RETURN array_to_string(parts, ' UNION ALL ');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION livekpi._expense_rows_sql(key_type text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t record;
+	parts text[] := '{}';
+BEGIN
+	FOR t IN SELECT * FROM livekpi.tracked_tables WHERE kind = 'expenses' ORDER BY relid::oid LOOP
+		parts := parts || format(
+			'SELECT pid, (c).day, (c).category, (c).class, (c).amount FROM ('
+			'SELECT %1$s::%2$s AS pid, livekpi._expense_rows(%1$s, %3$s, %4$s, %5$s, %6$s, %7$s, %8$L::text[], %9$L::text[], %10$L) AS c '
+			'FROM %11$s) s',
+			livekpi._attname(t.relid, t.property_attnum), key_type,
+			livekpi._attname(t.relid, t.day1_attnum),
+			livekpi._attname(t.relid, t.amount_attnum),
+			CASE WHEN t.category_attnum IS NULL THEN 'NULL::text'
+				 ELSE livekpi._attname(t.relid, t.category_attnum) || '::text' END,
+			CASE WHEN t.status_attnum IS NULL THEN 'NULL::text'
+				 ELSE livekpi._attname(t.relid, t.status_attnum) || '::text' END,
+			CASE WHEN t.status_attnum IS NULL THEN 'false' ELSE 'true' END,
+			t.statuses1, t.statuses2, t.timezone,
+			livekpi._from_sql(t.relid));
+	END LOOP;
+	IF cardinality(parts) = 0 THEN
+		parts := ARRAY[format('SELECT NULL::%s AS pid, NULL::date AS day, NULL::text AS category, 0 AS class, 0::numeric AS amount WHERE false', key_type)];
+	END IF;
+	RETURN array_to_string(parts, ' UNION ALL ');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION livekpi._rebuild(new_epoch boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	point pg_lsn;
+	s bigint;
+	kt text;
+	bd oid;
+	ed oid;
+	bm oid;
+	em oid;
+	pm oid;
+BEGIN
+	PERFORM livekpi._require_read_committed('rebuild()');
+	PERFORM livekpi._lock_tracked_tables();
+	PERFORM 1 FROM livekpi.state FOR UPDATE;
+	point := pg_current_wal_insert_lsn();
+	PERFORM livekpi._emit_rebuild_marker();
+
+	kt := (SELECT key_type FROM livekpi.state)::text;
+
+	/*
+	 * The KPI tables are refilled the way REFRESH MATERIALIZED VIEW does it:
+	 * each into a fresh heap (bulk-inserted, frozen, indexed once at the
+	 * swap), the monthly ones from the new daily heaps.  Until the swaps,
+	 * readers see the old rows (the tables are locked EXCLUSIVE); the swaps
+	 * take ACCESS EXCLUSIVE locks, held to commit.  Each _fill_heap() runs
+	 * with a snapshot taken after the locks above.
+	 */
+	bd := livekpi._new_heap('livekpi.booking_daily');
+	ed := livekpi._new_heap('livekpi.expense_daily');
+	bm := livekpi._new_heap('livekpi.booking_monthly');
+	em := livekpi._new_heap('livekpi.expense_monthly');
+	pm := livekpi._new_heap('livekpi.portfolio_monthly');
+
+	PERFORM livekpi._fill_heap(bd, format(
+		'SELECT pid, day, sum(nights), sum(revenue), sum(arrivals), sum(cancelled), now() '
+		'FROM (%s) x GROUP BY pid, day', livekpi._booking_rows_sql(kt)));
+	PERFORM livekpi._fill_heap(ed, format(
+		'SELECT pid, day, category, coalesce(sum(amount) FILTER (WHERE class = 0), 0), '
+		'coalesce(sum(amount) FILTER (WHERE class = 1), 0), '
+		'coalesce(sum(amount) FILTER (WHERE class = 2), 0), count(*), now() '
+		'FROM (%s) x GROUP BY pid, day, category', livekpi._expense_rows_sql(kt)));
+	PERFORM livekpi._fill_heap(bm, format(
+		'SELECT property_id, livekpi._month(day), sum(nights_sold)::bigint, '
+		'sum(room_revenue), sum(arrivals)::bigint, sum(cancelled_arrivals)::bigint, now() '
+		'FROM %s GROUP BY 1, 2', bd::regclass));
+	PERFORM livekpi._fill_heap(em, format(
+		'SELECT property_id, livekpi._month(day), category, sum(approved_amount), '
+		'sum(pending_amount), sum(rejected_amount), sum(expense_count)::bigint, now() '
+		'FROM %s GROUP BY 1, 2, 3', ed::regclass));
+	PERFORM livekpi._fill_heap(pm, format(
+		'SELECT month, sum(n)::bigint, sum(r), sum(a)::bigint, sum(c)::bigint, sum(ap), sum(pe), '
+		'sum(ec)::bigint, now() '
+		'FROM (SELECT month, nights_sold AS n, room_revenue AS r, arrivals AS a, '
+		'cancelled_arrivals AS c, 0 AS ap, 0 AS pe, 0 AS ec FROM %s '
+		'UNION ALL SELECT month, 0, 0, 0, 0, approved_amount, pending_amount, expense_count '
+		'FROM %s) x GROUP BY month', bm::regclass, em::regclass));
+
+	PERFORM livekpi._swap_heap('livekpi.booking_daily', bd);
+	PERFORM livekpi._swap_heap('livekpi.expense_daily', ed);
+	PERFORM livekpi._swap_heap('livekpi.booking_monthly', bm);
+	PERFORM livekpi._swap_heap('livekpi.expense_monthly', em);
+	PERFORM livekpi._swap_heap('livekpi.portfolio_monthly', pm);
+
+	INSERT INTO livekpi.properties (property_id, first_seen, updated_at)
+	SELECT DISTINCT property_id, now(), now()
+	FROM (SELECT property_id FROM livekpi.booking_monthly
+		  UNION ALL SELECT property_id FROM livekpi.expense_monthly) x
+	ON CONFLICT (property_id) DO NOTHING;
+
+	UPDATE livekpi.state
+	SET rebuild_lsn = point,
+		stale_reason = NULL,
+		stale_since = NULL,
+		last_seq = last_seq + 1,
+		epoch = CASE WHEN new_epoch THEN gen_random_uuid()::text ELSE epoch END
+	RETURNING last_seq INTO s;
+	INSERT INTO livekpi.delta_log (seq, applied_at, committed_at, lsn, barrier)
+	VALUES (s, now(), now(), point, true);
+	-- the next batches are planned on the new row counts
+	ANALYZE livekpi.booking_daily, livekpi.booking_monthly, livekpi.expense_daily,
+		livekpi.expense_monthly, livekpi.portfolio_monthly;
+	PERFORM livekpi._wake_push();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION livekpi.rebuild() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r record;
+BEGIN
+	PERFORM livekpi._require_read_committed('rebuild()');
+	PERFORM livekpi._lock_tracked_tables();
+	FOR r IN SELECT relid FROM livekpi.tracked_tables ORDER BY relid::oid LOOP
+		PERFORM livekpi._create_capture_triggers(r.relid);
+	END LOOP;
+	PERFORM livekpi._rebuild(false);
+END
+$$;
+SELECT livekpi._revoke_public();
+
 
 -- ---------------------------------------------------------------------
 -- Section C: tracking API, time zones, properties, disabled capture, tokens
