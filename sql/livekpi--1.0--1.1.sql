@@ -52,7 +52,8 @@ $$;
 -- 294276-11-30, categories clipped to 200 characters, text keys up to 1024
 -- bytes), in verify()'s SQL recompute as in kpi.c; rebuild() recomputes with
 -- kpi.c's rules in C (_booking_rows, _expense_rows) into fresh heaps that it
--- swaps in, and never rewrites the stored timezone or max_stay_nights.
+-- swaps in, and never rewrites the stored timezone or max_stay_nights;
+-- track_* backfills only the new table (_backfill).
 CREATE OR REPLACE FUNCTION livekpi._local_day(x timestamptz, tz text) RETURNS date
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -196,13 +197,15 @@ CREATE OR REPLACE FUNCTION livekpi._swap_heap(target regclass, heap oid) RETURNS
 CREATE OR REPLACE FUNCTION livekpi._month(day date) RETURNS date
 	AS 'MODULE_PATHNAME', 'livekpi_month' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
-CREATE OR REPLACE FUNCTION livekpi._booking_rows_sql(key_type text) RETURNS text
+CREATE OR REPLACE FUNCTION livekpi._booking_rows_sql(key_type text, only_rel regclass DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	t record;
 	parts text[] := '{}';
 BEGIN
-	FOR t IN SELECT * FROM livekpi.tracked_tables WHERE kind = 'bookings' ORDER BY relid::oid LOOP
+	FOR t IN SELECT * FROM livekpi.tracked_tables
+			 WHERE kind = 'bookings' AND (only_rel IS NULL OR relid = only_rel)
+			 ORDER BY relid::oid LOOP
 		parts := parts || format(
 			'SELECT pid, (c).day, (c).nights, (c).revenue, (c).arrivals, (c).cancelled FROM ('
 			'SELECT %1$s::%2$s AS pid, livekpi._booking_rows(%1$s, %3$s, %4$s, %5$s, %6$s, %7$L::text[], %8$s, %9$L) AS c '
@@ -223,13 +226,15 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION livekpi._expense_rows_sql(key_type text) RETURNS text
+CREATE OR REPLACE FUNCTION livekpi._expense_rows_sql(key_type text, only_rel regclass DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	t record;
 	parts text[] := '{}';
 BEGIN
-	FOR t IN SELECT * FROM livekpi.tracked_tables WHERE kind = 'expenses' ORDER BY relid::oid LOOP
+	FOR t IN SELECT * FROM livekpi.tracked_tables
+			 WHERE kind = 'expenses' AND (only_rel IS NULL OR relid = only_rel)
+			 ORDER BY relid::oid LOOP
 		parts := parts || format(
 			'SELECT pid, (c).day, (c).category, (c).class, (c).amount FROM ('
 			'SELECT %1$s::%2$s AS pid, livekpi._expense_rows(%1$s, %3$s, %4$s, %5$s, %6$s, %7$s, %8$L::text[], %9$L::text[], %10$L) AS c '
@@ -338,6 +343,121 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION livekpi._backfill(rel regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t livekpi.tracked_tables;
+	kt text;
+	s bigint;
+BEGIN
+	PERFORM livekpi._require_read_committed('track_*()');
+	SELECT * INTO STRICT t FROM livekpi.tracked_tables WHERE relid = rel;
+	EXECUTE format('LOCK TABLE %s IN SHARE MODE', rel);
+	PERFORM 1 FROM livekpi.state FOR UPDATE;
+	kt := (SELECT key_type FROM livekpi.state)::text;
+
+	IF t.kind = 'bookings' THEN
+		EXECUTE format($q$
+		WITH d AS MATERIALIZED (
+			SELECT pid, day, sum(nights) AS n, sum(revenue) AS r, sum(arrivals) AS a,
+				   sum(cancelled) AS c
+			FROM (%s) x GROUP BY pid, day),
+		daily AS (
+			INSERT INTO livekpi.booking_daily AS k
+				(property_id, day, nights_sold, room_revenue, arrivals, cancelled_arrivals, updated_at)
+			SELECT pid, day, n, r, a, c, now() FROM d
+			ON CONFLICT (property_id, day) DO UPDATE
+				SET nights_sold = k.nights_sold + excluded.nights_sold,
+					room_revenue = k.room_revenue + excluded.room_revenue,
+					arrivals = k.arrivals + excluded.arrivals,
+					cancelled_arrivals = k.cancelled_arrivals + excluded.cancelled_arrivals,
+					updated_at = excluded.updated_at),
+		monthly AS (
+			INSERT INTO livekpi.booking_monthly AS k
+				(property_id, month, nights_sold, room_revenue, arrivals, cancelled_arrivals, updated_at)
+			SELECT pid, livekpi._month(day), sum(n), sum(r), sum(a), sum(c), now() FROM d GROUP BY 1, 2
+			ON CONFLICT (property_id, month) DO UPDATE
+				SET nights_sold = k.nights_sold + excluded.nights_sold,
+					room_revenue = k.room_revenue + excluded.room_revenue,
+					arrivals = k.arrivals + excluded.arrivals,
+					cancelled_arrivals = k.cancelled_arrivals + excluded.cancelled_arrivals,
+					updated_at = excluded.updated_at),
+		portfolio AS (
+			INSERT INTO livekpi.portfolio_monthly AS k
+				(month, nights_sold, room_revenue, arrivals, cancelled_arrivals, approved_expenses,
+				 pending_expenses, expense_count, updated_at)
+			SELECT livekpi._month(day), sum(n), sum(r), sum(a), sum(c), 0, 0, 0, now() FROM d GROUP BY 1
+			ON CONFLICT (month) DO UPDATE
+				SET nights_sold = k.nights_sold + excluded.nights_sold,
+					room_revenue = k.room_revenue + excluded.room_revenue,
+					arrivals = k.arrivals + excluded.arrivals,
+					cancelled_arrivals = k.cancelled_arrivals + excluded.cancelled_arrivals,
+					updated_at = excluded.updated_at)
+		INSERT INTO livekpi.properties (property_id, first_seen, updated_at)
+		SELECT DISTINCT pid, now(), now() FROM d
+		ON CONFLICT (property_id) DO NOTHING
+		$q$, livekpi._booking_rows_sql(kt, rel));
+	ELSE
+		EXECUTE format($q$
+		WITH d AS MATERIALIZED (
+			SELECT pid, day, category,
+				   coalesce(sum(amount) FILTER (WHERE class = 0), 0) AS ap,
+				   coalesce(sum(amount) FILTER (WHERE class = 1), 0) AS pe,
+				   coalesce(sum(amount) FILTER (WHERE class = 2), 0) AS re,
+				   count(*) AS c
+			FROM (%s) x GROUP BY pid, day, category),
+		daily AS (
+			INSERT INTO livekpi.expense_daily AS k
+				(property_id, day, category, approved_amount, pending_amount, rejected_amount,
+				 expense_count, updated_at)
+			SELECT pid, day, category, ap, pe, re, c, now() FROM d
+			ON CONFLICT (property_id, day, category) DO UPDATE
+				SET approved_amount = k.approved_amount + excluded.approved_amount,
+					pending_amount = k.pending_amount + excluded.pending_amount,
+					rejected_amount = k.rejected_amount + excluded.rejected_amount,
+					expense_count = k.expense_count + excluded.expense_count,
+					updated_at = excluded.updated_at),
+		monthly AS (
+			INSERT INTO livekpi.expense_monthly AS k
+				(property_id, month, category, approved_amount, pending_amount, rejected_amount,
+				 expense_count, updated_at)
+			SELECT pid, livekpi._month(day), category, sum(ap), sum(pe), sum(re), sum(c), now()
+			FROM d GROUP BY 1, 2, 3
+			ON CONFLICT (property_id, month, category) DO UPDATE
+				SET approved_amount = k.approved_amount + excluded.approved_amount,
+					pending_amount = k.pending_amount + excluded.pending_amount,
+					rejected_amount = k.rejected_amount + excluded.rejected_amount,
+					expense_count = k.expense_count + excluded.expense_count,
+					updated_at = excluded.updated_at),
+		portfolio AS (
+			INSERT INTO livekpi.portfolio_monthly AS k
+				(month, nights_sold, room_revenue, arrivals, cancelled_arrivals, approved_expenses,
+				 pending_expenses, expense_count, updated_at)
+			SELECT livekpi._month(day), 0, 0, 0, 0, sum(ap), sum(pe), sum(c), now() FROM d GROUP BY 1
+			ON CONFLICT (month) DO UPDATE
+				SET approved_expenses = k.approved_expenses + excluded.approved_expenses,
+					pending_expenses = k.pending_expenses + excluded.pending_expenses,
+					expense_count = k.expense_count + excluded.expense_count,
+					updated_at = excluded.updated_at)
+		INSERT INTO livekpi.properties (property_id, first_seen, updated_at)
+		SELECT DISTINCT pid, now(), now() FROM d
+		ON CONFLICT (property_id) DO NOTHING
+		$q$, livekpi._expense_rows_sql(kt, rel));
+	END IF;
+
+	UPDATE livekpi.state SET last_seq = last_seq + 1 RETURNING last_seq INTO s;
+	INSERT INTO livekpi.delta_log (seq, applied_at, committed_at, lsn, barrier)
+	VALUES (s, now(), now(), pg_current_wal_insert_lsn(), true);
+	-- the next batches are planned on the new row counts
+	IF t.kind = 'bookings' THEN
+		ANALYZE livekpi.booking_daily, livekpi.booking_monthly, livekpi.portfolio_monthly;
+	ELSE
+		ANALYZE livekpi.expense_daily, livekpi.expense_monthly, livekpi.portfolio_monthly;
+	END IF;
+	PERFORM livekpi._wake_push();
+END
+$$;
+
 CREATE OR REPLACE FUNCTION livekpi.rebuild() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -351,8 +471,90 @@ BEGIN
 	PERFORM livekpi._rebuild(false);
 END
 $$;
-SELECT livekpi._revoke_public();
 
+CREATE OR REPLACE FUNCTION livekpi._track(rel regclass, kind text, property_column name,
+							   day1_column name, day2_column name, amount_column name,
+							   status_column name, category_column name,
+							   statuses1 text[], statuses2 text[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	c record;
+	key_attnum int2;
+	new_key regtype;
+	cur_key regtype;
+	other regclass;
+BEGIN
+	PERFORM livekpi._require_read_committed('track_' || kind || '()');
+	IF rel IS NULL THEN
+		RAISE EXCEPTION 'rel must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT relkind, relowner, relpersistence INTO c FROM pg_class WHERE oid = rel;
+	IF c.relkind NOT IN ('r', 'p') THEN
+		RAISE EXCEPTION '% is not a table', rel
+			USING ERRCODE = 'wrong_object_type',
+				  DETAIL = 'livekpi tracks ordinary and partitioned tables.';
+	END IF;
+	IF c.relpersistence = 't' THEN
+		RAISE EXCEPTION 'cannot track temporary table %', rel
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'The apply worker cannot see another session''s temporary tables.';
+	END IF;
+	IF NOT livekpi._caller_owns(rel) THEN
+		RAISE EXCEPTION 'must be owner of table %', rel
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF EXISTS (SELECT FROM livekpi.tracked_tables WHERE relid = rel) THEN
+		RAISE EXCEPTION 'table % is already tracked', rel
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Call livekpi.untrack() first to track it with another mapping.';
+	END IF;
+	SELECT t.relid INTO other FROM livekpi.tracked_tables t
+	WHERE t.relid::oid IN (SELECT a.relid FROM pg_partition_ancestors(rel) a WHERE a.relid <> rel)
+	   OR t.relid::oid IN (SELECT p.relid FROM pg_partition_tree(rel) p WHERE p.relid <> rel)
+	LIMIT 1;
+	IF other IS NOT NULL THEN
+		RAISE EXCEPTION 'cannot track % because % is tracked and they share a partition tree', rel, other
+			USING ERRCODE = 'duplicate_object',
+				  DETAIL = 'Each row must be counted once: track either the partitioned table or its partitions.';
+	END IF;
+
+	key_attnum := livekpi._resolve_column(rel, property_column, 'property_column', 'key');
+	new_key := livekpi._key_type_of((SELECT atttypid FROM pg_attribute
+									  WHERE attrelid = rel AND attnum = key_attnum)::regtype);
+	SELECT key_type INTO cur_key FROM livekpi.state;
+	IF new_key <> cur_key THEN
+		IF EXISTS (SELECT FROM livekpi.tracked_tables) THEN
+			RAISE EXCEPTION 'property key column "%" of table % has type %, but the tracked tables use %',
+				property_column, rel, new_key, cur_key
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = 'All tracked tables share one property key type.';
+		END IF;
+		PERFORM livekpi._install_key_type(new_key);
+	END IF;
+
+	INSERT INTO livekpi.tracked_tables
+		(relid, kind, property_attnum, day1_attnum, day2_attnum, amount_attnum,
+		 status_attnum, category_attnum, statuses1, statuses2, max_stay_nights, timezone)
+	VALUES (rel, kind, key_attnum,
+			livekpi._resolve_column(rel, day1_column,
+				CASE kind WHEN 'bookings' THEN 'check_in_column' ELSE 'date_column' END, 'date'),
+			CASE WHEN kind = 'bookings'
+				 THEN livekpi._resolve_column(rel, day2_column, 'check_out_column', 'date') END,
+			livekpi._resolve_column(rel, amount_column, 'amount_column', 'amount'),
+			CASE WHEN status_column IS NOT NULL
+				 THEN livekpi._resolve_column(rel, status_column, 'status_column', 'text') END,
+			CASE WHEN category_column IS NOT NULL
+				 THEN livekpi._resolve_column(rel, category_column, 'category_column', 'text') END,
+			coalesce(statuses1, '{}'), coalesce(statuses2, '{}'),
+			current_setting('livekpi.max_stay_nights')::int,
+			current_setting('livekpi.timezone'));
+
+	PERFORM livekpi._create_capture_triggers(rel);
+	PERFORM livekpi._backfill(rel);
+	PERFORM livekpi._wake_apply();
+END
+$$;
+SELECT livekpi._revoke_public();
 
 -- ---------------------------------------------------------------------
 -- Section C: tracking API, time zones, properties, disabled capture, tokens

@@ -188,19 +188,21 @@ CREATE FUNCTION livekpi._month(day date) RETURNS date
 	AS 'MODULE_PATHNAME', 'livekpi_month' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 /*
- * _booking_rows_sql(key_type)
- *		One query over every tracked bookings table: (pid, day, nights,
+ * _booking_rows_sql(key_type, only_rel)
+ *		One query over every tracked bookings table (or only only_rel): (pid, day, nights,
  *		revenue, arrivals, cancelled), one row per night or arrival, by the
  *		C rules.  Columns are passed as they are stored; statuses as ::text,
  *		which is how the capture trigger compares them.
  */
-CREATE FUNCTION livekpi._booking_rows_sql(key_type text) RETURNS text
+CREATE FUNCTION livekpi._booking_rows_sql(key_type text, only_rel regclass DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	t record;
 	parts text[] := '{}';
 BEGIN
-	FOR t IN SELECT * FROM livekpi.tracked_tables WHERE kind = 'bookings' ORDER BY relid::oid LOOP
+	FOR t IN SELECT * FROM livekpi.tracked_tables
+			 WHERE kind = 'bookings' AND (only_rel IS NULL OR relid = only_rel)
+			 ORDER BY relid::oid LOOP
 		parts := parts || format(
 			'SELECT pid, (c).day, (c).nights, (c).revenue, (c).arrivals, (c).cancelled FROM ('
 			'SELECT %1$s::%2$s AS pid, livekpi._booking_rows(%1$s, %3$s, %4$s, %5$s, %6$s, %7$L::text[], %8$s, %9$L) AS c '
@@ -222,17 +224,19 @@ END
 $$;
 
 /*
- * _expense_rows_sql(key_type)
- *		One query over every tracked expenses table: (pid, day, category,
+ * _expense_rows_sql(key_type, only_rel)
+ *		One query over every tracked expenses table (or only only_rel): (pid, day, category,
  *		class, amount), one row per expense that counts, by the C rules.
  */
-CREATE FUNCTION livekpi._expense_rows_sql(key_type text) RETURNS text
+CREATE FUNCTION livekpi._expense_rows_sql(key_type text, only_rel regclass DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	t record;
 	parts text[] := '{}';
 BEGIN
-	FOR t IN SELECT * FROM livekpi.tracked_tables WHERE kind = 'expenses' ORDER BY relid::oid LOOP
+	FOR t IN SELECT * FROM livekpi.tracked_tables
+			 WHERE kind = 'expenses' AND (only_rel IS NULL OR relid = only_rel)
+			 ORDER BY relid::oid LOOP
 		parts := parts || format(
 			'SELECT pid, (c).day, (c).category, (c).class, (c).amount FROM ('
 			'SELECT %1$s::%2$s AS pid, livekpi._expense_rows(%1$s, %3$s, %4$s, %5$s, %6$s, %7$s, %8$L::text[], %9$L::text[], %10$L) AS c '
@@ -486,6 +490,136 @@ END
 $$;
 
 /*
+ * _backfill(rel)
+ *		Adds the current rows of a table that has just been tracked to the
+ *		KPIs, without recomputing the other tracked tables.  Called by
+ *		track_* right after the capture trigger is made in the same
+ *		transaction: the trigger's lock keeps writers of rel out until
+ *		commit, so the rows this snapshot sees are exactly those the trigger
+ *		never captured, and no change of rel is in the stream yet.  The
+ *		stream of the other tables goes on untouched: rebuild_lsn stays, no
+ *		rebuild marker is written (a marker would drop this transaction's
+ *		earlier changes of other tables, which are not recomputed here).
+ *		The state row is locked as a batch locks it, so no batch writes the
+ *		KPI tables meanwhile; clients learn of it from a barrier.  A table's
+ *		rows only add counts, so no KPI row falls to zero.
+ */
+CREATE FUNCTION livekpi._backfill(rel regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t livekpi.tracked_tables;
+	kt text;
+	s bigint;
+BEGIN
+	PERFORM livekpi._require_read_committed('track_*()');
+	SELECT * INTO STRICT t FROM livekpi.tracked_tables WHERE relid = rel;
+	EXECUTE format('LOCK TABLE %s IN SHARE MODE', rel);
+	PERFORM 1 FROM livekpi.state FOR UPDATE;
+	kt := (SELECT key_type FROM livekpi.state)::text;
+
+	IF t.kind = 'bookings' THEN
+		EXECUTE format($q$
+		WITH d AS MATERIALIZED (
+			SELECT pid, day, sum(nights) AS n, sum(revenue) AS r, sum(arrivals) AS a,
+				   sum(cancelled) AS c
+			FROM (%s) x GROUP BY pid, day),
+		daily AS (
+			INSERT INTO livekpi.booking_daily AS k
+				(property_id, day, nights_sold, room_revenue, arrivals, cancelled_arrivals, updated_at)
+			SELECT pid, day, n, r, a, c, now() FROM d
+			ON CONFLICT (property_id, day) DO UPDATE
+				SET nights_sold = k.nights_sold + excluded.nights_sold,
+					room_revenue = k.room_revenue + excluded.room_revenue,
+					arrivals = k.arrivals + excluded.arrivals,
+					cancelled_arrivals = k.cancelled_arrivals + excluded.cancelled_arrivals,
+					updated_at = excluded.updated_at),
+		monthly AS (
+			INSERT INTO livekpi.booking_monthly AS k
+				(property_id, month, nights_sold, room_revenue, arrivals, cancelled_arrivals, updated_at)
+			SELECT pid, livekpi._month(day), sum(n), sum(r), sum(a), sum(c), now() FROM d GROUP BY 1, 2
+			ON CONFLICT (property_id, month) DO UPDATE
+				SET nights_sold = k.nights_sold + excluded.nights_sold,
+					room_revenue = k.room_revenue + excluded.room_revenue,
+					arrivals = k.arrivals + excluded.arrivals,
+					cancelled_arrivals = k.cancelled_arrivals + excluded.cancelled_arrivals,
+					updated_at = excluded.updated_at),
+		portfolio AS (
+			INSERT INTO livekpi.portfolio_monthly AS k
+				(month, nights_sold, room_revenue, arrivals, cancelled_arrivals, approved_expenses,
+				 pending_expenses, expense_count, updated_at)
+			SELECT livekpi._month(day), sum(n), sum(r), sum(a), sum(c), 0, 0, 0, now() FROM d GROUP BY 1
+			ON CONFLICT (month) DO UPDATE
+				SET nights_sold = k.nights_sold + excluded.nights_sold,
+					room_revenue = k.room_revenue + excluded.room_revenue,
+					arrivals = k.arrivals + excluded.arrivals,
+					cancelled_arrivals = k.cancelled_arrivals + excluded.cancelled_arrivals,
+					updated_at = excluded.updated_at)
+		INSERT INTO livekpi.properties (property_id, first_seen, updated_at)
+		SELECT DISTINCT pid, now(), now() FROM d
+		ON CONFLICT (property_id) DO NOTHING
+		$q$, livekpi._booking_rows_sql(kt, rel));
+	ELSE
+		EXECUTE format($q$
+		WITH d AS MATERIALIZED (
+			SELECT pid, day, category,
+				   coalesce(sum(amount) FILTER (WHERE class = 0), 0) AS ap,
+				   coalesce(sum(amount) FILTER (WHERE class = 1), 0) AS pe,
+				   coalesce(sum(amount) FILTER (WHERE class = 2), 0) AS re,
+				   count(*) AS c
+			FROM (%s) x GROUP BY pid, day, category),
+		daily AS (
+			INSERT INTO livekpi.expense_daily AS k
+				(property_id, day, category, approved_amount, pending_amount, rejected_amount,
+				 expense_count, updated_at)
+			SELECT pid, day, category, ap, pe, re, c, now() FROM d
+			ON CONFLICT (property_id, day, category) DO UPDATE
+				SET approved_amount = k.approved_amount + excluded.approved_amount,
+					pending_amount = k.pending_amount + excluded.pending_amount,
+					rejected_amount = k.rejected_amount + excluded.rejected_amount,
+					expense_count = k.expense_count + excluded.expense_count,
+					updated_at = excluded.updated_at),
+		monthly AS (
+			INSERT INTO livekpi.expense_monthly AS k
+				(property_id, month, category, approved_amount, pending_amount, rejected_amount,
+				 expense_count, updated_at)
+			SELECT pid, livekpi._month(day), category, sum(ap), sum(pe), sum(re), sum(c), now()
+			FROM d GROUP BY 1, 2, 3
+			ON CONFLICT (property_id, month, category) DO UPDATE
+				SET approved_amount = k.approved_amount + excluded.approved_amount,
+					pending_amount = k.pending_amount + excluded.pending_amount,
+					rejected_amount = k.rejected_amount + excluded.rejected_amount,
+					expense_count = k.expense_count + excluded.expense_count,
+					updated_at = excluded.updated_at),
+		portfolio AS (
+			INSERT INTO livekpi.portfolio_monthly AS k
+				(month, nights_sold, room_revenue, arrivals, cancelled_arrivals, approved_expenses,
+				 pending_expenses, expense_count, updated_at)
+			SELECT livekpi._month(day), 0, 0, 0, 0, sum(ap), sum(pe), sum(c), now() FROM d GROUP BY 1
+			ON CONFLICT (month) DO UPDATE
+				SET approved_expenses = k.approved_expenses + excluded.approved_expenses,
+					pending_expenses = k.pending_expenses + excluded.pending_expenses,
+					expense_count = k.expense_count + excluded.expense_count,
+					updated_at = excluded.updated_at)
+		INSERT INTO livekpi.properties (property_id, first_seen, updated_at)
+		SELECT DISTINCT pid, now(), now() FROM d
+		ON CONFLICT (property_id) DO NOTHING
+		$q$, livekpi._expense_rows_sql(kt, rel));
+	END IF;
+
+	UPDATE livekpi.state SET last_seq = last_seq + 1 RETURNING last_seq INTO s;
+	INSERT INTO livekpi.delta_log (seq, applied_at, committed_at, lsn, barrier)
+	VALUES (s, now(), now(), pg_current_wal_insert_lsn(), true);
+	-- the next batches are planned on the new row counts
+	IF t.kind = 'bookings' THEN
+		ANALYZE livekpi.booking_daily, livekpi.booking_monthly, livekpi.portfolio_monthly;
+	ELSE
+		ANALYZE livekpi.expense_daily, livekpi.expense_monthly, livekpi.portfolio_monthly;
+	END IF;
+	PERFORM livekpi._wake_push();
+END
+$$;
+
+/*
  * rebuild()
  *		The user's rebuild: recomputes with the settings stored with each
  *		tracked table (timezone, max_stay_nights), which it never changes:
@@ -563,7 +697,7 @@ $$;
 /*
  * _track(...)
  *		What track_bookings and track_expenses share: checks, the mapping row,
- *		the triggers, and a rebuild that backfills the table's current rows.
+ *		the triggers, and the backfill of the table's current rows.
  */
 CREATE FUNCTION livekpi._track(rel regclass, kind text, property_column name,
 							   day1_column name, day2_column name, amount_column name,
@@ -643,7 +777,7 @@ BEGIN
 			current_setting('livekpi.timezone'));
 
 	PERFORM livekpi._create_capture_triggers(rel);
-	PERFORM livekpi._rebuild(false);
+	PERFORM livekpi._backfill(rel);
 	PERFORM livekpi._wake_apply();
 END
 $$;
