@@ -138,6 +138,56 @@ FROM ((SELECT * FROM ev_bd UNION ALL SELECT property_id, day, category_chars, ap
 SELECT count(*) AS rows_after_rebuild FROM livekpi.booking_daily;
 SELECT * FROM livekpi.verify();
 
+-- tracking one more table backfills only that table: a large one (at
+-- least a tenth of its kind's daily KPI table) through fresh heaps, a small
+-- one in place (INSERT ... ON CONFLICT); both as verify() recomputes
+CREATE TABLE ev_many (property_id int, check_in date, check_out date, total_amount numeric,
+					  status text);
+INSERT INTO ev_many
+SELECT p, '2026-01-01'::date + d, '2026-01-01'::date + d + 2, 10, NULL
+FROM generate_series(1, 40) p, generate_series(0, 360, 3) d;
+CREATE TABLE ev_e_many (property_id int, incurred_on date, amount numeric, category text,
+						approval_status text);
+INSERT INTO ev_e_many
+SELECT p, '2026-01-01'::date + d, 1, 'c' || (d % 5), 'approved'
+FROM generate_series(1, 40) p, generate_series(0, 360, 2) d;
+SELECT pg_relation_filenode('livekpi.booking_daily') AS bd_node,
+	   pg_relation_filenode('livekpi.expense_daily') AS ed_node \gset
+SELECT livekpi.track_bookings('ev_many');
+SELECT livekpi.track_expenses('ev_e_many');
+SELECT pg_relation_filenode('livekpi.booking_daily') <> :bd_node AS bookings_swapped,
+	   pg_relation_filenode('livekpi.expense_daily') <> :ed_node AS expenses_swapped;
+SELECT * FROM livekpi.verify();
+CREATE TABLE ev_small (LIKE ev_many);
+INSERT INTO ev_small VALUES
+	(1, '2026-01-01', '2026-01-03', 5, NULL),		-- rows that exist: added to
+	(1, '2026-01-02', '2026-01-02', 3, 'cancelled'),
+	(99, '2026-02-01', '2026-02-04', 9, NULL),	-- a new property
+	(99, '294277-01-01', '294277-01-02', 9, NULL);	-- skipped
+CREATE TABLE ev_e_small (LIKE ev_e_many);
+INSERT INTO ev_e_small VALUES
+	(1, '2026-01-01', 2, 'c0', NULL),
+	(98, '2026-01-01', 2, repeat('z', 300), 'approved'),
+	(98, '5874897-12-30', 2, 'c0', 'approved');	-- skipped
+SELECT pg_relation_filenode('livekpi.booking_daily') AS bd_node,
+	   pg_relation_filenode('livekpi.expense_daily') AS ed_node,
+	   pg_relation_filenode('livekpi.portfolio_monthly') AS pm_node \gset
+SELECT livekpi.track_bookings('ev_small');
+SELECT livekpi.track_expenses('ev_e_small');
+SELECT pg_relation_filenode('livekpi.booking_daily') = :bd_node AS bookings_in_place,
+	   pg_relation_filenode('livekpi.expense_daily') = :ed_node AS expenses_in_place,
+	   pg_relation_filenode('livekpi.portfolio_monthly') = :pm_node AS portfolio_in_place;
+SELECT property_id, day, nights_sold, room_revenue, arrivals, cancelled_arrivals
+FROM livekpi.booking_daily WHERE property_id IN (1, 99) AND day < '2026-01-04' OR property_id = 99
+ORDER BY property_id, day;
+SELECT property_id, day, length(category), approved_amount, pending_amount, expense_count
+FROM livekpi.expense_daily WHERE property_id IN (1, 98) AND day = '2026-01-01' ORDER BY 1, 2, 3;
+SELECT property_id FROM livekpi.properties WHERE property_id IN (98, 99) ORDER BY 1;
+SELECT * FROM livekpi.verify();
+INSERT INTO ev_small VALUES (1, '2026-01-01', '2026-01-02', 1, NULL);
+SELECT livekpi.sync('30s');
+SELECT * FROM livekpi.verify();
+
 -- text keys longer than LIVEKPI_MAX_KEY_BYTES (1024) are skipped like NULL
 DROP VIEW ev_bd, ev_ed;
 SELECT livekpi.untrack(relid) FROM livekpi.tracked_tables ORDER BY relid::oid;
@@ -173,4 +223,5 @@ SELECT livekpi.rebuild();
 SELECT octet_length(property_id) AS key_bytes, day, nights_sold FROM livekpi.booking_daily;
 SELECT * FROM livekpi.verify();
 DROP EXTENSION livekpi;
-DROP TABLE ev_b_date, ev_b_ts, ev_b_tstz, ev_e_date, ev_e_ts, ev_e_tstz, ev_text, ev_text_e;
+DROP TABLE ev_b_date, ev_b_ts, ev_b_tstz, ev_e_date, ev_e_ts, ev_e_tstz, ev_text, ev_text_e,
+	ev_many, ev_e_many, ev_small, ev_e_small;

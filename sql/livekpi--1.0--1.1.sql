@@ -53,7 +53,9 @@ $$;
 -- bytes), in verify()'s SQL recompute as in kpi.c; rebuild() recomputes with
 -- kpi.c's rules in C (_booking_rows, _expense_rows) into fresh heaps that it
 -- swaps in, and never rewrites the stored timezone or max_stay_nights;
--- track_* backfills only the new table (_backfill).
+-- track_* backfills only the new table (_backfill).  (Generated from
+-- sql/parts/20_track.sql; _track is also Section C's: keep its call of
+-- _backfill there.)
 CREATE OR REPLACE FUNCTION livekpi._local_day(x timestamptz, tz text) RETURNS date
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -349,14 +351,87 @@ DECLARE
 	t livekpi.tracked_tables;
 	kt text;
 	s bigint;
+	daily regclass;
+	rel_bytes bigint;
+	daily_bytes bigint;
+	h_daily oid;
+	h_monthly oid;
+	h_portfolio oid;
 BEGIN
 	PERFORM livekpi._require_read_committed('track_*()');
 	SELECT * INTO STRICT t FROM livekpi.tracked_tables WHERE relid = rel;
 	EXECUTE format('LOCK TABLE %s IN SHARE MODE', rel);
 	PERFORM 1 FROM livekpi.state FOR UPDATE;
 	kt := (SELECT key_type FROM livekpi.state)::text;
+	daily := CASE t.kind WHEN 'bookings' THEN 'livekpi.booking_daily' ELSE 'livekpi.expense_daily' END;
 
-	IF t.kind = 'bookings' THEN
+	/*
+	 * A table at least a tenth the size of the daily KPI table of its kind
+	 * (an empty KPI table included) is merged the way rebuild() writes:
+	 * its kind's daily rows and its contribution aggregated together into
+	 * fresh heaps, swapped in.  A smaller one is added in place, row by row
+	 * (INSERT ... ON CONFLICT), which costs in proportion to it alone.
+	 */
+	SELECT coalesce(sum(pg_relation_size(p.relid)), 0) INTO rel_bytes
+	FROM (SELECT rel AS relid UNION SELECT relid FROM pg_partition_tree(rel)) p;
+	daily_bytes := pg_relation_size(daily);
+	IF NOT EXISTS (SELECT FROM livekpi.booking_daily WHERE t.kind = 'bookings'
+				   UNION ALL SELECT FROM livekpi.expense_daily WHERE t.kind = 'expenses')
+	   OR rel_bytes * 10 >= daily_bytes THEN
+		h_daily := livekpi._new_heap(daily);
+		h_monthly := livekpi._new_heap(CASE t.kind WHEN 'bookings' THEN 'livekpi.booking_monthly'
+												   ELSE 'livekpi.expense_monthly' END);
+		h_portfolio := livekpi._new_heap('livekpi.portfolio_monthly');
+		IF t.kind = 'bookings' THEN
+			PERFORM livekpi._fill_heap(h_daily, format(
+				'SELECT pid, day, sum(n)::bigint, sum(r), sum(a)::bigint, sum(c)::bigint, max(u) FROM ('
+				'SELECT property_id AS pid, day, nights_sold AS n, room_revenue AS r, arrivals AS a, '
+				'cancelled_arrivals AS c, updated_at AS u FROM livekpi.booking_daily UNION ALL '
+				'SELECT pid, day, nights, revenue, arrivals, cancelled, now() FROM (%s) x) y '
+				'GROUP BY pid, day', livekpi._booking_rows_sql(kt, rel)));
+			PERFORM livekpi._fill_heap(h_monthly, format(
+				'SELECT property_id, livekpi._month(day), sum(nights_sold)::bigint, '
+				'sum(room_revenue), sum(arrivals)::bigint, sum(cancelled_arrivals)::bigint, max(updated_at) '
+				'FROM %s GROUP BY 1, 2', h_daily::regclass));
+			PERFORM livekpi._fill_heap(h_portfolio, format(
+				'SELECT month, sum(n)::bigint, sum(r), sum(a)::bigint, sum(c)::bigint, sum(ap), sum(pe), '
+				'sum(ec)::bigint, max(u) '
+				'FROM (SELECT month, nights_sold AS n, room_revenue AS r, arrivals AS a, '
+				'cancelled_arrivals AS c, 0 AS ap, 0 AS pe, 0 AS ec, updated_at AS u FROM %s '
+				'UNION ALL SELECT month, 0, 0, 0, 0, approved_amount, pending_amount, expense_count, '
+				'updated_at FROM livekpi.expense_monthly) x GROUP BY month', h_monthly::regclass));
+			PERFORM livekpi._swap_heap('livekpi.booking_daily', h_daily);
+			PERFORM livekpi._swap_heap('livekpi.booking_monthly', h_monthly);
+		ELSE
+			PERFORM livekpi._fill_heap(h_daily, format(
+				'SELECT pid, day, category, sum(ap), sum(pe), sum(re), sum(c)::bigint, max(u) FROM ('
+				'SELECT property_id AS pid, day, category, approved_amount AS ap, pending_amount AS pe, '
+				'rejected_amount AS re, expense_count AS c, updated_at AS u FROM livekpi.expense_daily '
+				'UNION ALL SELECT pid, day, category, CASE WHEN class = 0 THEN amount ELSE 0 END, '
+				'CASE WHEN class = 1 THEN amount ELSE 0 END, CASE WHEN class = 2 THEN amount ELSE 0 END, '
+				'1, now() FROM (%s) x) y GROUP BY pid, day, category', livekpi._expense_rows_sql(kt, rel)));
+			PERFORM livekpi._fill_heap(h_monthly, format(
+				'SELECT property_id, livekpi._month(day), category, sum(approved_amount), '
+				'sum(pending_amount), sum(rejected_amount), sum(expense_count)::bigint, max(updated_at) '
+				'FROM %s GROUP BY 1, 2, 3', h_daily::regclass));
+			PERFORM livekpi._fill_heap(h_portfolio, format(
+				'SELECT month, sum(n)::bigint, sum(r), sum(a)::bigint, sum(c)::bigint, sum(ap), sum(pe), '
+				'sum(ec)::bigint, max(u) '
+				'FROM (SELECT month, nights_sold AS n, room_revenue AS r, arrivals AS a, '
+				'cancelled_arrivals AS c, 0 AS ap, 0 AS pe, 0 AS ec, updated_at AS u '
+				'FROM livekpi.booking_monthly '
+				'UNION ALL SELECT month, 0, 0, 0, 0, approved_amount, pending_amount, expense_count, '
+				'updated_at FROM %s) x GROUP BY month', h_monthly::regclass));
+			PERFORM livekpi._swap_heap('livekpi.expense_daily', h_daily);
+			PERFORM livekpi._swap_heap('livekpi.expense_monthly', h_monthly);
+		END IF;
+		PERFORM livekpi._swap_heap('livekpi.portfolio_monthly', h_portfolio);
+		EXECUTE format(
+			'INSERT INTO livekpi.properties (property_id, first_seen, updated_at) '
+			'SELECT DISTINCT property_id, now(), now() FROM livekpi.%s '
+			'ON CONFLICT (property_id) DO NOTHING',
+			CASE t.kind WHEN 'bookings' THEN 'booking_monthly' ELSE 'expense_monthly' END);
+	ELSIF t.kind = 'bookings' THEN
 		EXECUTE format($q$
 		WITH d AS MATERIALIZED (
 			SELECT pid, day, sum(nights) AS n, sum(revenue) AS r, sum(arrivals) AS a,
@@ -550,7 +625,13 @@ BEGIN
 			current_setting('livekpi.timezone'));
 
 	PERFORM livekpi._create_capture_triggers(rel);
-	PERFORM livekpi._backfill(rel);
+	-- A new key type needs a rebuild: it moves rebuild_lsn past records of
+	-- the old key kind still in the stream (units of deleted properties).
+	IF new_key <> cur_key THEN
+		PERFORM livekpi._rebuild(false);
+	ELSE
+		PERFORM livekpi._backfill(rel);
+	END IF;
 	PERFORM livekpi._wake_apply();
 END
 $$;

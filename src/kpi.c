@@ -27,34 +27,11 @@
 
 #include "kpi.h"
 
-/*
- * The first and last days SPEC section 3 can use (see kpi.h): computed from
- * the calendar, not written as day numbers, so that they say what they are.
- */
-DateADT
-kpi_first_day(void)
-{
-	return date2j(-4713, 12, 1) - POSTGRES_EPOCH_JDATE; /* 4714-12-01 BC */
-}
-
-DateADT
-kpi_last_day(void)
-{
-	return date2j(294276, 11, 30) - POSTGRES_EPOCH_JDATE;
-}
-
+/* Whether SPEC section 3 can use a day (see LIVEKPI_FIRST_DAY in kpi.h). */
 bool
 kpi_day_usable(DateADT day)
 {
-	static DateADT first = 0,
-				last = 0;
-
-	if (first == last)
-	{
-		first = kpi_first_day();
-		last = kpi_last_day();
-	}
-	return day >= first && day <= last;
+	return day >= LIVEKPI_FIRST_DAY && day <= LIVEKPI_LAST_DAY;
 }
 
 /*

@@ -1,10 +1,13 @@
 /*-------------------------------------------------------------------------
  *
  * kpi.h
- *	  SPEC section 3 in C: what a captured change contributes to the daily
- *	  KPI rows, coalesced per key in memory so that a batch writes each
- *	  touched row once.  The set-based SQL recompute (rebuild, verify)
- *	  states the same rules; the differential tests hold the two together.
+ *	  SPEC section 3 in C, the one source of the KPI rules: how stored
+ *	  values become days, amounts, keys and categories (and which are
+ *	  skipped), what a captured change contributes to the daily KPI rows,
+ *	  coalesced per key in memory so that a batch writes each touched row
+ *	  once.  rebuild() and the backfill use the same code (recompute.c);
+ *	  verify()'s SQL recompute states the rules independently, and the
+ *	  differential tests hold the two together.
  *
  * Copyright (c) 2026, livekpi authors
  *
@@ -16,6 +19,7 @@
 #define LIVEKPI_KPI_H
 
 #include "utils/array.h"
+#include "datatype/timestamp.h"
 #include "utils/date.h"
 #include "utils/hsearch.h"
 
@@ -72,11 +76,11 @@ typedef struct KpiArrays
  * like NULL: with a category of LIVEKPI_MAX_CATEGORY_CHARS 4-byte
  * characters it still fits an index row (2704 bytes).
  */
+#define LIVEKPI_FIRST_DAY	(7 - POSTGRES_EPOCH_JDATE)	/* 4714-12-01 BC: JD 7 */
+#define LIVEKPI_LAST_DAY	(TIMESTAMP_END_JULIAN - 32 - POSTGRES_EPOCH_JDATE)	/* 294276-11-30 */
 #define LIVEKPI_MAX_CATEGORY_CHARS	200
 #define LIVEKPI_MAX_KEY_BYTES		1024
 
-extern DateADT kpi_first_day(void);
-extern DateADT kpi_last_day(void);
 extern bool kpi_day_usable(DateADT day);
 extern bool kpi_to_day(Oid typid, Datum value, text *timezone, DateADT *day);
 extern Numeric kpi_to_numeric(Oid typid, Datum value);
