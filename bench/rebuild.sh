@@ -6,15 +6,16 @@
 #
 #   BENCH_BOOKINGS [1000000] BENCH_EXPENSES [1000000] BENCH_PROPERTIES [2000]
 #   BENCH_ROUNDS [3]  BENCH_KEEP=1 keeps the cluster and its data for a rerun
-#   (a rerun with the cluster kept re-creates the extension and re-tracks).
+#   (a rerun with the cluster kept re-creates the extension and re-tracks);
+#   BENCH_DIR [bench/out/rebuild] where the cluster lives.
 # Timings never decide a test.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/test/lib.sh"
 bookings=${BENCH_BOOKINGS:-1000000} expenses=${BENCH_EXPENSES:-1000000}
 properties=${BENCH_PROPERTIES:-2000} rounds=${BENCH_ROUNDS:-3}
-dir=$top/bench/out/rebuild
-mkdir -p "$dir"; chmod 755 "$top/bench/out" "$dir"
+dir=${BENCH_DIR:-$top/bench/out/rebuild}
+mkdir -p "$dir"; chmod 755 "$dir"
 port_file=$dir/port
 [ -f "$port_file" ] || free_port > "$port_file"
 port=$(cat "$port_file")
