@@ -6,7 +6,9 @@
  *	  classifies them with the settings captured when the table was tracked,
  *	  and writes one transactional logical-decoding message per changed row
  *	  (per statement for TRUNCATE).  It never raises an error because of a
- *	  value it finds odd: SPEC section 3 decides what counts, later.
+ *	  value it finds odd: values are converted by kpi.c's rules, which flag
+ *	  what SPEC section 3 cannot use (a day outside the usable range, a key
+ *	  too long for an index row) and clip long categories.
  *
  * Trigger arguments (written by livekpi._create_capture_triggers):
  *	  0 kind (B, E or U)      1 key kind (i, u, t)     2 unused (0)
@@ -50,6 +52,7 @@
 #include "utils/uuid.h"
 
 #include "change.h"
+#include "kpi.h"
 #include "livekpi.h"
 
 #define NUM_FIXED_ARGS 12
@@ -294,91 +297,6 @@ in_list(const char *s, char **list, int n)
 	return false;
 }
 
-/*
- * to_day
- *		A date, timestamp or timestamptz as a day, the way SQL's
- *		(x AT TIME ZONE tz)::date and x::date do it.  Returns false for
- *		infinite values, which no arithmetic can use.
- */
-static bool
-to_day(CaptureMapping *m, MappedColumn *col, Datum value, DateADT *day)
-{
-	DateADT		d;
-
-	switch (col->typid)
-	{
-		case DATEOID:
-			d = DatumGetDateADT(value);
-			break;
-		case TIMESTAMPOID:
-			if (TIMESTAMP_NOT_FINITE(DatumGetTimestamp(value)))
-				return false;
-			d = DatumGetDateADT(DirectFunctionCall1(timestamp_date, value));
-			break;
-		case TIMESTAMPTZOID:
-			if (TIMESTAMP_NOT_FINITE(DatumGetTimestampTz(value)))
-				return false;
-			d = DatumGetDateADT(DirectFunctionCall1(timestamp_date,
-													DirectFunctionCall2(timestamptz_zone,
-																		PointerGetDatum(m->timezone),
-																		value)));
-			break;
-		default:
-			elog(ERROR, "livekpi: unsupported date type %u", col->typid);
-	}
-	if (DATE_NOT_FINITE(d))
-		return false;
-	*day = d;
-	return true;
-}
-
-/*
- * to_numeric
- *		An amount as a numeric.  A numeric column's value is used as stored,
- *		packed header and all, to spare a copy per row: the change record
- *		carries only the bytes after the varlena header, which do not depend
- *		on the header's size.
- */
-static Numeric
-to_numeric(MappedColumn *col, Datum value)
-{
-	switch (col->typid)
-	{
-		case NUMERICOID:
-			return (Numeric) PG_DETOAST_DATUM_PACKED(value);
-		case INT2OID:
-			return DatumGetNumeric(DirectFunctionCall1(int2_numeric, value));
-		case INT4OID:
-			return DatumGetNumeric(DirectFunctionCall1(int4_numeric, value));
-		case INT8OID:
-			return DatumGetNumeric(DirectFunctionCall1(int8_numeric, value));
-		case FLOAT4OID:
-			return DatumGetNumeric(DirectFunctionCall1(float4_numeric, value));
-		case FLOAT8OID:
-			return DatumGetNumeric(DirectFunctionCall1(float8_numeric, value));
-	}
-	elog(ERROR, "livekpi: unsupported amount type %u", col->typid);
-	return NULL;				/* keep compiler quiet */
-}
-
-/*
- * numeric_not_finite
- *		NaN and the infinities, for a numeric that may have a packed header.
- *		numeric_is_nan() wants an aligned, unpacked value; the first two
- *		bytes of the on-disk format say it as well: both top bits set marks
- *		the special values (NUMERIC_SPECIAL in numeric.c).
- */
-static bool
-numeric_not_finite(Numeric num)
-{
-	uint16		header;
-
-	if (VARSIZE_ANY_EXHDR(num) < sizeof(uint16))
-		return false;
-	memcpy(&header, VARDATA_ANY(num), sizeof(uint16));
-	return (header & 0xC000) == 0xC000;
-}
-
 static Datum
 to_key(CaptureMapping *m, Datum value)
 {
@@ -406,8 +324,8 @@ project(CaptureMapping *m, HeapTuple tuple, TupleDesc desc, ChangeImage *img)
 	memset(img, 0, sizeof(*img));
 
 	v = heap_getattr(tuple, m->key.attnum, desc, &isnull);
-	if (isnull)
-		img->flags |= IMG_KEY_NULL;
+	if (isnull || !kpi_key_usable(m->key_kind, v))
+		img->flags |= IMG_KEY_NULL; /* a key too long is skipped like NULL */
 	else
 		img->key = to_key(m, v);
 
@@ -415,13 +333,13 @@ project(CaptureMapping *m, HeapTuple tuple, TupleDesc desc, ChangeImage *img)
 		return;
 
 	v = heap_getattr(tuple, m->day1.attnum, desc, &isnull);
-	if (isnull || !to_day(m, &m->day1, v, &img->day1))
+	if (isnull || !kpi_to_day(m->day1.typid, v, m->timezone, &img->day1))
 		img->flags |= IMG_DAY1_SKIP;
 
 	if (m->kind == CHANGE_BOOKING)
 	{
 		v = heap_getattr(tuple, m->day2.attnum, desc, &isnull);
-		if (isnull || !to_day(m, &m->day2, v, &img->day2))
+		if (isnull || !kpi_to_day(m->day2.typid, v, m->timezone, &img->day2))
 			img->flags |= IMG_DAY2_SKIP;
 		if (!(img->flags & (IMG_DAY1_SKIP | IMG_DAY2_SKIP)) &&
 			(int64) img->day2 - (int64) img->day1 > m->max_stay)
@@ -433,8 +351,8 @@ project(CaptureMapping *m, HeapTuple tuple, TupleDesc desc, ChangeImage *img)
 		img->flags |= IMG_AMOUNT_NULL;
 	else
 	{
-		img->amount = to_numeric(&m->amount, v);
-		if (numeric_not_finite(img->amount))
+		img->amount = kpi_to_numeric(m->amount.typid, v);
+		if (kpi_numeric_not_finite(img->amount))
 		{
 			img->flags |= IMG_AMOUNT_ODD;
 			img->amount = NULL;
@@ -484,8 +402,7 @@ project(CaptureMapping *m, HeapTuple tuple, TupleDesc desc, ChangeImage *img)
 			{
 				img->category = text_value(&m->category, v, &img->category_len);
 				/* counted under its first characters (SPEC section 2) */
-				img->category_len = pg_mbcharcliplen(img->category, img->category_len,
-													 CHANGE_CATEGORY_MAX_CHARS);
+				img->category_len = kpi_category_clip(img->category, img->category_len);
 				img->flags &= ~IMG_CATEGORY_NULL;
 			}
 		}

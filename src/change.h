@@ -42,7 +42,7 @@
 /*
  * The largest record the output plugin accepts, tag included.  A legitimate
  * record stays far below it: two numeric amounts (at most ~74 kB each), a
- * category clipped to CHANGE_CATEGORY_MAX_CHARS and a property key; only a
+ * category clipped to LIVEKPI_MAX_CATEGORY_CHARS (kpi.h) and a property key; only a
  * text key of about a megabyte, which no KPI table could index anyway, can
  * make one longer.  Bounds the memory a forged message can make the decoder
  * and the apply worker spend.
@@ -56,7 +56,6 @@
  * A category counts under its first 200 characters (SPEC section 2); the
  * trigger clips it before it is written, which also keeps records small.
  */
-#define CHANGE_CATEGORY_MAX_CHARS 200
 
 /* change kinds */
 #define CHANGE_BOOKING		'B'

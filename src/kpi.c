@@ -12,14 +12,280 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/uuid.h"
 
 #include "kpi.h"
+
+/* Whether SPEC section 3 can use a day (see LIVEKPI_FIRST_DAY in kpi.h). */
+bool
+kpi_day_usable(DateADT day)
+{
+	return day >= LIVEKPI_FIRST_DAY && day <= LIVEKPI_LAST_DAY;
+}
+
+/*
+ * local_day_careful
+ *		(value AT TIME ZONE zone)::date for a value so close to either end of
+ *		the timestamp range that the zone's offset may carry it out: the
+ *		conversion runs in a subtransaction, and "out of range" means the
+ *		value is skipped.  Any other error (an unknown zone) is raised.
+ */
+static bool
+local_day_careful(Datum value, text *timezone, DateADT *day)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool ok = false;
+	volatile DateADT result = 0;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		result = DatumGetDateADT(DirectFunctionCall1(timestamp_date,
+													 DirectFunctionCall2(timestamptz_zone,
+																		 PointerGetDatum(timezone),
+																		 value)));
+		ok = true;
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (edata->sqlerrcode != ERRCODE_DATETIME_VALUE_OUT_OF_RANGE)
+			ReThrowError(edata);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	*day = result;
+	return ok;
+}
+
+/*
+ * kpi_to_day
+ *		A date, timestamp or timestamptz as the day SPEC section 3 counts it
+ *		on, the way SQL's x::date and (x AT TIME ZONE zone)::date do it.
+ *		Returns false, never an error, for a value that is not a usable day
+ *		(infinite, or outside LIVEKPI_FIRST_DAY .. LIVEKPI_LAST_DAY).
+ */
+bool
+kpi_to_day(Oid typid, Datum value, text *timezone, DateADT *day)
+{
+	/* No zone moves a time by a week (PostgreSQL allows at most 167 h). */
+	const int64 margin = INT64CONST(8) * USECS_PER_DAY;
+	DateADT		d;
+
+	switch (typid)
+	{
+		case DATEOID:
+			d = DatumGetDateADT(value);
+			break;
+		case TIMESTAMPOID:
+			if (TIMESTAMP_NOT_FINITE(DatumGetTimestamp(value)))
+				return false;
+			d = DatumGetDateADT(DirectFunctionCall1(timestamp_date, value));
+			break;
+		case TIMESTAMPTZOID:
+			{
+				TimestampTz ts = DatumGetTimestampTz(value);
+
+				if (TIMESTAMP_NOT_FINITE(ts))
+					return false;
+				if (ts < MIN_TIMESTAMP + margin || ts >= END_TIMESTAMP - margin)
+				{
+					if (!local_day_careful(value, timezone, &d))
+						return false;
+				}
+				else
+					d = DatumGetDateADT(DirectFunctionCall1(timestamp_date,
+															DirectFunctionCall2(timestamptz_zone,
+																				PointerGetDatum(timezone),
+																				value)));
+				break;
+			}
+		default:
+			elog(ERROR, "livekpi: unsupported date type %u", typid);
+	}
+	if (!kpi_day_usable(d))
+		return false;
+	*day = d;
+	return true;
+}
+
+/*
+ * kpi_to_numeric
+ *		An amount as a numeric.  A numeric value is returned as stored,
+ *		packed header and all, to spare a copy per row; read it with
+ *		VARDATA_ANY, or kpi_numeric_not_finite().
+ */
+Numeric
+kpi_to_numeric(Oid typid, Datum value)
+{
+	switch (typid)
+	{
+		case NUMERICOID:
+			return (Numeric) PG_DETOAST_DATUM_PACKED(value);
+		case INT2OID:
+			return DatumGetNumeric(DirectFunctionCall1(int2_numeric, value));
+		case INT4OID:
+			return DatumGetNumeric(DirectFunctionCall1(int4_numeric, value));
+		case INT8OID:
+			return DatumGetNumeric(DirectFunctionCall1(int8_numeric, value));
+		case FLOAT4OID:
+			return DatumGetNumeric(DirectFunctionCall1(float4_numeric, value));
+		case FLOAT8OID:
+			return DatumGetNumeric(DirectFunctionCall1(float8_numeric, value));
+	}
+	elog(ERROR, "livekpi: unsupported amount type %u", typid);
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * kpi_numeric_not_finite
+ *		NaN and the infinities, for a numeric that may have a packed header.
+ *		numeric_is_nan() wants an aligned, unpacked value; the first two
+ *		bytes of the on-disk format say it as well: both top bits set marks
+ *		the special values (NUMERIC_SPECIAL in numeric.c).
+ */
+bool
+kpi_numeric_not_finite(Numeric num)
+{
+	uint16		header;
+
+	if (VARSIZE_ANY_EXHDR(num) < sizeof(uint16))
+		return false;
+	memcpy(&header, VARDATA_ANY(num), sizeof(uint16));
+	return (header & 0xC000) == 0xC000;
+}
+
+/*
+ * kpi_key_usable
+ *		Whether a (non-NULL) property key can be a KPI key: a text key longer
+ *		than LIVEKPI_MAX_KEY_BYTES would not fit an index row.  The length is
+ *		read without detoasting.
+ */
+bool
+kpi_key_usable(char key_kind, Datum key)
+{
+	if (key_kind != KEY_TEXT)
+		return true;
+	return toast_raw_datum_size(key) - VARHDRSZ <= LIVEKPI_MAX_KEY_BYTES;
+}
+
+/* Bytes of the first LIVEKPI_MAX_CATEGORY_CHARS characters of a category. */
+int
+kpi_category_clip(const char *category, int len)
+{
+	if (len <= LIVEKPI_MAX_CATEGORY_CHARS)
+		return len;
+	return pg_mbcharcliplen(category, len, LIVEKPI_MAX_CATEGORY_CHARS);
+}
+
+static Numeric numeric_zero(void);
+
+/*
+ * kpi_booking_begin
+ *		SPEC section 3 for one side of a booking: whether it counts, and if
+ *		so the state kpi_booking_next() walks.  The nights' revenue always
+ *		sums to the amount: every night but the last gets round(amount / n,
+ *		2), the last the rest.  *amount_odd tells that a NaN or infinite
+ *		amount counted as 0 (callers count it as skipped).  The key is the
+ *		caller's to check (kpi_key_usable).
+ */
+bool
+kpi_booking_begin(const ChangeImage *img, KpiBookingIter *it, bool *amount_odd)
+{
+	*amount_odd = false;
+	if ((img->flags & (IMG_KEY_NULL | IMG_DAY1_SKIP | IMG_DAY2_SKIP | IMG_TOO_LONG)) ||
+		!kpi_day_usable(img->day1) || !kpi_day_usable(img->day2))
+		return false;
+
+	memset(it, 0, sizeof(*it));
+	it->day1 = img->day1;
+	it->n = (int64) img->day2 - (int64) img->day1;
+	it->cancelled = (img->flags & IMG_CANCELLED) != 0;
+	if (it->cancelled)
+		return true;
+
+	*amount_odd = (img->flags & IMG_AMOUNT_ODD) != 0;
+	it->amount = img->amount ? img->amount : numeric_zero();
+	if (it->n >= 1)
+	{
+		it->base = DatumGetNumeric(DirectFunctionCall2(numeric_round,
+													   DirectFunctionCall2(numeric_div,
+																		   NumericGetDatum(it->amount),
+																		   NumericGetDatum(int64_to_numeric(it->n))),
+													   Int32GetDatum(2)));
+		it->last = DatumGetNumeric(DirectFunctionCall2(numeric_sub,
+													   NumericGetDatum(it->amount),
+													   DirectFunctionCall2(numeric_mul,
+																		   NumericGetDatum(it->base),
+																		   NumericGetDatum(int64_to_numeric(it->n - 1)))));
+	}
+	return true;
+}
+
+/*
+ * kpi_booking_next
+ *		The next daily row of a booking begun with kpi_booking_begin(), or
+ *		false when there are no more.  A cancelled booking gives one row (a
+ *		cancelled arrival), a stay of n <= 0 nights one row (the arrival and
+ *		the whole amount), a stay of n >= 1 nights one row per night, the
+ *		first with the arrival.
+ */
+bool
+kpi_booking_next(KpiBookingIter *it, KpiBookingRow *row)
+{
+	int64		rows = (it->cancelled || it->n <= 0) ? 1 : it->n;
+	int64		i = it->next;
+
+	if (i >= rows)
+		return false;
+	it->next++;
+	row->day = it->day1 + (DateADT) i;
+	if (it->cancelled)
+	{
+		row->nights = 0;
+		row->revenue = NULL;
+		row->arrivals = 0;
+		row->cancelled = 1;
+	}
+	else if (it->n <= 0)
+	{
+		row->nights = 0;
+		row->revenue = it->amount;
+		row->arrivals = 1;
+		row->cancelled = 0;
+	}
+	else
+	{
+		row->nights = 1;
+		row->revenue = i < it->n - 1 ? it->base : it->last;
+		row->arrivals = (i == 0) ? 1 : 0;
+		row->cancelled = 0;
+	}
+	return true;
+}
 
 /* Hash keys point at data that lives in the batch's memory context. */
 typedef struct DailyKey
@@ -230,62 +496,32 @@ booking_entry(KpiBatch *batch, Datum key, DateADT day)
 /*
  * add_booking
  *		SPEC section 3 for one side of a booking change, with sign +1 (NEW)
- *		or -1 (OLD).  The nights' revenue always sums to the amount: every
- *		night but the last gets round(amount / n, 2), the last the rest.
+ *		or -1 (OLD): the rows kpi_booking_next() gives, added to the batch.
  */
 static void
 add_booking(KpiBatch *batch, const ChangeImage *img, int sign)
 {
-	int64		n;
-	Numeric		amount;
-	BookingEntry *e;
+	KpiBookingIter it;
+	KpiBookingRow row;
+	bool		amount_odd;
 
-	if (img->flags & (IMG_KEY_NULL | IMG_DAY1_SKIP | IMG_DAY2_SKIP | IMG_TOO_LONG))
+	if (!kpi_booking_begin(img, &it, &amount_odd) ||
+		!kpi_key_usable(batch->key_kind, img->key))
 	{
 		batch->skipped++;
 		return;
 	}
-	n = (int64) img->day2 - (int64) img->day1;
-
-	if (img->flags & IMG_CANCELLED)
-	{
-		booking_entry(batch, img->key, img->day1)->cancelled += sign;
-		return;
-	}
-
-	if (img->flags & IMG_AMOUNT_ODD)
+	if (amount_odd)
 		batch->skipped++;
-	amount = img->amount ? img->amount : numeric_zero();
-
-	e = booking_entry(batch, img->key, img->day1);
-	e->arrivals += sign;
-	if (n <= 0)
+	while (kpi_booking_next(&it, &row))
 	{
-		e->revenue = add_signed(e->revenue, amount, sign);
-		return;
-	}
-	else
-	{
-		Numeric		base;
-		Numeric		last;
-		int64		i;
+		BookingEntry *e = booking_entry(batch, img->key, row.day);
 
-		base = DatumGetNumeric(DirectFunctionCall2(numeric_round,
-												   DirectFunctionCall2(numeric_div,
-																	   NumericGetDatum(amount),
-																	   NumericGetDatum(int64_to_numeric(n))),
-												   Int32GetDatum(2)));
-		last = DatumGetNumeric(DirectFunctionCall2(numeric_sub,
-												   NumericGetDatum(amount),
-												   DirectFunctionCall2(numeric_mul,
-																	   NumericGetDatum(base),
-																	   NumericGetDatum(int64_to_numeric(n - 1)))));
-		for (i = 0; i < n; i++)
-		{
-			e = booking_entry(batch, img->key, img->day1 + (DateADT) i);
-			e->nights += sign;
-			e->revenue = add_signed(e->revenue, i < n - 1 ? base : last, sign);
-		}
+		e->nights += sign * row.nights;
+		e->arrivals += sign * row.arrivals;
+		e->cancelled += sign * row.cancelled;
+		if (row.revenue != NULL)
+			e->revenue = add_signed(e->revenue, row.revenue, sign);
 	}
 }
 
@@ -300,7 +536,8 @@ add_expense(KpiBatch *batch, const ChangeImage *img, int sign)
 	bool		found;
 	int			cls = change_expense_class(img);
 
-	if (img->flags & (IMG_KEY_NULL | IMG_DAY1_SKIP))
+	if ((img->flags & (IMG_KEY_NULL | IMG_DAY1_SKIP)) || !kpi_day_usable(img->day1) ||
+		!kpi_key_usable(batch->key_kind, img->key))
 	{
 		batch->skipped++;
 		return;
@@ -310,6 +547,8 @@ add_expense(KpiBatch *batch, const ChangeImage *img, int sign)
 		category = uncategorized;
 		category_len = sizeof(uncategorized) - 1;
 	}
+	else
+		category_len = kpi_category_clip(category, category_len);
 	if (img->flags & IMG_AMOUNT_ODD)
 		batch->skipped++;
 	if (cls > EXPENSE_REJECTED)

@@ -1,10 +1,13 @@
 /*-------------------------------------------------------------------------
  *
  * kpi.h
- *	  SPEC section 3 in C: what a captured change contributes to the daily
- *	  KPI rows, coalesced per key in memory so that a batch writes each
- *	  touched row once.  The set-based SQL recompute (rebuild, verify)
- *	  states the same rules; the differential tests hold the two together.
+ *	  SPEC section 3 in C, the one source of the KPI rules: how stored
+ *	  values become days, amounts, keys and categories (and which are
+ *	  skipped), what a captured change contributes to the daily KPI rows,
+ *	  coalesced per key in memory so that a batch writes each touched row
+ *	  once.  rebuild() and the backfill use the same code (recompute.c);
+ *	  verify()'s SQL recompute states the rules independently, and the
+ *	  differential tests hold the two together.
  *
  * Copyright (c) 2026, livekpi authors
  *
@@ -16,6 +19,8 @@
 #define LIVEKPI_KPI_H
 
 #include "utils/array.h"
+#include "datatype/timestamp.h"
+#include "utils/date.h"
 #include "utils/hsearch.h"
 
 #include "change.h"
@@ -52,6 +57,63 @@ typedef struct KpiArrays
 	int			nunits;
 	ArrayType  *u_key;
 } KpiArrays;
+
+/*
+ * Limits of the values SPEC section 3 can use (docs/kpis.md, "Skipped rows").
+ *
+ * LIVEKPI_FIRST_DAY .. LIVEKPI_LAST_DAY: the days whose month, and the month
+ * after it, PostgreSQL can compute (date_trunc and date + interval go
+ * through timestamp, whose range ends on 294276-12-31 and starts on
+ * 4714-11-24 BC): 4714-12-01 BC .. 294276-11-30.  A date outside them, or
+ * infinite, is skipped like NULL.  Both dates of a booking are checked, so
+ * every night check_in + i (i < n) lies inside the range too.
+ *
+ * LIVEKPI_MAX_CATEGORY_CHARS: a longer category counts under its first
+ * that many characters (not bytes), which keeps the expense keys within a
+ * B-tree index row.
+ *
+ * LIVEKPI_MAX_KEY_BYTES: a text property key longer than this is skipped
+ * like NULL: with a category of LIVEKPI_MAX_CATEGORY_CHARS 4-byte
+ * characters it still fits an index row (2704 bytes).
+ */
+#define LIVEKPI_FIRST_DAY	(7 - POSTGRES_EPOCH_JDATE)	/* 4714-12-01 BC: JD 7 */
+#define LIVEKPI_LAST_DAY	(TIMESTAMP_END_JULIAN - 32 - POSTGRES_EPOCH_JDATE)	/* 294276-11-30 */
+#define LIVEKPI_MAX_CATEGORY_CHARS	200
+#define LIVEKPI_MAX_KEY_BYTES		1024
+
+extern bool kpi_day_usable(DateADT day);
+extern bool kpi_to_day(Oid typid, Datum value, text *timezone, DateADT *day);
+extern Numeric kpi_to_numeric(Oid typid, Datum value);
+extern bool kpi_numeric_not_finite(Numeric num);
+extern bool kpi_key_usable(char key_kind, Datum key);
+extern int	kpi_category_clip(const char *category, int len);
+
+/*
+ * The daily booking rows one side of a booking contributes, one at a time:
+ * the incremental path adds them to a batch, rebuild() streams them to SQL.
+ */
+typedef struct KpiBookingRow
+{
+	DateADT		day;
+	int64		nights;
+	Numeric		revenue;		/* NULL: nothing */
+	int64		arrivals;
+	int64		cancelled;
+} KpiBookingRow;
+
+typedef struct KpiBookingIter
+{
+	DateADT		day1;
+	int64		n;
+	int64		next;			/* next night; n when done */
+	bool		cancelled;
+	Numeric		amount;
+	Numeric		base;
+	Numeric		last;
+} KpiBookingIter;
+
+extern bool kpi_booking_begin(const ChangeImage *img, KpiBookingIter *it, bool *amount_odd);
+extern bool kpi_booking_next(KpiBookingIter *it, KpiBookingRow *row);
 
 extern void kpi_batch_init(KpiBatch *batch, char key_kind, MemoryContext context);
 extern void kpi_batch_add(KpiBatch *batch, const Change *change);

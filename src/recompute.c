@@ -1,0 +1,559 @@
+/*-------------------------------------------------------------------------
+ *
+ * recompute.c
+ *	  rebuild() and backfill in C: the SQL-callable contribution functions
+ *	  that apply kpi.c's rules (the very code of the incremental path) to
+ *	  the rows of a tracked table, one row at a time so that the query
+ *	  streams them into PostgreSQL's aggregation, and the bulk load of the
+ *	  aggregated KPI rows into fresh heaps that are swapped in at the end,
+ *	  the way REFRESH MATERIALIZED VIEW does it (matview.c).
+ *
+ *	  verify() does not use this file: its SQL recompute is the independent
+ *	  check on both paths.
+ *
+ * Copyright (c) 2026, livekpi authors
+ *
+ * src/recompute.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/multixact.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/cluster.h"
+#include "commands/tablecmds.h"
+#include "executor/executor.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "change.h"
+#include "kpi.h"
+
+/*
+ * Per call site (fn_extra): the argument types, the status lists (which the
+ * generated query passes as constants), the result row type, and the
+ * booking being expanded.  The functions return sets value per call by
+ * hand rather than through funcapi's SRF_ macros: those make a memory
+ * context per input row, which costs more than the row's work.
+ */
+typedef struct RowsCallInfo
+{
+	Oid			key_type;
+	Oid			day1_type;
+	Oid			day2_type;
+	Oid			amount_type;
+	int			nlist1;
+	char	  **list1;
+	int			nlist2;
+	char	  **list2;
+	TupleDesc	desc;
+	MemoryContext row_cxt;		/* the current input row's values */
+	bool		active;			/* rows of the current input row pending */
+	KpiBookingIter it;
+	HeapTuple	expense;		/* the one row of an expense, pending */
+} RowsCallInfo;
+
+static char **
+text_array_strings(ArrayType *arr, int *n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	char	  **out;
+	int			i,
+				k = 0;
+
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, n);
+	out = palloc(sizeof(char *) * Max(*n, 1));
+	for (i = 0; i < *n; i++)
+		if (!nulls[i])
+			out[k++] = TextDatumGetCString(elems[i]);
+	*n = k;
+	return out;
+}
+
+static bool
+in_list(const char *s, char **list, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(s, list[i]) == 0)
+			return true;
+	return false;
+}
+
+static RowsCallInfo *
+call_info(FunctionCallInfo fcinfo, int list1_arg, int list2_arg)
+{
+	RowsCallInfo *ci = fcinfo->flinfo->fn_extra;
+	ReturnSetInfo *rsi = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext old;
+
+	if (rsi == NULL || !IsA(rsi, ReturnSetInfo) ||
+		(rsi->allowedModes & SFRM_ValuePerCall) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+	if (ci != NULL)
+		return ci;
+	old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+	ci = palloc0(sizeof(RowsCallInfo));
+	ci->key_type = get_fn_expr_argtype(fcinfo->flinfo, 0);
+	ci->day1_type = get_fn_expr_argtype(fcinfo->flinfo, 1);
+	ci->day2_type = list2_arg < 0 ? get_fn_expr_argtype(fcinfo->flinfo, 2) : InvalidOid;
+	ci->amount_type = get_fn_expr_argtype(fcinfo->flinfo, list2_arg < 0 ? 3 : 2);
+	if (!PG_ARGISNULL(list1_arg))
+		ci->list1 = text_array_strings(PG_GETARG_ARRAYTYPE_P(list1_arg), &ci->nlist1);
+	if (list2_arg >= 0 && !PG_ARGISNULL(list2_arg))
+		ci->list2 = text_array_strings(PG_GETARG_ARRAYTYPE_P(list2_arg), &ci->nlist2);
+	if (get_call_result_type(fcinfo, NULL, &ci->desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "livekpi: a contribution function must return a row type");
+	ci->desc = CreateTupleDescCopy(ci->desc);
+	BlessTupleDesc(ci->desc);
+	ci->row_cxt = AllocSetContextCreate(fcinfo->flinfo->fn_mcxt, "livekpi contribution row",
+										ALLOCSET_SMALL_SIZES);
+	MemoryContextSwitchTo(old);
+	fcinfo->flinfo->fn_extra = ci;
+	return ci;
+}
+
+static char
+key_kind_of(Oid typid)
+{
+	if (typid == TEXTOID || typid == VARCHAROID)
+		return KEY_TEXT;
+	if (typid == UUIDOID)
+		return KEY_UUID;
+	return KEY_INT;
+}
+
+/* The amount of a row as the capture trigger sees it (flags and value). */
+static void
+project_amount(RowsCallInfo *ci, FunctionCallInfo fcinfo, int arg, ChangeImage *img)
+{
+	if (PG_ARGISNULL(arg))
+		img->flags |= IMG_AMOUNT_NULL;
+	else
+	{
+		img->amount = kpi_to_numeric(ci->amount_type, PG_GETARG_DATUM(arg));
+		if (kpi_numeric_not_finite(img->amount))
+		{
+			img->flags |= IMG_AMOUNT_ODD;
+			img->amount = NULL;
+		}
+	}
+}
+
+static Datum
+end_of_set(FunctionCallInfo fcinfo, RowsCallInfo *ci)
+{
+	ci->active = false;
+	((ReturnSetInfo *) fcinfo->resultinfo)->isDone = ExprEndResult;
+	fcinfo->isnull = true;
+	return (Datum) 0;
+}
+
+/*
+ * livekpi._booking_rows(key "any", check_in "any", check_out "any",
+ *		amount "any", status text, cancelled_statuses text[], max_stay int,
+ *		timezone text) RETURNS TABLE (day date, nights int, revenue numeric,
+ *		arrivals int, cancelled int)
+ *
+ *		The daily rows one booking contributes, by kpi.c's rules; none when
+ *		it is skipped.  status is the status column as ::text (NULL when the
+ *		table has none).  Value per call, so that a query calling it in its
+ *		target list streams.
+ */
+PG_FUNCTION_INFO_V1(livekpi_booking_rows);
+Datum
+livekpi_booking_rows(PG_FUNCTION_ARGS)
+{
+	RowsCallInfo *ci = call_info(fcinfo, 5, -1);
+	KpiBookingRow row;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	if (!ci->active)
+	{
+		MemoryContext old;
+		ChangeImage img;
+		bool		amount_odd;
+		text	   *tz;
+		int			max_stay = PG_ARGISNULL(6) ? 0 : PG_GETARG_INT32(6);
+
+		MemoryContextReset(ci->row_cxt);
+		old = MemoryContextSwitchTo(ci->row_cxt);
+		tz = PG_ARGISNULL(7) ? cstring_to_text("UTC") : PG_GETARG_TEXT_PP(7);
+		memset(&img, 0, sizeof(img));
+		if (PG_ARGISNULL(0) || !kpi_key_usable(key_kind_of(ci->key_type), PG_GETARG_DATUM(0)))
+			img.flags |= IMG_KEY_NULL;
+		if (PG_ARGISNULL(1) || !kpi_to_day(ci->day1_type, PG_GETARG_DATUM(1), tz, &img.day1))
+			img.flags |= IMG_DAY1_SKIP;
+		if (PG_ARGISNULL(2) || !kpi_to_day(ci->day2_type, PG_GETARG_DATUM(2), tz, &img.day2))
+			img.flags |= IMG_DAY2_SKIP;
+		if (!(img.flags & (IMG_DAY1_SKIP | IMG_DAY2_SKIP)) &&
+			(int64) img.day2 - (int64) img.day1 > max_stay)
+			img.flags |= IMG_TOO_LONG;
+		project_amount(ci, fcinfo, 3, &img);
+		if (!PG_ARGISNULL(4) &&
+			in_list(TextDatumGetCString(PG_GETARG_DATUM(4)), ci->list1, ci->nlist1))
+			img.flags |= IMG_CANCELLED;
+		ci->active = kpi_booking_begin(&img, &ci->it, &amount_odd);
+		MemoryContextSwitchTo(old);
+		if (!ci->active)
+			return end_of_set(fcinfo, ci);
+	}
+	if (!kpi_booking_next(&ci->it, &row))
+		return end_of_set(fcinfo, ci);
+
+	values[0] = DateADTGetDatum(row.day);
+	values[1] = Int32GetDatum((int32) row.nights);
+	values[2] = NumericGetDatum(row.revenue != NULL ? row.revenue : int64_to_numeric(0));
+	values[3] = Int32GetDatum((int32) row.arrivals);
+	values[4] = Int32GetDatum((int32) row.cancelled);
+	((ReturnSetInfo *) fcinfo->resultinfo)->isDone = ExprMultipleResult;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(ci->desc, values, nulls)));
+}
+
+/*
+ * livekpi._expense_rows(key "any", day "any", amount "any", category text,
+ *		status text, has_status boolean, approved_statuses text[],
+ *		rejected_statuses text[], timezone text) RETURNS TABLE (day date,
+ *		category text, class int, amount numeric)
+ *
+ *		The one row an expense contributes by kpi.c's rules (class 0
+ *		approved, 1 pending, 2 rejected; amount 0 when NULL or odd), or
+ *		none when it is skipped.
+ */
+PG_FUNCTION_INFO_V1(livekpi_expense_rows);
+Datum
+livekpi_expense_rows(PG_FUNCTION_ARGS)
+{
+	RowsCallInfo *ci = call_info(fcinfo, 6, 7);
+	ChangeImage img;
+	text	   *tz;
+	ExpenseClass cls = EXPENSE_APPROVED;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+
+	if (ci->active)
+		return end_of_set(fcinfo, ci);
+
+	tz = PG_ARGISNULL(8) ? cstring_to_text("UTC") : PG_GETARG_TEXT_PP(8);
+	memset(&img, 0, sizeof(img));
+	if (PG_ARGISNULL(0) || !kpi_key_usable(key_kind_of(ci->key_type), PG_GETARG_DATUM(0)))
+		img.flags |= IMG_KEY_NULL;
+	if (PG_ARGISNULL(1) || !kpi_to_day(ci->day1_type, PG_GETARG_DATUM(1), tz, &img.day1))
+		img.flags |= IMG_DAY1_SKIP;
+	if (img.flags & (IMG_KEY_NULL | IMG_DAY1_SKIP))
+		return end_of_set(fcinfo, ci);
+	project_amount(ci, fcinfo, 2, &img);
+	if (!PG_ARGISNULL(5) && PG_GETARG_BOOL(5))
+	{
+		cls = EXPENSE_PENDING;
+		if (!PG_ARGISNULL(4))
+		{
+			char	   *s = TextDatumGetCString(PG_GETARG_DATUM(4));
+
+			if (in_list(s, ci->list1, ci->nlist1))
+				cls = EXPENSE_APPROVED;
+			else if (in_list(s, ci->list2, ci->nlist2))
+				cls = EXPENSE_REJECTED;
+		}
+	}
+
+	values[0] = DateADTGetDatum(img.day1);
+	if (PG_ARGISNULL(3))
+		values[1] = CStringGetTextDatum("uncategorized");
+	else
+	{
+		text	   *t = PG_GETARG_TEXT_PP(3);
+		int			len = VARSIZE_ANY_EXHDR(t);
+		int			clipped = kpi_category_clip(VARDATA_ANY(t), len);
+
+		values[1] = clipped == len ? PointerGetDatum(t) :
+			PointerGetDatum(cstring_to_text_with_len(VARDATA_ANY(t), clipped));
+	}
+	values[2] = Int32GetDatum((int32) cls);
+	values[3] = NumericGetDatum(img.amount ? img.amount : int64_to_numeric(0));
+	ci->active = true;			/* the next call ends the set */
+	((ReturnSetInfo *) fcinfo->resultinfo)->isDone = ExprMultipleResult;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(ci->desc, values, nulls)));
+}
+
+/*
+ * A DestReceiver that bulk-inserts into a heap made by livekpi._new_heap():
+ * frozen rows, no free-space map, one bulk-insert state, as REFRESH does.
+ */
+typedef struct HeapFillReceiver
+{
+	DestReceiver pub;
+	Relation	rel;
+	BulkInsertState bistate;
+	CommandId	cid;
+	uint64		rows;
+	TupleTableSlot *mapped;		/* when the heap has dropped columns */
+	AttrNumber *map;			/* heap column -> query column (0: NULL) */
+} HeapFillReceiver;
+
+/*
+ * The query's columns must be the heap's live columns, in order and type;
+ * a KPI table altered since install (dropped columns) gets its rows mapped.
+ */
+static void
+fill_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+	HeapFillReceiver *r = (HeapFillReceiver *) self;
+	TupleDesc	desc = RelationGetDescr(r->rel);
+	int			i,
+				q = 0;
+	bool		identical = desc->natts == typeinfo->natts;
+
+	r->map = palloc0(sizeof(AttrNumber) * desc->natts);
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped)
+		{
+			identical = false;
+			continue;
+		}
+		if (q >= typeinfo->natts || TupleDescAttr(typeinfo, q)->atttypid != att->atttypid)
+			elog(ERROR, "livekpi: the rebuild query does not match the columns of %s",
+				 RelationGetRelationName(r->rel));
+		r->map[i] = ++q;
+	}
+	if (q != typeinfo->natts)
+		elog(ERROR, "livekpi: the rebuild query does not match the columns of %s",
+			 RelationGetRelationName(r->rel));
+	if (!identical)
+		r->mapped = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
+}
+
+static bool
+fill_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	HeapFillReceiver *r = (HeapFillReceiver *) self;
+
+	if (r->mapped != NULL)
+	{
+		int			i;
+
+		slot_getallattrs(slot);
+		ExecClearTuple(r->mapped);
+		for (i = 0; i < r->mapped->tts_tupleDescriptor->natts; i++)
+		{
+			if (r->map[i] == 0)
+			{
+				r->mapped->tts_values[i] = (Datum) 0;
+				r->mapped->tts_isnull[i] = true;
+			}
+			else
+			{
+				r->mapped->tts_values[i] = slot->tts_values[r->map[i] - 1];
+				r->mapped->tts_isnull[i] = slot->tts_isnull[r->map[i] - 1];
+			}
+		}
+		ExecStoreVirtualTuple(r->mapped);
+		slot = r->mapped;
+	}
+	table_tuple_insert(r->rel, slot, r->cid, TABLE_INSERT_SKIP_FSM | TABLE_INSERT_FROZEN,
+					   r->bistate);
+	r->rows++;
+	return true;
+}
+
+static void
+fill_shutdown(DestReceiver *self)
+{
+}
+
+static void
+fill_destroy(DestReceiver *self)
+{
+}
+
+/* The heap must be one _new_heap() made in this transaction for a KPI table. */
+static Relation
+open_new_heap(Oid heap)
+{
+	Relation	rel = table_open(heap, AccessExclusiveLock);
+
+	if (rel->rd_createSubid == InvalidSubTransactionId ||
+		strncmp(RelationGetRelationName(rel), "pg_temp_", 8) != 0 ||
+		get_namespace_oid("livekpi", false) != RelationGetNamespace(rel))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("livekpi: relation %u is not a heap made by livekpi._new_heap()", heap)));
+	return rel;
+}
+
+static void
+check_kpi_table(Oid target)
+{
+	if (get_rel_namespace(target) != get_namespace_oid("livekpi", false) ||
+		get_rel_relkind(target) != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("livekpi: %s is not a KPI table", get_rel_name(target))));
+}
+
+/*
+ * livekpi._new_heap(target regclass) RETURNS oid
+ *		An empty heap with the target's columns, storage options and
+ *		tablespace, to be filled by _fill_heap() and swapped in by
+ *		_swap_heap().  The target is locked EXCLUSIVE: readers keep reading
+ *		it until the swap.
+ */
+PG_FUNCTION_INFO_V1(livekpi_new_heap);
+Datum
+livekpi_new_heap(PG_FUNCTION_ARGS)
+{
+	Oid			target = PG_GETARG_OID(0);
+	Relation	rel;
+	Oid			heap;
+
+	check_kpi_table(target);
+	rel = table_open(target, ExclusiveLock);
+	heap = make_new_heap(target, rel->rd_rel->reltablespace, rel->rd_rel->relam,
+						 rel->rd_rel->relpersistence, ExclusiveLock);
+	table_close(rel, NoLock);
+	CommandCounterIncrement();
+	PG_RETURN_OID(heap);
+}
+
+/*
+ * livekpi._fill_heap(heap oid, query text) RETURNS bigint
+ *		Runs query (livekpi's own, generated by rebuild) and bulk-inserts
+ *		its rows into heap, which must have the query's row type.  The
+ *		executor streams the rows straight into the heap: no SPI tuple
+ *		tables, no per-row index maintenance.
+ */
+PG_FUNCTION_INFO_V1(livekpi_fill_heap);
+Datum
+livekpi_fill_heap(PG_FUNCTION_ARGS)
+{
+	Oid			heap = PG_GETARG_OID(0);
+	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	HeapFillReceiver r;
+	List	   *raw;
+	List	   *queries;
+	PlannedStmt *plan;
+	QueryDesc  *qdesc;
+	int			nestlevel;
+	char		mem[32];
+
+	memset(&r, 0, sizeof(r));
+	r.pub.receiveSlot = fill_receive;
+	r.pub.rStartup = fill_startup;
+	r.pub.rShutdown = fill_shutdown;
+	r.pub.rDestroy = fill_destroy;
+	r.pub.mydest = DestNone;
+	r.rel = open_new_heap(heap);
+	r.bistate = GetBulkInsertState();
+	r.cid = GetCurrentCommandId(true);
+
+	raw = pg_parse_query(sql);
+	if (list_length(raw) != 1)
+		elog(ERROR, "livekpi._fill_heap wants one query");
+	queries = pg_analyze_and_rewrite_fixedparams(linitial_node(RawStmt, raw), sql, NULL, 0, NULL);
+	if (list_length(queries) != 1 || linitial_node(Query, queries)->commandType != CMD_SELECT)
+		elog(ERROR, "livekpi._fill_heap wants one SELECT");
+	plan = pg_plan_query(linitial_node(Query, queries), sql, 0, NULL);
+
+	/*
+	 * The aggregation is a maintenance task: like an index build, it may
+	 * use maintenance_work_mem (work_mem would make the hash aggregate of a
+	 * large portfolio spill to disk).  Set for this query only.
+	 */
+	nestlevel = NewGUCNestLevel();
+	snprintf(mem, sizeof(mem), "%d", maintenance_work_mem);
+	(void) set_config_option("work_mem", mem, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+
+	/* a snapshot that sees what this transaction did so far */
+	PushCopiedSnapshot(GetActiveSnapshot());
+	UpdateActiveSnapshotCommandId();
+	qdesc = CreateQueryDesc(plan, sql, GetActiveSnapshot(), InvalidSnapshot,
+							(DestReceiver *) &r, NULL, NULL, 0);
+	ExecutorStart(qdesc, 0);
+	ExecutorRun(qdesc, ForwardScanDirection, 0L, true);
+	ExecutorFinish(qdesc);
+	ExecutorEnd(qdesc);
+	FreeQueryDesc(qdesc);
+	PopActiveSnapshot();
+	AtEOXact_GUC(true, nestlevel);
+
+	if (r.mapped != NULL)
+		ExecDropSingleTupleTableSlot(r.mapped);
+	FreeBulkInsertState(r.bistate);
+	table_finish_bulk_insert(r.rel, TABLE_INSERT_SKIP_FSM);
+	table_close(r.rel, NoLock);
+	CommandCounterIncrement();
+	PG_RETURN_INT64((int64) r.rows);
+}
+
+/*
+ * livekpi._swap_heap(target regclass, heap oid) RETURNS void
+ *		Gives target the filled heap's storage and rebuilds its indexes
+ *		(finish_heap_swap, as REFRESH MATERIALIZED VIEW and CLUSTER do); the
+ *		heap and the old storage go.  Takes an ACCESS EXCLUSIVE lock on the
+ *		target, held to the end of the transaction.
+ */
+PG_FUNCTION_INFO_V1(livekpi_swap_heap);
+Datum
+livekpi_swap_heap(PG_FUNCTION_ARGS)
+{
+	Oid			target = PG_GETARG_OID(0);
+	Oid			heap = PG_GETARG_OID(1);
+	Relation	rel;
+	char		persistence;
+
+	check_kpi_table(target);
+	table_close(open_new_heap(heap), NoLock);
+	rel = table_open(target, AccessExclusiveLock);
+	CheckTableNotInUse(rel, "livekpi.rebuild()");
+	persistence = rel->rd_rel->relpersistence;
+	table_close(rel, NoLock);
+	finish_heap_swap(target, heap, false, false, true, true,
+					 RecentXmin, ReadNextMultiXactId(), persistence);
+	PG_RETURN_VOID();
+}
+
+/*
+ * livekpi._month(day date) RETURNS date
+ *		The first day of day's month, by calendar arithmetic: what
+ *		date_trunc('month', day)::date gives for every usable day, without
+ *		the trip through timestamptz and the session's zone.
+ */
+PG_FUNCTION_INFO_V1(livekpi_month);
+Datum
+livekpi_month(PG_FUNCTION_ARGS)
+{
+	DateADT		day = PG_GETARG_DATEADT(0);
+	int			y,
+				m,
+				d;
+
+	if (DATE_NOT_FINITE(day))
+		PG_RETURN_DATEADT(day);
+	j2date(day + POSTGRES_EPOCH_JDATE, &y, &m, &d);
+	PG_RETURN_DATEADT(date2j(y, m, 1) - POSTGRES_EPOCH_JDATE);
+}
