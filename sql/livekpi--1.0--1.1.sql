@@ -635,94 +635,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION livekpi._track(rel regclass, kind text, property_column name,
-							   day1_column name, day2_column name, amount_column name,
-							   status_column name, category_column name,
-							   statuses1 text[], statuses2 text[]) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-	c record;
-	key_attnum int2;
-	new_key regtype;
-	cur_key regtype;
-	other regclass;
-BEGIN
-	PERFORM livekpi._require_read_committed('track_' || kind || '()');
-	IF rel IS NULL THEN
-		RAISE EXCEPTION 'rel must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	SELECT relkind, relowner, relpersistence INTO c FROM pg_class WHERE oid = rel;
-	IF c.relkind NOT IN ('r', 'p') THEN
-		RAISE EXCEPTION '% is not a table', rel
-			USING ERRCODE = 'wrong_object_type',
-				  DETAIL = 'livekpi tracks ordinary and partitioned tables.';
-	END IF;
-	IF c.relpersistence = 't' THEN
-		RAISE EXCEPTION 'cannot track temporary table %', rel
-			USING ERRCODE = 'feature_not_supported',
-				  DETAIL = 'The apply worker cannot see another session''s temporary tables.';
-	END IF;
-	IF NOT livekpi._caller_owns(rel) THEN
-		RAISE EXCEPTION 'must be owner of table %', rel
-			USING ERRCODE = 'insufficient_privilege';
-	END IF;
-	IF EXISTS (SELECT FROM livekpi.tracked_tables WHERE relid = rel) THEN
-		RAISE EXCEPTION 'table % is already tracked', rel
-			USING ERRCODE = 'duplicate_object',
-				  HINT = 'Call livekpi.untrack() first to track it with another mapping.';
-	END IF;
-	SELECT t.relid INTO other FROM livekpi.tracked_tables t
-	WHERE t.relid::oid IN (SELECT a.relid FROM pg_partition_ancestors(rel) a WHERE a.relid <> rel)
-	   OR t.relid::oid IN (SELECT p.relid FROM pg_partition_tree(rel) p WHERE p.relid <> rel)
-	LIMIT 1;
-	IF other IS NOT NULL THEN
-		RAISE EXCEPTION 'cannot track % because % is tracked and they share a partition tree', rel, other
-			USING ERRCODE = 'duplicate_object',
-				  DETAIL = 'Each row must be counted once: track either the partitioned table or its partitions.';
-	END IF;
-
-	key_attnum := livekpi._resolve_column(rel, property_column, 'property_column', 'key');
-	new_key := livekpi._key_type_of((SELECT atttypid FROM pg_attribute
-									  WHERE attrelid = rel AND attnum = key_attnum)::regtype);
-	SELECT key_type INTO cur_key FROM livekpi.state;
-	IF new_key <> cur_key THEN
-		IF EXISTS (SELECT FROM livekpi.tracked_tables) THEN
-			RAISE EXCEPTION 'property key column "%" of table % has type %, but the tracked tables use %',
-				property_column, rel, new_key, cur_key
-				USING ERRCODE = 'datatype_mismatch',
-					  DETAIL = 'All tracked tables share one property key type.';
-		END IF;
-		PERFORM livekpi._install_key_type(new_key);
-	END IF;
-
-	INSERT INTO livekpi.tracked_tables
-		(relid, kind, property_attnum, day1_attnum, day2_attnum, amount_attnum,
-		 status_attnum, category_attnum, statuses1, statuses2, max_stay_nights, timezone)
-	VALUES (rel, kind, key_attnum,
-			livekpi._resolve_column(rel, day1_column,
-				CASE kind WHEN 'bookings' THEN 'check_in_column' ELSE 'date_column' END, 'date'),
-			CASE WHEN kind = 'bookings'
-				 THEN livekpi._resolve_column(rel, day2_column, 'check_out_column', 'date') END,
-			livekpi._resolve_column(rel, amount_column, 'amount_column', 'amount'),
-			CASE WHEN status_column IS NOT NULL
-				 THEN livekpi._resolve_column(rel, status_column, 'status_column', 'text') END,
-			CASE WHEN category_column IS NOT NULL
-				 THEN livekpi._resolve_column(rel, category_column, 'category_column', 'text') END,
-			coalesce(statuses1, '{}'), coalesce(statuses2, '{}'),
-			current_setting('livekpi.max_stay_nights')::int,
-			current_setting('livekpi.timezone'));
-
-	PERFORM livekpi._create_capture_triggers(rel);
-	-- A new key type needs a rebuild: it moves rebuild_lsn past records of
-	-- the old key kind still in the stream (units of deleted properties).
-	IF new_key <> cur_key THEN
-		PERFORM livekpi._rebuild(false);
-	ELSE
-		PERFORM livekpi._backfill(rel);
-	END IF;
-	PERFORM livekpi._wake_apply();
-END
-$$;
+-- (_track: re-created in section C, which changes its signature)
 SELECT livekpi._revoke_public();
 
 -- ---------------------------------------------------------------------
@@ -1117,7 +1030,13 @@ BEGIN
 	END IF;
 
 	PERFORM livekpi._create_capture_triggers(rel);
-	PERFORM livekpi._rebuild(false);
+	-- A new key type needs a rebuild: it moves rebuild_lsn past records of
+	-- the old key kind still in the stream (units of deleted properties).
+	IF new_key <> cur_key THEN
+		PERFORM livekpi._rebuild(false);
+	ELSE
+		PERFORM livekpi._backfill(rel);
+	END IF;
 	PERFORM livekpi._wake_apply();
 END
 $$;
