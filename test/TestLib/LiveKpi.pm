@@ -218,6 +218,11 @@ SELECT livekpi.track_bookings('public.stays', property_column => 'prop',
 
 my $CANCELLED = q{'{cancelled,canceled}'::text[]};
 my $MAX_STAY  = 1000;
+# SPEC section 2: days a month can be taken of (docs/kpis.md); the others,
+# infinite ones included, are skipped like NULL.  Categories count under
+# their first 200 characters.
+my $FIRST_DAY = q{DATE '4714-12-01 BC'};
+my $LAST_DAY  = q{DATE '294276-11-30'};
 
 # Rows (p, ci, co, amt, st) of the tracked booking tables of setup_tables().
 our @BOOKING_SOURCES = (
@@ -245,7 +250,8 @@ WITH src AS (
 		   coalesce(st = ANY ($CANCELLED), false) AS canc
 	FROM src
 	WHERE p IS NOT NULL AND ci IS NOT NULL AND co IS NOT NULL
-	  AND isfinite(ci) AND isfinite(co) AND co - ci <= $MAX_STAY
+	  AND ci BETWEEN $FIRST_DAY AND $LAST_DAY AND co BETWEEN $FIRST_DAY AND $LAST_DAY
+	  AND co - ci <= $MAX_STAY
 ), c AS (
 	SELECT p, ci AS day, 0 AS nights,
 		   CASE WHEN NOT canc AND n <= 0 THEN amt ELSE 0 END AS rev,
@@ -270,14 +276,14 @@ sub expected_expense_daily_sql
 {
 	my $src = join("\n\tUNION ALL\n", @EXPENSE_SOURCES);
 	return qq{
-SELECT p AS property_id, d AS day, coalesce(cat, 'uncategorized') AS category,
+SELECT p AS property_id, d AS day, coalesce(left(cat, 200), 'uncategorized') AS category,
 	   sum(CASE WHEN st = 'approved' THEN coalesce(amt, 0) ELSE 0 END)::numeric AS approved_amount,
 	   sum(CASE WHEN st IS DISTINCT FROM 'approved' AND st IS DISTINCT FROM 'rejected'
 			THEN coalesce(amt, 0) ELSE 0 END)::numeric AS pending_amount,
 	   sum(CASE WHEN st = 'rejected' THEN coalesce(amt, 0) ELSE 0 END)::numeric AS rejected_amount,
 	   count(*)::bigint AS expense_count
 FROM ($src) src
-WHERE p IS NOT NULL AND d IS NOT NULL AND isfinite(d)
+WHERE p IS NOT NULL AND d IS NOT NULL AND d BETWEEN $FIRST_DAY AND $LAST_DAY
 GROUP BY 1, 2, 3};
 }
 
