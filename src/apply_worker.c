@@ -57,6 +57,7 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
+#include "apply_kpi.h"
 #include "change.h"
 #include "kpi.h"
 #include "livekpi.h"
@@ -100,8 +101,6 @@ static List *pending = NIL;		/* of PendingTxn, in commit order */
 static PendingTxn *current = NULL;	/* being decoded */
 static int64 pending_changes = 0;
 
-static SPIPlanPtr apply_plan = NULL;
-static char apply_plan_key_kind = '\0';
 static TimestampTz last_batch_start = 0;
 
 /*
@@ -592,32 +591,6 @@ key_kind_of(const char *key_type)
 	return KEY_TEXT;
 }
 
-static void
-prepare_apply_plan(char key_kind)
-{
-	Oid			keyarr = get_array_type(kpi_key_type(key_kind));
-	Oid			argtypes[20] = {
-		keyarr, DATEARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
-		keyarr, DATEARRAYOID, TEXTARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, INT8ARRAYOID,
-		keyarr, TIMESTAMPTZOID, TIMESTAMPTZOID, PG_LSNOID, INT8OID, INT4OID, INT4OID
-	};
-	SPIPlanPtr	plan;
-
-	if (apply_plan != NULL)
-	{
-		SPI_freeplan(apply_plan);
-		apply_plan = NULL;
-	}
-	plan = SPI_prepare("SELECT seq, rows_written FROM livekpi._apply_batch("
-					   "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
-					   "$14, $15, $16, $17, $18, $19, $20)", 20, argtypes);
-	if (plan == NULL)
-		elog(ERROR, "livekpi: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	apply_plan = plan;
-	apply_plan_key_kind = key_kind;
-}
-
 /*
  * apply_error_callback
  *		Says which batch, source transaction and change an error comes from,
@@ -717,45 +690,7 @@ static void
 apply_kpi_batch(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 				XLogRecPtr last_end, int64 *seq, int64 *rows_written)
 {
-	KpiArrays	a;
-	Datum		values[20];
-	char		nulls[20];
-	bool		isnull;
-
-	kpi_batch_arrays(batch, &a);
-
-	if (apply_plan == NULL || apply_plan_key_kind != key_kind)
-		prepare_apply_plan(key_kind);
-
-	memset(nulls, ' ', sizeof(nulls));
-	values[0] = PointerGetDatum(a.b_key);
-	values[1] = PointerGetDatum(a.b_day);
-	values[2] = PointerGetDatum(a.b_nights);
-	values[3] = PointerGetDatum(a.b_revenue);
-	values[4] = PointerGetDatum(a.b_arrivals);
-	values[5] = PointerGetDatum(a.b_cancelled);
-	values[6] = PointerGetDatum(a.e_key);
-	values[7] = PointerGetDatum(a.e_day);
-	values[8] = PointerGetDatum(a.e_category);
-	values[9] = PointerGetDatum(a.e_approved);
-	values[10] = PointerGetDatum(a.e_pending);
-	values[11] = PointerGetDatum(a.e_rejected);
-	values[12] = PointerGetDatum(a.e_count);
-	values[13] = PointerGetDatum(a.u_key);
-	values[14] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-	values[15] = TimestampTzGetDatum(last_commit);
-	values[16] = LSNGetDatum(last_end);
-	values[17] = Int64GetDatum(batch->changes);
-	values[18] = Int32GetDatum(livekpi_delta_retention);
-	values[19] = Int32GetDatum(livekpi_delta_retention_batches);
-
-	if (SPI_execute_plan(apply_plan, values, nulls, false, 0) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "livekpi: livekpi._apply_batch() returned no row");
-	*seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (isnull)
-		*seq = 0;
-	*rows_written = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	apply_kpi_batch_c(batch, key_kind, last_commit, last_end, seq, rows_written);
 }
 
 /* What an apply transaction did, published once it committed. */
@@ -1286,9 +1221,9 @@ try_step(void (*step) (void), int *backoff_ms, bool data_errors)
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		/* The prepared plan may belong to dropped objects; make it anew. */
-		apply_plan = NULL;
 		AbortCurrentTransaction();
+		/* The prepared plans may belong to dropped objects; make them anew. */
+		apply_kpi_reset();
 		MemoryContextSwitchTo(oldcxt);
 		memset(&apply_errctx, 0, sizeof(apply_errctx));
 		if (data_errors && is_data_error(edata))
