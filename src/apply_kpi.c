@@ -123,6 +123,7 @@ typedef struct ApplyKpi
 	bool		key_byval;
 	char		key_align;
 	int64		rows_written;
+	int64		rows_added_or_deleted;	/* change the tables' row counts */
 	Datum	   *new_properties; /* keys inserted into livekpi.properties */
 	int			nnew;
 } ApplyKpi;
@@ -458,7 +459,10 @@ add_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
 		MemoryContextSwitchTo(old);
 
 		if (zero)
+		{
 			ExecSimpleRelationDelete(t->rri, estate, &ak->epqstate, t->found);
+			ak->rows_added_or_deleted++;
+		}
 		else
 			ExecSimpleRelationUpdate(t->rri, estate, &ak->epqstate, t->found, slot);
 	}
@@ -471,6 +475,7 @@ add_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
 			return;
 		fill_new_row(ak, t, row);
 		ExecSimpleRelationInsert(t->rri, estate, t->newslot);
+		ak->rows_added_or_deleted++;
 	}
 }
 
@@ -637,12 +642,14 @@ write_delta_log(ApplyKpi *ak, KpiArrays *a, char key_kind, TimestampTz last_comm
  * apply_kpi_batch_c
  *		Writes the batch; see the file header.  The caller holds the
  *		livekpi.state row lock, is connected to SPI and has an active
- *		snapshot.  Sets *seq (0: nothing changed, no delta_log row) and
- *		*rows_written.
+ *		snapshot.  Sets *seq (0: nothing changed, no delta_log row),
+ *		*rows_written (KPI rows touched) and *rows_counted (rows inserted or
+ *		deleted, which change the tables' statistics).
  */
 void
 apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
-				  XLogRecPtr last_end, int64 *seq, int64 *rows_written)
+				  XLogRecPtr last_end, int64 *seq, int64 *rows_written,
+				  int64 *rows_counted)
 {
 	ApplyKpi	ak;
 	KpiArrays	a;
@@ -851,6 +858,7 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 	UnregisterSnapshot(snapshot);
 
 	*rows_written = ak.rows_written;
+	*rows_counted = ak.rows_added_or_deleted;
 	*seq = 0;
 	if (ak.rows_written == 0 && nunits == 0 && ak.nnew == 0)
 		return;

@@ -19,7 +19,8 @@
 #include "kpi.h"
 
 extern void apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
-							  XLogRecPtr last_end, int64 *seq, int64 *rows_written);
+							  XLogRecPtr last_end, int64 *seq, int64 *rows_written,
+							  int64 *rows_counted);
 extern void apply_kpi_reset(void);
 
 #endif							/* LIVEKPI_APPLY_KPI_H */
