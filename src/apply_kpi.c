@@ -9,8 +9,9 @@
  *	  SQL planned or interpreted for them.  The monthly and portfolio
  *	  roll-ups are summed from the daily deltas in memory.  Rows whose
  *	  counts reach zero are deleted; every row written gets updated_at.
- *	  The seq, the delta_log row and its retention are still SQL (prepared
- *	  once), since the delta_log row is built by livekpi._batch_deltas.
+ *	  The delta_log row is built in C too (apply_delta.c); the seq, its
+ *	  insert and delta_log's retention are three SQL statements prepared
+ *	  once.
  *
  *	  The apply worker is the only writer of these tables while it holds
  *	  the livekpi.state row lock, so rows are found with one index scan per
@@ -50,6 +51,7 @@
 #include "utils/snapmgr.h"
 #include "utils/uuid.h"
 
+#include "apply_delta.h"
 #include "apply_kpi.h"
 #include "livekpi.h"
 
@@ -137,7 +139,7 @@ typedef struct DeltaRow
 
 /* SQL of the delta_log side, prepared once per key kind. */
 static SPIPlanPtr seq_plan = NULL;
-static SPIPlanPtr deltas_plan = NULL;
+static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr barrier_plan = NULL;
 static SPIPlanPtr retention_plan = NULL;
 static char plans_key_kind = '\0';
@@ -527,28 +529,25 @@ rollup(DeltaRow *rows, int n, const KpiTable *t,
 static void
 prepare_plans(char key_kind)
 {
-	Oid			keyarr = get_array_type(kpi_key_type(key_kind));
-	Oid			deltas_types[10] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, PG_LSNOID,
-		keyarr, DATEARRAYOID, keyarr, DATEARRAYOID, TEXTARRAYOID, keyarr};
+	Oid			insert_types[6] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, PG_LSNOID,
+		JSONBOID, JSONBOID};
 	Oid			barrier_types[4] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, PG_LSNOID};
 	Oid			retention_types[4] = {INT8OID, INT4OID, TIMESTAMPTZOID, INT4OID};
 
 	apply_kpi_reset();
 	seq_plan = SPI_prepare("UPDATE livekpi.state SET last_seq = last_seq + 1 RETURNING last_seq",
 						   0, NULL);
-	deltas_plan = SPI_prepare("INSERT INTO livekpi.delta_log (seq, applied_at, committed_at, lsn, upserts, deletes) "
-							  "SELECT $1, $2, $3, $4, d.upserts, d.deletes "
-							  "FROM livekpi._batch_deltas($5, $6, $7, $8, $9, $10) AS d",
-							  10, deltas_types);
+	insert_plan = SPI_prepare("INSERT INTO livekpi.delta_log (seq, applied_at, committed_at, lsn, upserts, deletes) "
+							  "VALUES ($1, $2, $3, $4, $5, $6)", 6, insert_types);
 	barrier_plan = SPI_prepare("INSERT INTO livekpi.delta_log (seq, applied_at, committed_at, lsn, barrier) "
 							   "VALUES ($1, $2, $3, $4, true)", 4, barrier_types);
 	retention_plan = SPI_prepare("DELETE FROM livekpi.delta_log l WHERE l.seq <= $1 - $2 "
 								 "OR l.applied_at < $3 - make_interval(secs => $4)",
 								 4, retention_types);
-	if (seq_plan == NULL || deltas_plan == NULL || barrier_plan == NULL || retention_plan == NULL)
+	if (seq_plan == NULL || insert_plan == NULL || barrier_plan == NULL || retention_plan == NULL)
 		elog(ERROR, "livekpi: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 	SPI_keepplan(seq_plan);
-	SPI_keepplan(deltas_plan);
+	SPI_keepplan(insert_plan);
 	SPI_keepplan(barrier_plan);
 	SPI_keepplan(retention_plan);
 	plans_key_kind = key_kind;
@@ -557,7 +556,7 @@ prepare_plans(char key_kind)
 void
 apply_kpi_reset(void)
 {
-	SPIPlanPtr *plans[4] = {&seq_plan, &deltas_plan, &barrier_plan, &retention_plan};
+	SPIPlanPtr *plans[4] = {&seq_plan, &insert_plan, &barrier_plan, &retention_plan};
 	int			i;
 
 	for (i = 0; i < lengthof(plans); i++)
@@ -581,7 +580,6 @@ write_delta_log(ApplyKpi *ak, KpiArrays *a, char key_kind, TimestampTz last_comm
 	Datum		values[10];
 	bool		isnull;
 	int64		seq;
-	ArrayType  *p_key;
 	int			nnew = ak->nnew;
 	int			nunits;
 	Datum	   *props;
@@ -590,7 +588,7 @@ write_delta_log(ApplyKpi *ak, KpiArrays *a, char key_kind, TimestampTz last_comm
 	if (plans_key_kind != key_kind || seq_plan == NULL)
 		prepare_plans(key_kind);
 
-	/* The writes above are read by _batch_deltas. */
+	/* The writes above are read by apply_delta_build. */
 	CommandCounterIncrement();
 
 	if (SPI_execute_plan(seq_plan, NULL, NULL, false, 0) != SPI_OK_UPDATE_RETURNING ||
@@ -614,19 +612,28 @@ write_delta_log(ApplyKpi *ak, KpiArrays *a, char key_kind, TimestampTz last_comm
 	}
 	else
 	{
+		Datum	   *b_key,
+				   *b_day,
+				   *e_key,
+				   *e_day,
+				   *e_category;
+		int			nb,
+					ne,
+					n;
+
 		units = array_elements(a->u_key, ak->key_type, &nunits);
 		props = palloc(sizeof(Datum) * (nnew + nunits + 1));
 		memcpy(props, ak->new_properties, sizeof(Datum) * nnew);
 		memcpy(props + nnew, units, sizeof(Datum) * nunits);
-		p_key = construct_array(props, nnew + nunits, ak->key_type, ak->key_len,
-								ak->key_byval, ak->key_align);
-		values[4] = PointerGetDatum(a->b_key);
-		values[5] = PointerGetDatum(a->b_day);
-		values[6] = PointerGetDatum(a->e_key);
-		values[7] = PointerGetDatum(a->e_day);
-		values[8] = PointerGetDatum(a->e_category);
-		values[9] = PointerGetDatum(p_key);
-		if (SPI_execute_plan(deltas_plan, values, NULL, false, 0) != SPI_OK_INSERT)
+		b_key = array_elements(a->b_key, ak->key_type, &nb);
+		b_day = array_elements(a->b_day, DATEOID, &n);
+		e_key = array_elements(a->e_key, ak->key_type, &ne);
+		e_day = array_elements(a->e_day, DATEOID, &n);
+		e_category = array_elements(a->e_category, TEXTOID, &n);
+		apply_delta_build(key_kind, ak->key_type, b_key, b_day, nb,
+						  e_key, e_day, e_category, ne, props, nnew + nunits,
+						  &values[4], &values[5]);
+		if (SPI_execute_plan(insert_plan, values, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "livekpi: could not write delta_log");
 	}
 
