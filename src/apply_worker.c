@@ -67,8 +67,6 @@
 /* Backoff after a failed batch: doubles from the first to the last. */
 #define RETRY_FIRST_MS			100
 #define RETRY_MAX_MS			30000
-/* KPI rows inserted or deleted after which the KPI tables are analyzed. */
-#define ANALYZE_AFTER_ROWS		10000
 
 /* A decoded source transaction waiting to be applied. */
 typedef struct PendingTxn
@@ -686,20 +684,18 @@ add_change(KpiBatch *batch, PendingMessage *m)
  *		Writes a batch's coalesced deltas, its delta_log row and the next seq
  *		(none when nothing changed).
  */
-/*
- * Rows inserted into or deleted from the KPI tables since they were last
- * analyzed by the worker (see ANALYZE_AFTER_ROWS).
- */
-static int64 rows_since_analyze = 0;
-
 static void
 apply_kpi_batch(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 				XLogRecPtr last_end, int64 *seq, int64 *rows_written)
 {
 	int64		counted;
 
+	/*
+	 * No SQL joins the batch's keys with the KPI tables any more, so the
+	 * worker does not ANALYZE them after large batches: autovacuum's
+	 * statistics serve the users' queries.
+	 */
 	apply_kpi_batch_c(batch, key_kind, last_commit, last_end, seq, rows_written, &counted);
-	rows_since_analyze += counted;
 }
 
 /* What an apply transaction did, published once it committed. */
@@ -827,21 +823,6 @@ apply_pending(void)
 		tot.changes = batch.changes;
 		tot.rows_skipped = batch.skipped;
 
-		/*
-		 * Batches change the KPI tables' row counts faster than autovacuum
-		 * re-analyzes them, and _batch_deltas joins a batch's keys with
-		 * them: with stale row counts the planner once joined a 21,000-key
-		 * batch by scanning booking_daily for every key.  Updates in place
-		 * do not change the statistics, so only inserts and deletes count.
-		 */
-		if (rows_since_analyze >= ANALYZE_AFTER_ROWS)
-		{
-			if (SPI_execute("ANALYZE livekpi.booking_daily, livekpi.booking_monthly, "
-							"livekpi.expense_daily, livekpi.expense_monthly, livekpi.portfolio_monthly",
-							false, 0) != SPI_OK_UTILITY)
-				elog(ERROR, "livekpi: could not analyze the KPI tables");
-			rows_since_analyze = 0;
-		}
 	}
 
 	error_context_stack = errcallback.previous;
