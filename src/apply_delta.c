@@ -463,9 +463,12 @@ apply_delta_build(char key_kind, Oid key_type,
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	Lookup		bd,
 				bm,
+				bm_all,
 				em,
 				em_prop,
+				em_all,
 				pm,
+				pm_all,
 				pr;
 	MonthKey   *keys;
 	DateADT    *months;
@@ -490,6 +493,10 @@ apply_delta_build(char key_kind, Oid key_type,
 	lookup_open(&em, nspid, "expense_monthly", 3, snapshot);
 	lookup_open(&em_prop, nspid, "expense_monthly", 2, snapshot);
 	lookup_open(&pm, nspid, "portfolio_monthly", 1, snapshot);
+	/* every row of a property, every month (a scan keeps its key count) */
+	lookup_open(&bm_all, nspid, "booking_monthly", 1, snapshot);
+	lookup_open(&em_all, nspid, "expense_monthly", 1, snapshot);
+	lookup_open(&pm_all, nspid, "portfolio_monthly", 0, snapshot);
 	lookup_open(&pr, nspid, "properties", 1, snapshot);
 
 	/* booking_daily: the (property, day) keys of the batch, distinct already */
@@ -552,16 +559,13 @@ apply_delta_build(char key_kind, Oid key_type,
 	}
 	for (i = 0; i < np; i++)
 	{
-		Lookup	   *ls[2] = {&bm, &em_prop};
+		Lookup	   *ls[2] = {&bm_all, &em_all};
 		int			j;
 
 		for (j = 0; j < 2; j++)
 		{
 			Lookup	   *l = ls[j];
-			int			saved = l->nkeys;
 
-			/* all rows of the property: a scan on the first key column */
-			l->nkeys = 1;
 			lookup_start(l, &p_key[i]);
 			while (lookup_next(l))
 			{
@@ -574,7 +578,6 @@ apply_delta_build(char key_kind, Oid key_type,
 				keys[nkeys].month = DatumGetDateADT(col_notnull(l, "month"));
 				keys[nkeys++].category = (Datum) 0;
 			}
-			l->nkeys = saved;
 		}
 	}
 	nkeys = unique_month_keys(keys, nkeys);
@@ -688,20 +691,16 @@ apply_delta_build(char key_kind, Oid key_type,
 		months[nmonths++] = first_of_month(DatumGetDateADT(e_day[i]));
 	if (np > 0)
 	{
-		int			saved = pm.nkeys;
-
-		pm.nkeys = 0;
-		lookup_start(&pm, NULL);
-		while (lookup_next(&pm))
+		lookup_start(&pm_all, NULL);
+		while (lookup_next(&pm_all))
 		{
 			if (nmonths == capacity)
 			{
 				capacity *= 2;
 				months = repalloc(months, sizeof(DateADT) * capacity);
 			}
-			months[nmonths++] = DatumGetDateADT(col_notnull(&pm, "month"));
+			months[nmonths++] = DatumGetDateADT(col_notnull(&pm_all, "month"));
 		}
-		pm.nkeys = saved;
 	}
 	if (nmonths > 0)
 	{
@@ -817,6 +816,9 @@ apply_delta_build(char key_kind, Oid key_type,
 	lookup_close(&em);
 	lookup_close(&em_prop);
 	lookup_close(&pm);
+	lookup_close(&bm_all);
+	lookup_close(&em_all);
+	lookup_close(&pm_all);
 	lookup_close(&pr);
 	UnregisterSnapshot(snapshot);
 

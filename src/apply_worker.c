@@ -1419,11 +1419,12 @@ drop_slot_and_exit(void)
 	decoding = NULL;
 	replorigin_session_reset();
 	replorigin_session_origin = InvalidRepOriginId;
-	ReplicationSlotRelease();
-	ReplicationSlotDrop(LIVEKPI_SLOT_NAME, true);
+	/* the origin first: whoever sees the slot gone sees the origin gone */
 	StartTransactionCommand();
 	replorigin_drop_by_name(LIVEKPI_ORIGIN_NAME, true, false);
 	CommitTransactionCommand();
+	ReplicationSlotRelease();
+	ReplicationSlotDrop(LIVEKPI_SLOT_NAME, true);
 	/* exit code 1: the postmaster restarts us to wait for the extension */
 	proc_exit(1);
 }

@@ -37,6 +37,8 @@ my %keycols = (
 	expense_monthly => [qw(property_id month category)],
 	booking_daily   => [qw(property_id day)]);
 
+my %units_changed;
+
 sub round_sql
 {
 	my $sql = "BEGIN;\n";
@@ -83,22 +85,52 @@ sub round_sql
 		else
 		{
 			$sql .= "UPDATE livekpi.properties SET units = 1 + " . int(rand(4)) . " WHERE property_id = $p;\n";
+			$units_changed{$p} = 1;
 		}
 	}
 	return $sql . "COMMIT;\n";
 }
 
 my ($bad_upserts, $bad_deletes, $missing, $batches) = (0, 0, 0, 0);
+my ($units_rounds, $units_missing) = (0, 0);
 for my $round (1 .. 40)
 {
 	my $before = try_query($node, 'SELECT coalesce(max(seq), 0) FROM livekpi.delta_log');
+	%units_changed = ();
 	pause_ok($node, "round $round: pause") if $round % 4 == 0;
 	$node->safe_psql('postgres', round_sql()) for 1 .. 1 + int(rand(3));
+	if ($round % 4 == 0)
+	{
+		my $p = $node->safe_psql('postgres', 'UPDATE livekpi.properties SET units = units % 5 + 1 '
+			  . 'WHERE property_id = (SELECT property_id FROM livekpi.properties ORDER BY random() LIMIT 1) '
+			  . 'RETURNING property_id');
+		$units_changed{$p} = 1;
+	}
 	call_ok($node, 'livekpi.resume()', "round $round: resume") if $round % 4 == 0;
 	sync_ok($node, 30, "round $round: sync");
 	my $seq = try_query($node, 'SELECT coalesce(max(seq), 0) FROM livekpi.delta_log WHERE NOT barrier');
 	next if $seq <= $before;
 	$batches++;
+	# A pause puts the round in one batch: a units change resends every
+	# month of the property and of the portfolio.
+	if ($round % 4 == 0 && %units_changed)
+	{
+		my $props = join(',', sort keys %units_changed);
+		$units_rounds++;
+		my $m = try_query(
+			$node, qq{
+WITH d AS (SELECT * FROM livekpi.delta_log WHERE seq = $seq)
+SELECT (SELECT count(*) FROM d, livekpi.property_kpis v
+		WHERE v.property_id IN ($props)
+		  AND NOT coalesce(d.upserts -> 'property_kpis', '[]') \@> jsonb_build_array(to_jsonb(v)))
+	 + (SELECT count(*) FROM d, livekpi.portfolio_kpis v
+		WHERE NOT coalesce(d.upserts -> 'portfolio_kpis', '[]') \@> jsonb_build_array(to_jsonb(v)))});
+		if (($m // '-1') ne '0')
+		{
+			$units_missing++;
+			diag("round $round, seq $seq: $m rows of properties $props or of the portfolio missing after a units change");
+		}
+	}
 	# Only the newest batch can be compared with SQL now.
 	for my $view (sort keys %keycols)
 	{
@@ -130,6 +162,8 @@ cmp_ok($batches, '>=', 20, "compared $batches batches");
 is($bad_upserts, 0, 'every upsert equals to_jsonb of the SQL view row');
 is($bad_deletes, 0, 'every deleted key is gone from the view');
 is($missing, 0, 'every touched view row is in the upserts');
+cmp_ok($units_rounds, '>=', 1, "batches with a units change: $units_rounds");
+is($units_missing, 0, 'a units change resends every month of the property and the portfolio');
 check_verify($node, 'after the rounds');
 
 $node->stop;
