@@ -1082,7 +1082,13 @@ apply_txn_carefully(PendingTxn *t)
 			sk->relid = c.relid;
 			sk->sqlerrcode = edata->sqlerrcode;
 			sk->message = MemoryContextStrdup(pending_cxt, edata->message);
-			skips = lappend(skips, sk);
+			{
+				/* the list too: SPI's memory is gone after the commit */
+				MemoryContext old = MemoryContextSwitchTo(pending_cxt);
+
+				skips = lappend(skips, sk);
+				MemoryContextSwitchTo(old);
+			}
 			FreeErrorData(edata);
 		}
 		apply_errctx.msg = NULL;

@@ -374,6 +374,8 @@ call_ok($node, 'livekpi.rebuild()', 'final rebuild');
 sync_ok($node, 60);
 check_verify($node, 'after the final rebuild');
 is(status('stale'), 'f', 'not stale after the final rebuild');
+unlike(slurp_file($node->logfile), qr/terminated by signal (?!9:)\d+/,
+	'no process died of a signal other than the test\'s SIGKILLs');
 
 $node->stop;
 done_testing();
