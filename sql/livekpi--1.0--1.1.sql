@@ -2094,6 +2094,9 @@ SELECT livekpi._revoke_public();
 -- ---------------------------------------------------------------------
 -- Section F: apply path, careful mode
 -- ---------------------------------------------------------------------
+-- Nothing to change: careful mode uses skipped_changes and _mark_stale
+-- (section 0), and the C apply path writes the 1.0 KPI tables as they are
+-- (livekpi._apply_batch is no longer called but kept).
 
 -- ---------------------------------------------------------------------
 -- Final section (lead): views and functions re-created, privileges, rebuild

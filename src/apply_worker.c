@@ -17,10 +17,16 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlogutils.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "libpq/pqformat.h"
@@ -36,9 +42,13 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "storage/lwlock.h"
 #include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/numeric.h"
+#include "utils/resowner.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -47,6 +57,7 @@
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
+#include "apply_kpi.h"
 #include "change.h"
 #include "kpi.h"
 #include "livekpi.h"
@@ -56,8 +67,6 @@
 /* Backoff after a failed batch: doubles from the first to the last. */
 #define RETRY_FIRST_MS			100
 #define RETRY_MAX_MS			30000
-/* KPI rows written by one batch after which the KPI tables are analyzed. */
-#define ANALYZE_AFTER_ROWS		10000
 
 /* A decoded source transaction waiting to be applied. */
 typedef struct PendingTxn
@@ -73,9 +82,13 @@ typedef struct PendingTxn
 /* A change record, copied out of the decoder's buffer at its exact size. */
 typedef struct PendingMessage
 {
+	XLogRecPtr	lsn;			/* of the logical-decoding message */
 	int			len;
 	char		data[FLEXIBLE_ARRAY_MEMBER];
 } PendingMessage;
+
+static void open_decoding(void);
+static void publish_stale(bool stale);
 
 static LogicalDecodingContext *decoding = NULL;
 static RepOriginId origin_id = InvalidRepOriginId;
@@ -86,9 +99,38 @@ static List *pending = NIL;		/* of PendingTxn, in commit order */
 static PendingTxn *current = NULL;	/* being decoded */
 static int64 pending_changes = 0;
 
-static SPIPlanPtr apply_plan = NULL;
-static char apply_plan_key_kind = '\0';
 static TimestampTz last_batch_start = 0;
+
+/*
+ * Careful mode: set when a batch failed with an error retrying cannot cure;
+ * the pending transactions are then applied one source transaction per
+ * apply transaction and one change per subtransaction, until none is left.
+ */
+static bool careful = false;
+
+/* Scratch memory for checking change records as they are decoded. */
+static MemoryContext check_cxt = NULL;
+
+/* What the error context callback says about the work in progress. */
+typedef struct ApplyErrorContext
+{
+	PendingTxn *txn;			/* careful mode: the source transaction */
+	PendingMessage *msg;		/* careful mode: the change */
+	int			ordinal;
+	int			ntxns;			/* batch: transactions */
+	XLogRecPtr	first_commit;	/* batch: first and last commit LSN */
+	XLogRecPtr	last_commit;
+} ApplyErrorContext;
+
+static ApplyErrorContext apply_errctx;
+
+/* The outcome of a step run by try_step. */
+typedef enum StepResult
+{
+	STEP_OK,
+	STEP_RETRIED,				/* failed, logged, backed off */
+	STEP_DATA_ERROR				/* failed with an error retrying cannot cure */
+} StepResult;
 
 void
 livekpi_register_apply_worker(void)
@@ -112,6 +154,16 @@ apply_shmem_exit(int code, Datum arg)
 	if (livekpi_shared == NULL)
 		return;
 	SpinLockAcquire(&livekpi_shared->mutex);
+	if (livekpi_shared->apply_connecting)
+	{
+		/* connecting to livekpi.database failed: see wait_for_database */
+		livekpi_shared->apply_connecting = false;
+		livekpi_shared->apply_database_missing = true;
+		snprintf(livekpi_shared->last_error, LIVEKPI_ERROR_LEN,
+				 "could not connect to database \"%s\" named by livekpi.database",
+				 livekpi_database);
+		livekpi_shared->last_error_at = GetCurrentTimestamp();
+	}
 	livekpi_shared->apply_pid = 0;
 	livekpi_shared->apply_latch = NULL;
 	livekpi_shared->slot_ready = false;
@@ -162,6 +214,50 @@ record_duration(int64 us)
 
 /* ---- decoding -------------------------------------------------------- */
 
+/*
+ * change_is_readable
+ *		A record the worker cannot read (not from the capture trigger, or
+ *		damaged) must not stop the pipeline: it is left out, counted in
+ *		records_rejected and logged with its LSN.  change_decode only parses
+ *		(no locks, no buffers), so its error can be caught here without a
+ *		subtransaction.
+ */
+static bool
+change_is_readable(const char *body, int len, XLogRecPtr lsn)
+{
+	MemoryContext old = MemoryContextSwitchTo(check_cxt);
+	ErrorData  *edata = NULL;
+
+	PG_TRY();
+	{
+		Change		c;
+
+		if (len <= 0)
+			elog(ERROR, "livekpi: empty change record");
+		change_decode(body, len, &c);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(check_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+
+	if (edata != NULL)
+	{
+		ereport(LOG,
+				(errmsg("livekpi apply worker ignored a change record it cannot read at LSN %X/%X: %s",
+						LSN_FORMAT_ARGS(lsn), edata->message)));
+		SpinLockAcquire(&livekpi_shared->mutex);
+		livekpi_shared->records_rejected++;
+		SpinLockRelease(&livekpi_shared->mutex);
+	}
+	MemoryContextReset(check_cxt);
+	return edata == NULL;
+}
+
 static void
 decoding_prepare_write(LogicalDecodingContext *ctx, XLogRecPtr lsn,
 					   TransactionId xid, bool last_write)
@@ -209,9 +305,12 @@ decoding_write(LogicalDecodingContext *ctx, XLogRecPtr lsn,
 					current->has_truncate = false;
 					break;
 				}
-				if (len > 0 && body[0] == CHANGE_TRUNCATE)
+				if (!change_is_readable(body, len, lsn))
+					break;
+				if (body[0] == CHANGE_TRUNCATE)
 					current->has_truncate = true;
 				copy = palloc(offsetof(PendingMessage, data) + len);
+				copy->lsn = lsn;
 				copy->len = len;
 				memcpy(copy->data, body, len);
 				current->messages = lappend(current->messages, copy);
@@ -378,11 +477,7 @@ acquire_slot(void)
 		created = true;
 	}
 
-	decoding = CreateDecodingContext(InvalidXLogRecPtr, plugin_options(), false,
-									 reader_routine(), decoding_prepare_write,
-									 decoding_write, NULL);
-	XLogBeginRead(decoding->reader, MyReplicationSlot->data.restart_lsn);
-	set_decoding_flag(false);
+	open_decoding();
 	return created;
 }
 
@@ -402,15 +497,53 @@ setup_origin(void)
 
 /* ---- applying -------------------------------------------------------- */
 
-static bool
-extension_exists(void)
+/* What pg_extension says about livekpi. */
+typedef enum ExtensionStatus
 {
-	bool		exists;
+	EXTENSION_MISSING,
+	EXTENSION_OTHER_VERSION,	/* needs ALTER EXTENSION livekpi UPDATE */
+	EXTENSION_READY
+} ExtensionStatus;
+
+/*
+ * extension_status
+ *		Whether the extension exists in this database, and at the version
+ *		this library implements: between a restart with a new library and
+ *		ALTER EXTENSION livekpi UPDATE the SQL objects are the old ones.
+ */
+static ExtensionStatus
+extension_status(void)
+{
+	ExtensionStatus status = EXTENSION_MISSING;
+	Oid			extoid;
 
 	StartTransactionCommand();
-	exists = OidIsValid(get_extension_oid("livekpi", true));
+	extoid = get_extension_oid("livekpi", true);
+	if (OidIsValid(extoid))
+	{
+		Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
+		ScanKeyData key;
+		SysScanDesc scan;
+		HeapTuple	tup;
+
+		ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+					ObjectIdGetDatum(extoid));
+		scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+		tup = systable_getnext(scan);
+		if (HeapTupleIsValid(tup))
+		{
+			bool		isnull;
+			Datum		v = heap_getattr(tup, Anum_pg_extension_extversion,
+										 RelationGetDescr(rel), &isnull);
+
+			status = (!isnull && strcmp(TextDatumGetCString(v), LIVEKPI_VERSION) == 0) ?
+				EXTENSION_READY : EXTENSION_OTHER_VERSION;
+		}
+		systable_endscan(scan);
+		table_close(rel, AccessShareLock);
+	}
 	CommitTransactionCommand();
-	return exists;
+	return status;
 }
 
 /* Publishes whether livekpi.state says the KPIs are stale, for /healthz. */
@@ -456,30 +589,162 @@ key_kind_of(const char *key_type)
 	return KEY_TEXT;
 }
 
+/*
+ * apply_error_callback
+ *		Says which batch, source transaction and change an error comes from,
+ *		the way PostgreSQL's own apply worker names the remote transaction,
+ *		so that the log and livekpi.status point at the change at fault.
+ */
 static void
-prepare_apply_plan(char key_kind)
+apply_error_callback(void *arg)
 {
-	Oid			keyarr = get_array_type(kpi_key_type(key_kind));
-	Oid			argtypes[20] = {
-		keyarr, DATEARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
-		keyarr, DATEARRAYOID, TEXTARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, INT8ARRAYOID,
-		keyarr, TIMESTAMPTZOID, TIMESTAMPTZOID, PG_LSNOID, INT8OID, INT4OID, INT4OID
-	};
-	SPIPlanPtr	plan;
+	ApplyErrorContext *e = &apply_errctx;
 
-	if (apply_plan != NULL)
+	if (e->msg != NULL)
+		errcontext("livekpi applying change %d (message at LSN %X/%X) of the source transaction committed at LSN %X/%X",
+				   e->ordinal, LSN_FORMAT_ARGS(e->msg->lsn),
+				   LSN_FORMAT_ARGS(e->txn->commit_lsn));
+	else if (e->txn != NULL)
+		errcontext("livekpi applying the source transaction committed at LSN %X/%X",
+				   LSN_FORMAT_ARGS(e->txn->commit_lsn));
+	else if (e->ntxns > 0)
+		errcontext("livekpi applying a batch of %d source transactions committed at LSN %X/%X to %X/%X",
+				   e->ntxns, LSN_FORMAT_ARGS(e->first_commit),
+				   LSN_FORMAT_ARGS(e->last_commit));
+}
+
+/*
+ * lock_state
+ *		Locks the state row (the apply worker and rebuild() serialize on it)
+ *		and returns rebuild_lsn and the key kind.
+ */
+static XLogRecPtr
+lock_state(char *key_kind)
+{
+	bool		isnull;
+	XLogRecPtr	rebuild_lsn;
+
+	if (SPI_execute("SELECT rebuild_lsn, key_type::text FROM livekpi.state FOR UPDATE",
+					false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "livekpi: livekpi.state must have exactly one row");
+	rebuild_lsn = DatumGetLSN(SPI_getbinval(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 1, &isnull));
+	*key_kind = key_kind_of(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+	return rebuild_lsn;
+}
+
+/*
+ * check_test_failure
+ *		livekpi.test_fail_on_amount (tests only): a change carrying that
+ *		exact amount fails to apply with a data error, the kind of failure
+ *		only one change triggers.
+ */
+static void
+check_test_failure(const Change *c)
+{
+	Datum		target;
+	const ChangeImage *imgs[2];
+	int			i;
+
+	if (livekpi_test_fail_on_amount == NULL || livekpi_test_fail_on_amount[0] == '\0')
+		return;
+	target = DirectFunctionCall3(numeric_in, CStringGetDatum(livekpi_test_fail_on_amount),
+								 ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	imgs[0] = c->has_old ? &c->old : NULL;
+	imgs[1] = c->has_new ? &c->new : NULL;
+	for (i = 0; i < 2; i++)
 	{
-		SPI_freeplan(apply_plan);
-		apply_plan = NULL;
+		if (imgs[i] == NULL || imgs[i]->amount == NULL)
+			continue;
+		if (DatumGetBool(DirectFunctionCall2(numeric_eq, NumericGetDatum(imgs[i]->amount), target)))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("livekpi.test_fail_on_amount: a change with amount %s cannot be applied",
+							livekpi_test_fail_on_amount)));
 	}
-	plan = SPI_prepare("SELECT seq, rows_written FROM livekpi._apply_batch("
-					   "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
-					   "$14, $15, $16, $17, $18, $19, $20)", 20, argtypes);
-	if (plan == NULL)
-		elog(ERROR, "livekpi: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	apply_plan = plan;
-	apply_plan_key_kind = key_kind;
+}
+
+/* Adds one change record to the batch being built (read in its memory). */
+static void
+add_change(KpiBatch *batch, PendingMessage *m)
+{
+	Change		c;
+	MemoryContext old = MemoryContextSwitchTo(batch->context);
+
+	change_decode(m->data, m->len, &c);
+	MemoryContextSwitchTo(old);
+	if (c.kind == CHANGE_TRUNCATE)
+		return;
+	check_test_failure(&c);
+	kpi_batch_add(batch, &c);
+}
+
+/*
+ * apply_kpi_batch
+ *		Writes a batch's coalesced deltas, its delta_log row and the next seq
+ *		(none when nothing changed).
+ */
+static void
+apply_kpi_batch(KpiBatch *batch, char key_kind, TimestampTz last_commit,
+				XLogRecPtr last_end, int64 *seq, int64 *rows_written)
+{
+	int64		counted;
+
+	/*
+	 * No SQL joins the batch's keys with the KPI tables any more, so the
+	 * worker does not ANALYZE them after large batches: autovacuum's
+	 * statistics serve the users' queries.
+	 */
+	apply_kpi_batch_c(batch, key_kind, last_commit, last_end, seq, rows_written, &counted);
+}
+
+/* What an apply transaction did, published once it committed. */
+typedef struct ApplyTotals
+{
+	int64		seq;			/* newest seq written, 0 if none */
+	int64		seqs;			/* seqs written */
+	int64		changes;
+	int64		rows_skipped;
+	int64		rows_written;
+	int64		rebuilds;
+} ApplyTotals;
+
+/*
+ * finish_apply
+ *		Commits an apply transaction with the origin's progress, lets the
+ *		slot move on and publishes what it did.
+ */
+static void
+finish_apply(XLogRecPtr last_end, TimestampTz last_commit,
+			 TimestampTz batch_start, const ApplyTotals *tot)
+{
+	/* Progress commits with the KPI writes: this is what exactly-once means. */
+	replorigin_session_origin_lsn = last_end;
+	replorigin_session_origin_timestamp = last_commit;
+
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	LogicalConfirmReceivedLocation(last_end);
+	origin_startpos = last_end;
+	livekpi_wake_push_now();
+
+	SpinLockAcquire(&livekpi_shared->mutex);
+	if (tot->seq > 0)
+		livekpi_shared->last_seq = tot->seq;
+	livekpi_shared->batches += tot->seqs;
+	livekpi_shared->changes_applied += tot->changes;
+	livekpi_shared->rows_skipped += tot->rows_skipped;
+	livekpi_shared->rows_written += tot->rows_written;
+	livekpi_shared->rebuilds += tot->rebuilds;
+	livekpi_shared->last_batch_at = batch_start;
+	record_duration(GetCurrentTimestamp() - batch_start);
+	livekpi_shared->last_commit_time = last_commit;
+	livekpi_shared->confirmed_lsn = MyReplicationSlot->data.confirmed_flush;
+	SpinLockRelease(&livekpi_shared->mutex);
 }
 
 /*
@@ -495,14 +760,20 @@ apply_pending(void)
 	XLogRecPtr	last_end = InvalidXLogRecPtr;
 	TimestampTz last_commit = 0;
 	TimestampTz batch_start = GetCurrentTimestamp();
-	char	   *key_type;
-	bool		isnull;
+	char		key_kind;
 	bool		truncate = false;
-	int64		seq = 0;
-	int64		rows_written = 0;
-	KpiBatch	batch;
+	ApplyTotals tot = {0};
 	ListCell   *lc;
-	MemoryContext batch_cxt;
+	ErrorContextCallback errcallback;
+
+	memset(&apply_errctx, 0, sizeof(apply_errctx));
+	apply_errctx.ntxns = list_length(pending);
+	apply_errctx.first_commit = ((PendingTxn *) linitial(pending))->commit_lsn;
+	apply_errctx.last_commit = ((PendingTxn *) llast(pending))->commit_lsn;
+	errcallback.callback = apply_error_callback;
+	errcallback.arg = NULL;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -510,12 +781,7 @@ apply_pending(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "livekpi: applying a batch");
 
-	if (SPI_execute("SELECT rebuild_lsn, key_type::text FROM livekpi.state FOR UPDATE",
-					false, 0) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "livekpi: livekpi.state must have exactly one row");
-	rebuild_lsn = DatumGetLSN(SPI_getbinval(SPI_tuptable->vals[0],
-											SPI_tuptable->tupdesc, 1, &isnull));
-	key_type = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	rebuild_lsn = lock_state(&key_kind);
 
 	foreach(lc, pending)
 	{
@@ -532,16 +798,12 @@ apply_pending(void)
 		/* The rebuild counts everything committed so far, these included. */
 		if (SPI_execute("SELECT livekpi._rebuild(false)", false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "livekpi: rebuild failed");
-		SpinLockAcquire(&livekpi_shared->mutex);
-		livekpi_shared->rebuilds++;
-		SpinLockRelease(&livekpi_shared->mutex);
+		tot.rebuilds = 1;
 	}
 	else
 	{
-		char		key_kind = key_kind_of(key_type);
-		KpiArrays	a;
-		Datum		values[20];
-		char		nulls[20];
+		KpiBatch	batch;
+		MemoryContext batch_cxt;
 
 		batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "livekpi batch",
 										  ALLOCSET_DEFAULT_SIZES);
@@ -554,102 +816,325 @@ apply_pending(void)
 			if (t->commit_lsn < rebuild_lsn)
 				continue;
 			foreach(mc, t->messages)
-			{
-				PendingMessage *m = lfirst(mc);
-				Change		c;
-				MemoryContext old = MemoryContextSwitchTo(batch_cxt);
-
-				change_decode(m->data, m->len, &c);
-				MemoryContextSwitchTo(old);
-				if (c.kind == CHANGE_TRUNCATE)
-					continue;
-				kpi_batch_add(&batch, &c);
-			}
+				add_change(&batch, lfirst(mc));
 		}
-		kpi_batch_arrays(&batch, &a);
+		apply_kpi_batch(&batch, key_kind, last_commit, last_end, &tot.seq, &tot.rows_written);
+		tot.seqs = tot.seq > 0 ? 1 : 0;
+		tot.changes = batch.changes;
+		tot.rows_skipped = batch.skipped;
 
-		if (apply_plan == NULL || apply_plan_key_kind != key_kind)
-			prepare_apply_plan(key_kind);
-
-		memset(nulls, ' ', sizeof(nulls));
-		values[0] = PointerGetDatum(a.b_key);
-		values[1] = PointerGetDatum(a.b_day);
-		values[2] = PointerGetDatum(a.b_nights);
-		values[3] = PointerGetDatum(a.b_revenue);
-		values[4] = PointerGetDatum(a.b_arrivals);
-		values[5] = PointerGetDatum(a.b_cancelled);
-		values[6] = PointerGetDatum(a.e_key);
-		values[7] = PointerGetDatum(a.e_day);
-		values[8] = PointerGetDatum(a.e_category);
-		values[9] = PointerGetDatum(a.e_approved);
-		values[10] = PointerGetDatum(a.e_pending);
-		values[11] = PointerGetDatum(a.e_rejected);
-		values[12] = PointerGetDatum(a.e_count);
-		values[13] = PointerGetDatum(a.u_key);
-		values[14] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-		values[15] = TimestampTzGetDatum(last_commit);
-		values[16] = LSNGetDatum(last_end);
-		values[17] = Int64GetDatum(batch.changes);
-		values[18] = Int32GetDatum(livekpi_delta_retention);
-		values[19] = Int32GetDatum(livekpi_delta_retention_batches);
-
-		if (SPI_execute_plan(apply_plan, values, nulls, false, 0) != SPI_OK_SELECT ||
-			SPI_processed != 1)
-			elog(ERROR, "livekpi: livekpi._apply_batch() returned no row");
-		seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		if (isnull)
-			seq = 0;
-		rows_written = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-
-		/*
-		 * A large batch changes the KPI tables faster than autovacuum
-		 * re-analyzes them; with stale row counts the planner once joined
-		 * a 21,000-key batch by scanning booking_daily for every key.
-		 */
-		if (rows_written >= ANALYZE_AFTER_ROWS &&
-			SPI_execute("ANALYZE livekpi.booking_daily, livekpi.booking_monthly, "
-						"livekpi.expense_daily, livekpi.expense_monthly, livekpi.portfolio_monthly",
-						false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "livekpi: could not analyze the KPI tables");
-
-		SpinLockAcquire(&livekpi_shared->mutex);
-		livekpi_shared->changes_applied += batch.changes;
-		livekpi_shared->rows_skipped += batch.skipped;
-		SpinLockRelease(&livekpi_shared->mutex);
 	}
 
-	/* Progress commits with the KPI writes: this is what exactly-once means. */
-	replorigin_session_origin_lsn = last_end;
-	replorigin_session_origin_timestamp = last_commit;
-
-	PopActiveSnapshot();
-	SPI_finish();
-	CommitTransactionCommand();
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
-
-	LogicalConfirmReceivedLocation(last_end);
-	origin_startpos = last_end;
-	livekpi_wake_push_now();
-
-	SpinLockAcquire(&livekpi_shared->mutex);
-	if (seq > 0)
-	{
-		livekpi_shared->last_seq = seq;
-		livekpi_shared->batches++;
-	}
-	livekpi_shared->rows_written += rows_written;
-	livekpi_shared->last_batch_at = batch_start;
-	record_duration(GetCurrentTimestamp() - batch_start);
-	livekpi_shared->last_commit_time = last_commit;
-	livekpi_shared->confirmed_lsn = MyReplicationSlot->data.confirmed_flush;
-	SpinLockRelease(&livekpi_shared->mutex);
+	error_context_stack = errcallback.previous;
+	finish_apply(last_end, last_commit, batch_start, &tot);
 
 	MemoryContextReset(pending_cxt);
 	pending = NIL;
 	pending_changes = 0;
 }
 
+/* ---- careful mode ---------------------------------------------------- */
+
+/* A change careful mode skipped, recorded with the origin's progress. */
+typedef struct SkippedChange
+{
+	XLogRecPtr	message_lsn;
+	int			ordinal;
+	Oid			relid;
+	int			sqlerrcode;
+	char	   *message;
+} SkippedChange;
+
+/*
+ * raised_by_user_code
+ *		Whether the error context names a function that is not livekpi's:
+ *		a user's trigger (or a function it called) on a KPI table.  The
+ *		worker runs with search_path = pg_catalog, so every function outside
+ *		pg_catalog is printed schema-qualified.
+ */
+static bool
+raised_by_user_code(const ErrorData *edata)
+{
+	const char *p = edata->context;
+
+	while (p != NULL && (p = strstr(p, "function ")) != NULL)
+	{
+		p += strlen("function ");
+		if (*p == '"')
+			p++;
+		if (strncmp(p, "livekpi.", strlen("livekpi.")) != 0)
+			return true;
+	}
+	return false;
+}
+
+/* livekpi's own constraints: the only class 23 errors careful mode skips. */
+static bool
+own_constraint(const ErrorData *edata)
+{
+	static const char *const own[] = {
+		"booking_daily_pkey", "booking_monthly_pkey", "expense_daily_pkey",
+		"expense_monthly_pkey", "portfolio_monthly_pkey", "properties_pkey",
+		"properties_units_check", "delta_log_pkey"
+	};
+	int			i;
+
+	if (edata->schema_name == NULL || strcmp(edata->schema_name, "livekpi") != 0)
+		return false;
+	if (edata->constraint_name == NULL)
+		return edata->sqlerrcode == ERRCODE_NOT_NULL_VIOLATION;
+	for (i = 0; i < lengthof(own); i++)
+		if (strcmp(edata->constraint_name, own[i]) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * is_data_error
+ *		An error retrying cannot cure, caused by the data of a change (SPEC
+ *		section 5): SQLSTATE classes 22 and 54, and 23 from livekpi's own
+ *		constraints.  Everything else is retried with backoff: 40, 53, 55P03,
+ *		57, 58, XX, a unique violation on livekpi.properties (a user adding
+ *		the same property concurrently), and whatever users' own triggers
+ *		and constraints on the KPI tables raise.
+ */
+static bool
+is_data_error(const ErrorData *edata)
+{
+	int			category = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
+
+	if (raised_by_user_code(edata))
+		return false;
+	if (category == ERRCODE_DATA_EXCEPTION || category == ERRCODE_PROGRAM_LIMIT_EXCEEDED)
+		return true;
+	if (category == ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION)
+	{
+		if (edata->sqlerrcode == ERRCODE_UNIQUE_VIOLATION &&
+			edata->table_name != NULL && strcmp(edata->table_name, "properties") == 0)
+			return false;
+		return own_constraint(edata);
+	}
+	return false;
+}
+
+/*
+ * apply_change_alone
+ *		Applies one change as a batch of its own in a subtransaction.
+ *		Returns NULL when it applied, else the error (the subtransaction is
+ *		rolled back).
+ */
+static ErrorData *
+apply_change_alone(PendingMessage *m, PendingTxn *t, char key_kind, ApplyTotals *tot)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		KpiBatch	batch;
+		int64		seq;
+		int64		rows;
+
+		kpi_batch_init(&batch, key_kind,
+					   AllocSetContextCreate(CurTransactionContext, "livekpi change",
+											 ALLOCSET_SMALL_SIZES));
+		add_change(&batch, m);
+		apply_kpi_batch(&batch, key_kind, t->commit_time, t->end_lsn, &seq, &rows);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+
+		if (seq > 0)
+		{
+			tot->seq = seq;
+			tot->seqs++;
+		}
+		tot->rows_written += rows;
+		tot->changes += batch.changes;
+		tot->rows_skipped += batch.skipped;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_END_TRY();
+	return edata;
+}
+
+/* Records a skipped change and marks the KPIs stale, in the apply transaction. */
+static void
+record_skip(PendingTxn *t, SkippedChange *sk)
+{
+	Oid			argtypes[6] = {PG_LSNOID, PG_LSNOID, INT4OID, OIDOID, TEXTOID, TEXTOID};
+	Datum		values[6];
+	char		reason[128];
+
+	values[0] = LSNGetDatum(t->commit_lsn);
+	values[1] = LSNGetDatum(sk->message_lsn);
+	values[2] = Int32GetDatum(sk->ordinal);
+	values[3] = ObjectIdGetDatum(sk->relid);
+	values[4] = CStringGetTextDatum(unpack_sql_state(sk->sqlerrcode));
+	values[5] = CStringGetTextDatum(sk->message);
+	if (SPI_execute_with_args("INSERT INTO livekpi.skipped_changes "
+							  "(commit_lsn, message_lsn, ordinal, relid, sqlstate, message) "
+							  "VALUES ($1, $2, $3, $4, $5, $6)",
+							  6, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "livekpi: could not record a skipped change");
+
+	snprintf(reason, sizeof(reason), "a source change was skipped at LSN %X/%X",
+			 LSN_FORMAT_ARGS(sk->message_lsn));
+	argtypes[0] = TEXTOID;
+	values[0] = CStringGetTextDatum(reason);
+	if (SPI_execute_with_args("SELECT livekpi._mark_stale($1)", 1, argtypes, values,
+							  NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "livekpi: could not mark the KPIs stale");
+}
+
+/*
+ * apply_txn_carefully
+ *		Applies one source transaction in one apply transaction, each change
+ *		in its own subtransaction, not coalesced.  A change that fails alone
+ *		with a data error is skipped and recorded in the transaction that
+ *		moves the origin past it; nothing else about the search is kept, so
+ *		after a crash the same input gives the same decision.  Two changes in
+ *		a row failing with the same SQLSTATE are taken for a systemic fault:
+ *		nothing is skipped and the transaction is retried after a backoff.
+ */
+static void
+apply_txn_carefully(PendingTxn *t)
+{
+	TimestampTz batch_start = GetCurrentTimestamp();
+	XLogRecPtr	rebuild_lsn;
+	char		key_kind;
+	ApplyTotals tot = {0};
+	List	   *skips = NIL;
+	ListCell   *lc;
+	ErrorContextCallback errcallback;
+
+	memset(&apply_errctx, 0, sizeof(apply_errctx));
+	apply_errctx.txn = t;
+	errcallback.callback = apply_error_callback;
+	errcallback.arg = NULL;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "livekpi: applying a transaction carefully");
+
+	rebuild_lsn = lock_state(&key_kind);
+
+	if (t->commit_lsn >= rebuild_lsn && t->has_truncate)
+	{
+		if (SPI_execute("SELECT livekpi._rebuild(false)", false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "livekpi: rebuild failed");
+		tot.rebuilds = 1;
+	}
+	else if (t->commit_lsn >= rebuild_lsn)
+	{
+		int			ordinal = 0;
+		int			previous_failure = 0;
+		int			previous_ordinal = 0;
+
+		foreach(lc, t->messages)
+		{
+			PendingMessage *m = lfirst(lc);
+			ErrorData  *edata;
+			SkippedChange *sk;
+			Change		c;
+
+			ordinal++;
+			apply_errctx.msg = m;
+			apply_errctx.ordinal = ordinal;
+			edata = apply_change_alone(m, t, key_kind, &tot);
+			if (edata == NULL)
+			{
+				previous_failure = 0;
+				continue;
+			}
+			if (!is_data_error(edata))
+				ReThrowError(edata);
+			if (previous_failure == edata->sqlerrcode && previous_ordinal == ordinal - 1)
+				ereport(ERROR,
+						(errcode(edata->sqlerrcode),
+						 errmsg("livekpi: changes %d and %d of one source transaction failed with the same SQLSTATE %s; not skipping what looks systemic: %s",
+								previous_ordinal, ordinal, unpack_sql_state(edata->sqlerrcode),
+								edata->message),
+						 errhint("Fix the cause; the worker retries with backoff.")));
+			previous_failure = edata->sqlerrcode;
+			previous_ordinal = ordinal;
+
+			change_decode(m->data, m->len, &c);
+			/* kept past the commit, for the log */
+			sk = MemoryContextAlloc(pending_cxt, sizeof(SkippedChange));
+			sk->message_lsn = m->lsn;
+			sk->ordinal = ordinal;
+			sk->relid = c.relid;
+			sk->sqlerrcode = edata->sqlerrcode;
+			sk->message = MemoryContextStrdup(pending_cxt, edata->message);
+			{
+				/* the list too: SPI's memory is gone after the commit */
+				MemoryContext old = MemoryContextSwitchTo(pending_cxt);
+
+				skips = lappend(skips, sk);
+				MemoryContextSwitchTo(old);
+			}
+			FreeErrorData(edata);
+		}
+		apply_errctx.msg = NULL;
+		foreach(lc, skips)
+			record_skip(t, lfirst(lc));
+	}
+	tot.rows_skipped += list_length(skips);
+	error_context_stack = errcallback.previous;
+	finish_apply(t->end_lsn, t->commit_time, batch_start, &tot);
+
+	/* Logged once it is decided for good, i.e. committed. */
+	foreach(lc, skips)
+	{
+		SkippedChange *sk = lfirst(lc);
+
+		ereport(WARNING,
+				(errcode(sk->sqlerrcode),
+				 errmsg("livekpi skipped the source change at LSN %X/%X: %s",
+						LSN_FORMAT_ARGS(sk->message_lsn), sk->message),
+				 errdetail("Change %d of the source transaction committed at LSN %X/%X (table OID %u) fails alone with SQLSTATE %s; it is recorded in livekpi.skipped_changes.",
+						   sk->ordinal, LSN_FORMAT_ARGS(t->commit_lsn), sk->relid,
+						   unpack_sql_state(sk->sqlerrcode)),
+				 errhint("The KPIs are stale until livekpi.rebuild().")));
+	}
+	if (skips != NIL)
+		publish_stale(true);
+}
+
+/*
+ * apply_carefully
+ *		Careful mode: the pending transactions, one apply transaction each,
+ *		until none is left; then batches resume.
+ */
+static void
+apply_carefully(void)
+{
+	while (pending != NIL)
+	{
+		apply_txn_carefully(linitial(pending));
+		pending = list_delete_first(pending);
+		CHECK_FOR_INTERRUPTS();
+	}
+	careful = false;
+	MemoryContextReset(pending_cxt);
+	pending_changes = 0;
+}
 /*
  * run_rebuild
  *		The worker's own rebuild, after it (re)created its slot: the KPI
@@ -697,8 +1182,12 @@ wait_backoff(int ms)
 						 remaining, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
+		/* a changed setting may be the cure: try again at once */
 		if (ConfigReloadPending)
+		{
 			reload_config();
+			return;
+		}
 		SpinLockAcquire(&livekpi_shared->mutex);
 		paused = livekpi_shared->paused;
 		SpinLockRelease(&livekpi_shared->mutex);
@@ -712,18 +1201,19 @@ wait_backoff(int ms)
  *		Runs one step that may fail for reasons outside livekpi (a lock
  *		timeout, a full disk, a user's constraint on livekpi.properties):
  *		the error is logged and published, the transaction rolled back,
- *		and the same changes are tried again after a backoff.
+ *		and the same changes are tried again after a backoff.  When
+ *		data_errors is set, an error retrying cannot cure (is_data_error)
+ *		returns STEP_DATA_ERROR at once instead, for careful mode.
  */
-static bool
-try_step(void (*step) (void), int *backoff_ms)
+static StepResult
+try_step(void (*step) (void), int *backoff_ms, bool data_errors)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
-	volatile bool ok = false;
+	volatile StepResult result = STEP_OK;
 
 	PG_TRY();
 	{
 		step();
-		ok = true;
 	}
 	PG_CATCH();
 	{
@@ -732,34 +1222,183 @@ try_step(void (*step) (void), int *backoff_ms)
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		/* The prepared plan may belong to dropped objects; make it anew. */
-		apply_plan = NULL;
 		AbortCurrentTransaction();
+		/* The prepared plans may belong to dropped objects; make them anew. */
+		apply_kpi_reset();
 		MemoryContextSwitchTo(oldcxt);
-		ereport(LOG,
-				(errmsg("livekpi apply worker failed, will retry: %s", edata->message)));
+		memset(&apply_errctx, 0, sizeof(apply_errctx));
+		if (data_errors && is_data_error(edata))
+		{
+			result = STEP_DATA_ERROR;
+			ereport(LOG,
+					(errmsg("livekpi apply worker: a batch failed with an error retrying cannot cure; applying its transactions one change at a time: %s",
+							edata->message),
+					 edata->context ? errcontext_msg("%s", edata->context) : 0));
+		}
+		else
+		{
+			result = STEP_RETRIED;
+			ereport(LOG,
+					(errmsg("livekpi apply worker failed, will retry: %s", edata->message),
+					 edata->context ? errcontext_msg("%s", edata->context) : 0));
+		}
 		record_error(edata->message);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
 
-	if (ok)
-	{
+	if (result == STEP_OK)
 		*backoff_ms = 0;
-		return true;
+	else if (result == STEP_RETRIED)
+	{
+		*backoff_ms = *backoff_ms == 0 ? RETRY_FIRST_MS : Min(*backoff_ms * 2, RETRY_MAX_MS);
+		livekpi_set_apply_state("retrying");
+		wait_backoff(*backoff_ms);
 	}
+	return result;
+}
+
+/*
+ * open_decoding
+ *		A decoding context that reads the slot from its restart point; the
+ *		origin then tells which transactions were applied already.
+ */
+static void
+open_decoding(void)
+{
+	decoding = CreateDecodingContext(InvalidXLogRecPtr, plugin_options(), false,
+									 reader_routine(), decoding_prepare_write,
+									 decoding_write, NULL);
+	XLogBeginRead(decoding->reader, MyReplicationSlot->data.restart_lsn);
+	set_decoding_flag(false);
+}
+
+/*
+ * try_decode
+ *		decode_until, where an error (a WAL read failure, an output plugin
+ *		error) is logged, published and retried with backoff from the slot's
+ *		restart point with a fresh decoding context, never a crash loop
+ *		restarting into the same WAL every second.  Returns whether decoding
+ *		stopped early (more to read) in *more.
+ */
+static bool
+try_decode(XLogRecPtr end_of_wal, bool *more, int *backoff_ms)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile bool ok = false;
+
+	PG_TRY();
+	{
+		*more = decode_until(end_of_wal, livekpi_max_batch_changes);
+		ok = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		XLogRecPtr	at = decoding->reader->ReadRecPtr;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		LWLockReleaseAll();
+		AbortOutOfAnyTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		set_decoding_flag(false);
+		ereport(LOG,
+				(errmsg("livekpi apply worker could not decode the WAL near LSN %X/%X, will retry: %s",
+						LSN_FORMAT_ARGS(at), edata->message)));
+		record_error(edata->message);
+		FreeErrorData(edata);
+
+		FreeDecodingContext(decoding);
+		decoding = NULL;
+		MemoryContextReset(pending_cxt);
+		pending = NIL;
+		current = NULL;
+		pending_changes = 0;
+		careful = false;
+		open_decoding();
+		RESUME_INTERRUPTS();
+	}
+	PG_END_TRY();
+
+	if (ok)
+		return true;
 	*backoff_ms = *backoff_ms == 0 ? RETRY_FIRST_MS : Min(*backoff_ms * 2, RETRY_MAX_MS);
 	livekpi_set_apply_state("retrying");
 	wait_backoff(*backoff_ms);
 	return false;
 }
 
+/*
+ * wait_for_extension
+ *		Waits until the extension exists at this library's version.  Changes
+ *		committed meanwhile wait in the slot (the capture trigger keeps
+ *		writing them).
+ */
 static void
 wait_for_extension(void)
 {
-	livekpi_set_apply_state("waiting for extension");
-	while (!extension_exists())
+	ExtensionStatus status;
+
+	while ((status = extension_status()) != EXTENSION_READY)
 	{
+		livekpi_set_apply_state(status == EXTENSION_MISSING ? "waiting for extension" :
+								"needs ALTER EXTENSION livekpi UPDATE");
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 status == EXTENSION_MISSING ? 5000 : IDLE_TIMEOUT_MS,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+			reload_config();
+	}
+}
+
+/*
+ * wait_for_database
+ *		livekpi.database did not exist when this worker last tried to
+ *		connect (the connection attempt ended in FATAL).  Instead of failing
+ *		to connect every second, connect to no database, say so once, and
+ *		watch pg_database; exit when the database appears, so that the
+ *		postmaster restarts the worker, which then connects to it.
+ */
+static void
+wait_for_database(void)
+{
+	char		message[LIVEKPI_ERROR_LEN];
+
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	SpinLockAcquire(&livekpi_shared->mutex);
+	livekpi_shared->apply_connecting = false;
+	SpinLockRelease(&livekpi_shared->mutex);
+
+	snprintf(message, sizeof(message),
+			 "database \"%s\" named by livekpi.database does not exist", livekpi_database);
+	ereport(LOG,
+			(errmsg("livekpi apply worker waits: %s", message),
+			 errhint("Create the database, or set livekpi.database and restart the server.")));
+	record_error(message);
+	livekpi_set_apply_state("waiting for database");
+
+	for (;;)
+	{
+		bool		exists;
+
+		StartTransactionCommand();
+		exists = OidIsValid(get_database_oid(livekpi_database, true));
+		CommitTransactionCommand();
+		if (exists)
+		{
+			SpinLockAcquire(&livekpi_shared->mutex);
+			livekpi_shared->apply_database_missing = false;
+			SpinLockRelease(&livekpi_shared->mutex);
+			ereport(LOG,
+					(errmsg("livekpi apply worker: database \"%s\" exists now; restarting to connect to it",
+							livekpi_database)));
+			proc_exit(1);
+		}
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 5000, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
@@ -786,11 +1425,12 @@ drop_slot_and_exit(void)
 	decoding = NULL;
 	replorigin_session_reset();
 	replorigin_session_origin = InvalidRepOriginId;
-	ReplicationSlotRelease();
-	ReplicationSlotDrop(LIVEKPI_SLOT_NAME, true);
+	/* the origin first: whoever sees the slot gone sees the origin gone */
 	StartTransactionCommand();
 	replorigin_drop_by_name(LIVEKPI_ORIGIN_NAME, true, false);
 	CommitTransactionCommand();
+	ReplicationSlotRelease();
+	ReplicationSlotDrop(LIVEKPI_SLOT_NAME, true);
 	/* exit code 1: the postmaster restarts us to wait for the extension */
 	proc_exit(1);
 }
@@ -822,18 +1462,31 @@ livekpi_apply_main(Datum main_arg)
 	int			backoff_ms = 0;
 	TimestampTz last_extension_check = 0;
 	bool		created;
+	bool		database_missing;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+
+	on_shmem_exit(apply_shmem_exit, (Datum) 0);
+	SpinLockAcquire(&livekpi_shared->mutex);
+	database_missing = livekpi_shared->apply_database_missing;
+	livekpi_shared->apply_connecting = true;
+	livekpi_shared->apply_pid = MyProcPid;
+	SpinLockRelease(&livekpi_shared->mutex);
+	if (database_missing)
+		wait_for_database();
 	BackgroundWorkerInitializeConnection(livekpi_database, NULL, 0);
+	SpinLockAcquire(&livekpi_shared->mutex);
+	livekpi_shared->apply_connecting = false;
+	SpinLockRelease(&livekpi_shared->mutex);
+
 	SetConfigOption("TimeZone", "UTC", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("search_path", "pg_catalog", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("application_name", "livekpi apply", PGC_SUSET, PGC_S_OVERRIDE);
 	allow_own_output_plugin();
 	apply_decoding_work_mem();
 
-	on_shmem_exit(apply_shmem_exit, (Datum) 0);
 	SpinLockAcquire(&livekpi_shared->mutex);
 	livekpi_shared->apply_pid = MyProcPid;
 	livekpi_shared->apply_latch = MyLatch;
@@ -842,13 +1495,15 @@ livekpi_apply_main(Datum main_arg)
 
 	pending_cxt = AllocSetContextCreate(TopMemoryContext, "livekpi pending changes",
 										ALLOCSET_DEFAULT_SIZES);
+	check_cxt = AllocSetContextCreate(TopMemoryContext, "livekpi record check",
+									  ALLOCSET_SMALL_SIZES);
 
 	wait_for_extension();
 	setup_origin();
 	created = acquire_slot();
 	if (created)
 	{
-		while (!try_step(run_rebuild, &backoff_ms))
+		while (try_step(run_rebuild, &backoff_ms, false) != STEP_OK)
 			;
 	}
 
@@ -871,9 +1526,13 @@ livekpi_apply_main(Datum main_arg)
 		now = GetCurrentTimestamp();
 		if (TimestampDifferenceExceeds(last_extension_check, now, IDLE_TIMEOUT_MS))
 		{
-			if (!extension_exists())
+			ExtensionStatus status = extension_status();
+
+			if (status == EXTENSION_MISSING)
 				drop_slot_and_exit();
-			(void) try_step(refresh_stale, &backoff_ms);
+			if (status == EXTENSION_OTHER_VERSION)
+				wait_for_extension();
+			(void) try_step(refresh_stale, &backoff_ms, false);
 			last_extension_check = now;
 		}
 
@@ -909,16 +1568,29 @@ livekpi_apply_main(Datum main_arg)
 		if (pending == NIL)
 		{
 			livekpi_set_apply_state("streaming");
-			more = decode_until(end_of_wal, livekpi_max_batch_changes);
+			if (!try_decode(end_of_wal, &more, &backoff_ms))
+				continue;
 		}
 		else
 			more = true;
 
-		if (pending != NIL)
+		if (pending != NIL && careful)
 		{
 			last_batch_start = now;
+			livekpi_set_apply_state("applying carefully");
+			if (try_step(apply_carefully, &backoff_ms, false) != STEP_OK)
+				continue;
+		}
+		else if (pending != NIL)
+		{
+			StepResult result;
+
+			last_batch_start = now;
 			livekpi_set_apply_state("applying");
-			if (!try_step(apply_pending, &backoff_ms))
+			result = try_step(apply_pending, &backoff_ms, true);
+			if (result == STEP_DATA_ERROR)
+				careful = true;
+			if (result != STEP_OK)
 				continue;
 		}
 		else if (decoding->reader->EndRecPtr > MyReplicationSlot->data.confirmed_flush &&

@@ -48,6 +48,7 @@ char	   *livekpi_ssl_cert_file = NULL;
 char	   *livekpi_ssl_key_file = NULL;
 char	   *livekpi_allowed_origins = NULL;
 char	   *livekpi_currency = NULL;
+char	   *livekpi_test_fail_on_amount = NULL;
 
 /*
  * check_timezone_name
@@ -231,6 +232,19 @@ livekpi_define_gucs(void)
 							   "USD",
 							   PGC_SIGHUP, 0,
 							   check_currency, NULL, NULL);
+
+	/*
+	 * For tests only: the apply of a change with this exact amount raises a
+	 * data error (SQLSTATE 22003), so that the careful mode can be tested
+	 * with a fault only one change triggers.
+	 */
+	DefineCustomStringVariable("livekpi.test_fail_on_amount",
+							   gettext_noop("Test only: applying a change with this amount fails with a data error."),
+							   NULL,
+							   &livekpi_test_fail_on_amount,
+							   "",
+							   PGC_SUSET, GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("livekpi");
 

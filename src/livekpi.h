@@ -26,6 +26,13 @@
 #define LIVEKPI_MESSAGE_PREFIX	"livekpi"
 
 /*
+ * The SQL version this library implements: the apply worker waits, with
+ * state "needs ALTER EXTENSION livekpi UPDATE", while pg_extension says
+ * another one (a restart with a new library before the update).
+ */
+#define LIVEKPI_VERSION			"1.1"
+
+/*
  * Upper bounds (ms) of the batch-duration histogram buckets published for
  * /metrics; the last bucket is +Inf.
  */
@@ -33,7 +40,7 @@
 #define LIVEKPI_DURATION_BOUNDS_MS {1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000}
 
 /* Size of the text buffers published in shared memory. */
-#define LIVEKPI_STATE_LEN		32
+#define LIVEKPI_STATE_LEN		48
 #define LIVEKPI_ERROR_LEN		512
 
 /* GUC variables (guc.c) */
@@ -55,6 +62,7 @@ extern char *livekpi_ssl_cert_file;
 extern char *livekpi_ssl_key_file;
 extern char *livekpi_allowed_origins;
 extern char *livekpi_currency;
+extern char *livekpi_test_fail_on_amount;
 
 extern void livekpi_define_gucs(void);
 
@@ -95,6 +103,8 @@ typedef struct LiveKpiShared
 	XLogRecPtr	rejected_upto;
 	XLogRecPtr	rejected_nontx_upto;
 	bool		stale;			/* state.stale_reason is set: KPIs inexact */
+	bool		apply_connecting;	/* between start and database connection */
+	bool		apply_database_missing; /* livekpi.database did not exist */
 	char		last_error[LIVEKPI_ERROR_LEN];
 	TimestampTz last_error_at;
 	int64		batch_duration_counts[LIVEKPI_DURATION_BUCKETS];	/* not cumulative */

@@ -74,10 +74,16 @@ sub livekpi_node
 sub try_query
 {
 	my ($node, $sql, $timeout) = @_;
-	my ($rc, $out, $err) = $node->psql(
-		'postgres', $sql,
-		timeout => $timeout // 60,
-		on_error_stop => 1);
+	my ($rc, $out, $err);
+	# psql may exit before it reads its input while the server restarts
+	# after a crash; IPC::Run then dies with "Broken pipe"
+	eval {
+		($rc, $out, $err) = $node->psql(
+			'postgres', $sql,
+			timeout => $timeout // 60,
+			on_error_stop => 1);
+		1;
+	} or return undef;
 	return undef if $rc != 0;
 	return $out;
 }

@@ -1,0 +1,827 @@
+/*-------------------------------------------------------------------------
+ *
+ * apply_delta.c
+ *	  The delta_log row of a batch, built in C after the batch's writes:
+ *	  for each of the four SPEC section 7 views, the rows the batch touched
+ *	  that still exist ("upserts": to_jsonb of the view row) and the keys of
+ *	  those that no longer do ("deletes").  The same rows the SQL function
+ *	  livekpi._batch_deltas computes, without planning or interpreting SQL:
+ *	  table rows are read through their primary keys, and view rows are
+ *	  computed from them with the same functions the view definitions call
+ *	  (numeric division and round, integer products, greatest), then turned
+ *	  into JSON by to_jsonb itself, so that numbers and timestamps print
+ *	  exactly as in SQL.  The view definitions are in sql/parts/10_core.sql
+ *	  (_install_key_type); a change there must be made here too (the push
+ *	  protocol tests compare the two).
+ *
+ * Copyright (c) 2026, livekpi authors
+ *
+ * src/apply_delta.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/relscan.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/tuptable.h"
+#include "nodes/makefuncs.h"
+#include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/datetime.h"
+#include "utils/fmgroids.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "apply_delta.h"
+
+/* A primary-key index scan over the first nkeys key columns. */
+typedef struct Lookup
+{
+	Relation	rel;
+	Relation	index;
+	IndexScanDesc scan;
+	ScanKeyData skey[3];
+	int			nkeys;
+	TupleTableSlot *slot;
+} Lookup;
+
+/* The rows of one view for the delta. */
+typedef struct ViewDelta
+{
+	const char *name;
+	List	   *upserts;		/* of Jsonb * */
+	List	   *deletes;		/* of Jsonb * */
+} ViewDelta;
+
+enum
+{
+	V_PROPERTY_KPIS,
+	V_PORTFOLIO_KPIS,
+	V_EXPENSE_MONTHLY,
+	V_BOOKING_DAILY,
+	V_COUNT
+};
+
+/* A (key, month[, category]) to look at. */
+typedef struct MonthKey
+{
+	Datum		key;
+	DateADT		month;
+	Datum		category;
+} MonthKey;
+
+static char sort_key_kind;
+
+/* ---- small helpers ---------------------------------------------------- */
+
+/*
+ * to_jsonb_of
+ *		to_jsonb(value) of a value of the given type, through the SQL
+ *		function itself (it takes the type from its call expression).
+ */
+static Jsonb *
+to_jsonb_of(Oid type, Datum value)
+{
+	static struct
+	{
+		Oid			type;
+		FmgrInfo	finfo;
+	}			cache[16];
+	static int	ncache = 0;
+	int			i;
+
+	for (i = 0; i < ncache; i++)
+		if (cache[i].type == type)
+			return DatumGetJsonbP(FunctionCall1(&cache[i].finfo, value));
+	if (ncache == lengthof(cache))
+		ncache = 0;				/* view row types change with the key type */
+	i = ncache++;
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		cache[i].type = InvalidOid;
+		fmgr_info_cxt(F_TO_JSONB, &cache[i].finfo, TopMemoryContext);
+		cache[i].finfo.fn_expr = (Node *)
+			makeFuncExpr(F_TO_JSONB, JSONBOID,
+						 list_make1(makeNullConst(type, -1, InvalidOid)),
+						 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+		cache[i].type = type;
+		MemoryContextSwitchTo(old);
+	}
+	return DatumGetJsonbP(FunctionCall1(&cache[i].finfo, value));
+}
+
+static void
+push_binary(JsonbParseState **st, JsonbIteratorToken tok, Jsonb *jb)
+{
+	JsonbValue	v;
+
+	v.type = jbvBinary;
+	v.val.binary.data = &jb->root;
+	v.val.binary.len = VARSIZE(jb) - VARHDRSZ;
+	(void) pushJsonbValue(st, tok, &v);
+}
+
+static void
+push_key(JsonbParseState **st, const char *name)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = (char *) name;
+	v.val.string.len = strlen(name);
+	(void) pushJsonbValue(st, WJB_KEY, &v);
+}
+
+/* A key object such as {"property_id": 1, "month": "2026-01-01"}. */
+static Jsonb *
+key_object(int n, const char *const *names, const Oid *types, const Datum *values)
+{
+	JsonbParseState *st = NULL;
+	JsonbValue *res;
+	int			i;
+
+	(void) pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	for (i = 0; i < n; i++)
+	{
+		push_key(&st, names[i]);
+		push_binary(&st, WJB_VALUE, to_jsonb_of(types[i], values[i]));
+	}
+	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(res);
+}
+
+/* {"view": [row, ...], ...} of the views with something to say. */
+static Datum
+views_object(ViewDelta *views, bool upserts)
+{
+	JsonbParseState *st = NULL;
+	JsonbValue *res;
+	int			i;
+
+	(void) pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	for (i = 0; i < V_COUNT; i++)
+	{
+		List	   *rows = upserts ? views[i].upserts : views[i].deletes;
+		ListCell   *lc;
+
+		if (rows == NIL)
+			continue;
+		push_key(&st, views[i].name);
+		(void) pushJsonbValue(&st, WJB_BEGIN_ARRAY, NULL);
+		foreach(lc, rows)
+			push_binary(&st, WJB_ELEM, lfirst(lc));
+		(void) pushJsonbValue(&st, WJB_END_ARRAY, NULL);
+	}
+	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	return JsonbPGetDatum(JsonbValueToJsonb(res));
+}
+
+static void
+lookup_open(Lookup *l, Oid nspid, const char *name, int nkeys, Snapshot snapshot)
+{
+	Oid			relid = get_relname_relid(name, nspid);
+	int			i;
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "livekpi: table livekpi.%s is missing", name);
+	l->rel = table_open(relid, AccessShareLock);
+	l->index = index_open(RelationGetPrimaryKeyIndex(l->rel), AccessShareLock);
+	l->nkeys = nkeys;
+	for (i = 0; i < nkeys; i++)
+	{
+		Oid			intype = l->index->rd_opcintype[i];
+		Oid			op = get_opfamily_member(l->index->rd_opfamily[i], intype, intype,
+											 BTEqualStrategyNumber);
+
+		ScanKeyEntryInitialize(&l->skey[i], 0, i + 1, BTEqualStrategyNumber, intype,
+							   l->index->rd_indcollation[i], get_opcode(op), (Datum) 0);
+	}
+	l->scan = index_beginscan(l->rel, l->index, snapshot, nkeys, 0);
+	l->slot = table_slot_create(l->rel, NULL);
+}
+
+static void
+lookup_close(Lookup *l)
+{
+	index_endscan(l->scan);
+	ExecDropSingleTupleTableSlot(l->slot);
+	index_close(l->index, AccessShareLock);
+	table_close(l->rel, AccessShareLock);
+}
+
+/* Positions the scan on the keys; then lookup_next gives the rows. */
+static void
+lookup_start(Lookup *l, const Datum *keys)
+{
+	int			i;
+
+	for (i = 0; i < l->nkeys; i++)
+		l->skey[i].sk_argument = keys[i];
+	index_rescan(l->scan, l->skey, l->nkeys, NULL, 0);
+}
+
+static bool
+lookup_next(Lookup *l)
+{
+	return index_getnext_slot(l->scan, ForwardScanDirection, l->slot);
+}
+
+static bool
+lookup(Lookup *l, const Datum *keys)
+{
+	lookup_start(l, keys);
+	return lookup_next(l);
+}
+
+static Datum
+col(Lookup *l, const char *name, bool *isnull)
+{
+	TupleDesc	desc = RelationGetDescr(l->rel);
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+		if (strcmp(NameStr(TupleDescAttr(desc, i)->attname), name) == 0 &&
+			!TupleDescAttr(desc, i)->attisdropped)
+			return slot_getattr(l->slot, i + 1, isnull);
+	elog(ERROR, "livekpi: column %s.%s is missing", RelationGetRelationName(l->rel), name);
+	return (Datum) 0;			/* keep compiler quiet */
+}
+
+static Datum
+col_notnull(Lookup *l, const char *name)
+{
+	bool		isnull;
+	Datum		v = col(l, name, &isnull);
+
+	if (isnull)
+		elog(ERROR, "livekpi: NULL in livekpi.%s.%s", RelationGetRelationName(l->rel), name);
+	return v;
+}
+
+static int
+key_compare(Datum a, Datum b, char kind)
+{
+	switch (kind)
+	{
+		case KEY_INT:
+			return DatumGetInt64(a) < DatumGetInt64(b) ? -1 :
+				(DatumGetInt64(a) > DatumGetInt64(b) ? 1 : 0);
+		case KEY_UUID:
+			return memcmp(DatumGetUUIDP(a)->data, DatumGetUUIDP(b)->data, UUID_LEN);
+		default:
+			{
+				text	   *x = DatumGetTextPP(a);
+				text	   *y = DatumGetTextPP(b);
+				int			lx = VARSIZE_ANY_EXHDR(x);
+				int			ly = VARSIZE_ANY_EXHDR(y);
+				int			c = memcmp(VARDATA_ANY(x), VARDATA_ANY(y), Min(lx, ly));
+
+				return c != 0 ? c : (lx < ly ? -1 : (lx > ly ? 1 : 0));
+			}
+	}
+}
+
+static int
+month_key_cmp(const void *pa, const void *pb)
+{
+	const MonthKey *a = pa;
+	const MonthKey *b = pb;
+	int			c = key_compare(a->key, b->key, sort_key_kind);
+
+	if (c != 0)
+		return c;
+	if (a->month != b->month)
+		return a->month < b->month ? -1 : 1;
+	if (a->category == (Datum) 0 || b->category == (Datum) 0)
+		return 0;
+	return key_compare(a->category, b->category, KEY_TEXT);
+}
+
+static int
+month_date_cmp(const void *pa, const void *pb)
+{
+	DateADT		a = *(const DateADT *) pa;
+	DateADT		b = *(const DateADT *) pb;
+
+	return a < b ? -1 : (a > b ? 1 : 0);
+}
+
+/* Sorts and removes duplicates; returns the new count. */
+static int
+unique_month_keys(MonthKey *k, int n)
+{
+	int			out = 0;
+	int			i;
+
+	if (n == 0)
+		return 0;
+	qsort(k, n, sizeof(MonthKey), month_key_cmp);
+	for (i = 1; i < n; i++)
+		if (month_key_cmp(&k[out], &k[i]) != 0)
+			k[++out] = k[i];
+	return out + 1;
+}
+
+static DateADT
+first_of_month(DateADT day)
+{
+	int			y,
+				m,
+				d;
+
+	if (day >= (TIMESTAMP_END_JULIAN - POSTGRES_EPOCH_JDATE))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("date out of range for timestamp")));
+	j2date(day + POSTGRES_EPOCH_JDATE, &y, &m, &d);
+	return date2j(y, m, 1) - POSTGRES_EPOCH_JDATE;
+}
+
+/* (month + interval '1 month')::date - month */
+static int32
+days_in_month(DateADT month)
+{
+	int			y,
+				m,
+				d;
+
+	j2date(month + POSTGRES_EPOCH_JDATE, &y, &m, &d);
+	return date2j(m == 12 ? y + 1 : y, m == 12 ? 1 : m + 1, 1) - date2j(y, m, 1);
+}
+
+/* round(num / nullif(den, 0), scale), den already numeric; NULL when den is NULL or 0 */
+static Datum
+ratio(Datum num, Datum den, bool den_null, int scale, bool *isnull)
+{
+	Datum		zero = DirectFunctionCall1(int4_numeric, Int32GetDatum(0));
+
+	if (den_null || DatumGetBool(DirectFunctionCall2(numeric_eq, den, zero)))
+	{
+		*isnull = true;
+		return (Datum) 0;
+	}
+	*isnull = false;
+	return DirectFunctionCall2(numeric_round,
+							   DirectFunctionCall2(numeric_div, num, den),
+							   Int32GetDatum(scale));
+}
+
+/* greatest() of timestamptz values, NULLs ignored */
+static void
+greatest(Datum *result, bool *result_null, Datum v, bool v_null)
+{
+	if (v_null)
+		return;
+	if (*result_null || DatumGetTimestampTz(v) > DatumGetTimestampTz(*result))
+	{
+		*result = v;
+		*result_null = false;
+	}
+}
+
+/* A row of a view, filled by column name. */
+typedef struct ViewRow
+{
+	TupleDesc	desc;
+	Datum	   *values;
+	bool	   *nulls;
+	bool	   *set;
+} ViewRow;
+
+static void
+row_init(ViewRow *r, TupleDesc desc)
+{
+	r->desc = desc;
+	r->values = palloc(sizeof(Datum) * desc->natts);
+	r->nulls = palloc(sizeof(bool) * desc->natts);
+	r->set = palloc(sizeof(bool) * desc->natts);
+}
+
+static void
+row_reset(ViewRow *r)
+{
+	memset(r->set, 0, sizeof(bool) * r->desc->natts);
+}
+
+static void
+row_put(ViewRow *r, const char *name, Datum v, bool isnull)
+{
+	int			i;
+
+	for (i = 0; i < r->desc->natts; i++)
+		if (strcmp(NameStr(TupleDescAttr(r->desc, i)->attname), name) == 0)
+		{
+			r->values[i] = v;
+			r->nulls[i] = isnull;
+			r->set[i] = true;
+			return;
+		}
+	elog(ERROR, "livekpi: view column %s is missing", name);
+}
+
+static Jsonb *
+row_to_jsonb(ViewRow *r)
+{
+	HeapTuple	tuple;
+	int			i;
+
+	for (i = 0; i < r->desc->natts; i++)
+		if (!r->set[i] && !TupleDescAttr(r->desc, i)->attisdropped)
+			elog(ERROR, "livekpi: view column %s is not computed by the apply worker",
+				 NameStr(TupleDescAttr(r->desc, i)->attname));
+	tuple = heap_form_tuple(r->desc, r->values, r->nulls);
+	return to_jsonb_of(r->desc->tdtypeid, heap_copy_tuple_as_datum(tuple, r->desc));
+}
+
+/* ---- the delta ------------------------------------------------------- */
+
+void
+apply_delta_build(char key_kind, Oid key_type,
+				  Datum *b_key, Datum *b_day, int nb,
+				  Datum *e_key, Datum *e_day, Datum *e_category, int ne,
+				  Datum *p_key, int np,
+				  Datum *upserts, Datum *deletes)
+{
+	Oid			nspid = get_namespace_oid("livekpi", false);
+	ViewDelta	views[V_COUNT] = {
+		{"property_kpis"}, {"portfolio_kpis"}, {"expense_monthly"}, {"booking_daily"}
+	};
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	Lookup		bd,
+				bm,
+				bm_all,
+				em,
+				em_prop,
+				em_all,
+				pm,
+				pm_all,
+				pr;
+	MonthKey   *keys;
+	DateADT    *months;
+	int			nkeys,
+				nmonths,
+				capacity,
+				i;
+	Relation	pk_view,
+				pf_view;
+	ViewRow		row;
+	Datum		zero = DirectFunctionCall1(int4_numeric, Int32GetDatum(0));
+	static const char *const daily_names[] = {"property_id", "day"};
+	static const char *const month_names[] = {"property_id", "month", "category"};
+	static const char *const portfolio_names[] = {"month"};
+	Oid			daily_types[2] = {key_type, DATEOID};
+	Oid			month_types[3] = {key_type, DATEOID, TEXTOID};
+	Oid			portfolio_types[1] = {DATEOID};
+
+	sort_key_kind = key_kind;
+	lookup_open(&bd, nspid, "booking_daily", 2, snapshot);
+	lookup_open(&bm, nspid, "booking_monthly", 2, snapshot);
+	lookup_open(&em, nspid, "expense_monthly", 3, snapshot);
+	lookup_open(&em_prop, nspid, "expense_monthly", 2, snapshot);
+	lookup_open(&pm, nspid, "portfolio_monthly", 1, snapshot);
+	/* every row of a property, every month (a scan keeps its key count) */
+	lookup_open(&bm_all, nspid, "booking_monthly", 1, snapshot);
+	lookup_open(&em_all, nspid, "expense_monthly", 1, snapshot);
+	lookup_open(&pm_all, nspid, "portfolio_monthly", 0, snapshot);
+	lookup_open(&pr, nspid, "properties", 1, snapshot);
+
+	/* booking_daily: the (property, day) keys of the batch, distinct already */
+	for (i = 0; i < nb; i++)
+	{
+		Datum		k[2] = {b_key[i], b_day[i]};
+
+		if (lookup(&bd, k))
+			views[V_BOOKING_DAILY].upserts =
+				lappend(views[V_BOOKING_DAILY].upserts,
+						to_jsonb_of(RelationGetDescr(bd.rel)->tdtypeid,
+									ExecFetchSlotHeapTupleDatum(bd.slot)));
+		else
+			views[V_BOOKING_DAILY].deletes =
+				lappend(views[V_BOOKING_DAILY].deletes,
+						key_object(2, daily_names, daily_types, k));
+	}
+
+	/* expense_monthly: (property, month, category) */
+	capacity = Max(nb + ne, 16);
+	keys = palloc(sizeof(MonthKey) * capacity);
+	for (i = 0; i < ne; i++)
+	{
+		keys[i].key = e_key[i];
+		keys[i].month = first_of_month(DatumGetDateADT(e_day[i]));
+		keys[i].category = e_category[i];
+	}
+	nkeys = unique_month_keys(keys, ne);
+	for (i = 0; i < nkeys; i++)
+	{
+		Datum		k[3] = {keys[i].key, DateADTGetDatum(keys[i].month), keys[i].category};
+
+		if (lookup(&em, k))
+			views[V_EXPENSE_MONTHLY].upserts =
+				lappend(views[V_EXPENSE_MONTHLY].upserts,
+						to_jsonb_of(RelationGetDescr(em.rel)->tdtypeid,
+									ExecFetchSlotHeapTupleDatum(em.slot)));
+		else
+			views[V_EXPENSE_MONTHLY].deletes =
+				lappend(views[V_EXPENSE_MONTHLY].deletes,
+						key_object(3, month_names, month_types, k));
+	}
+
+	/*
+	 * property_kpis: the (property, month) keys of the batch, and every
+	 * month of the properties that appeared or whose units changed.
+	 */
+	nkeys = 0;
+	for (i = 0; i < nb; i++)
+	{
+		keys[nkeys].key = b_key[i];
+		keys[nkeys].month = first_of_month(DatumGetDateADT(b_day[i]));
+		keys[nkeys++].category = (Datum) 0;
+	}
+	for (i = 0; i < ne; i++)
+	{
+		keys[nkeys].key = e_key[i];
+		keys[nkeys].month = first_of_month(DatumGetDateADT(e_day[i]));
+		keys[nkeys++].category = (Datum) 0;
+	}
+	for (i = 0; i < np; i++)
+	{
+		Lookup	   *ls[2] = {&bm_all, &em_all};
+		int			j;
+
+		for (j = 0; j < 2; j++)
+		{
+			Lookup	   *l = ls[j];
+
+			lookup_start(l, &p_key[i]);
+			while (lookup_next(l))
+			{
+				if (nkeys == capacity)
+				{
+					capacity *= 2;
+					keys = repalloc(keys, sizeof(MonthKey) * capacity);
+				}
+				keys[nkeys].key = p_key[i];
+				keys[nkeys].month = DatumGetDateADT(col_notnull(l, "month"));
+				keys[nkeys++].category = (Datum) 0;
+			}
+		}
+	}
+	nkeys = unique_month_keys(keys, nkeys);
+
+	pk_view = relation_open(get_relname_relid("property_kpis", nspid), AccessShareLock);
+	row_init(&row, RelationGetDescr(pk_view));
+	for (i = 0; i < nkeys; i++)
+	{
+		Datum		k[2] = {keys[i].key, DateADTGetDatum(keys[i].month)};
+		bool		has_b = lookup(&bm, k);
+		bool		has_e = false;
+		Datum		nights = Int64GetDatum(0),
+					revenue = zero,
+					arrivals = Int64GetDatum(0),
+					cancelled = Int64GetDatum(0),
+					approved = zero,
+					pending = zero;
+		Datum		updated = (Datum) 0;
+		bool		updated_null = true;
+		bool		units_null = true;
+		Datum		units = (Datum) 0;
+		Datum		avail = (Datum) 0;
+		int32		days = days_in_month(keys[i].month);
+		bool		isnull;
+		Datum		v;
+
+		if (has_b)
+		{
+			nights = col_notnull(&bm, "nights_sold");
+			revenue = col_notnull(&bm, "room_revenue");
+			arrivals = col_notnull(&bm, "arrivals");
+			cancelled = col_notnull(&bm, "cancelled_arrivals");
+			v = col(&bm, "updated_at", &isnull);
+			greatest(&updated, &updated_null, v, isnull);
+		}
+		lookup_start(&em_prop, k);
+		{
+			Datum		e_updated = (Datum) 0;
+			bool		e_updated_null = true;
+
+			while (lookup_next(&em_prop))
+			{
+				approved = has_e ?
+					DirectFunctionCall2(numeric_add, approved, col_notnull(&em_prop, "approved_amount")) :
+					col_notnull(&em_prop, "approved_amount");
+				pending = has_e ?
+					DirectFunctionCall2(numeric_add, pending, col_notnull(&em_prop, "pending_amount")) :
+					col_notnull(&em_prop, "pending_amount");
+				v = col(&em_prop, "updated_at", &isnull);
+				greatest(&e_updated, &e_updated_null, v, isnull);
+				has_e = true;
+			}
+			greatest(&updated, &updated_null, e_updated, e_updated_null);
+		}
+		if (!has_b && !has_e)
+		{
+			views[V_PROPERTY_KPIS].deletes =
+				lappend(views[V_PROPERTY_KPIS].deletes,
+						key_object(2, month_names, month_types, k));
+			continue;
+		}
+		if (lookup(&pr, k))
+		{
+			units = col(&pr, "units", &units_null);
+			v = col(&pr, "updated_at", &isnull);
+			greatest(&updated, &updated_null, v, isnull);
+		}
+
+		row_reset(&row);
+		row_put(&row, "property_id", k[0], false);
+		row_put(&row, "month", k[1], false);
+		row_put(&row, "units", units, units_null);
+		if (!units_null)
+			avail = DirectFunctionCall2(int4mul, units, Int32GetDatum(days));
+		row_put(&row, "available_nights",
+				units_null ? (Datum) 0 : DirectFunctionCall1(int48, avail), units_null);
+		row_put(&row, "nights_sold", nights, false);
+		v = ratio(DirectFunctionCall1(int8_numeric, nights),
+				  units_null ? (Datum) 0 : DirectFunctionCall1(int4_numeric, avail),
+				  units_null, 6, &isnull);
+		row_put(&row, "occupancy", v, isnull);
+		row_put(&row, "room_revenue", revenue, false);
+		v = ratio(revenue, DirectFunctionCall1(int8_numeric, nights), false, 2, &isnull);
+		row_put(&row, "adr", v, isnull);
+		v = ratio(revenue, units_null ? (Datum) 0 : DirectFunctionCall1(int4_numeric, avail),
+				  units_null, 2, &isnull);
+		row_put(&row, "revpar", v, isnull);
+		row_put(&row, "arrivals", arrivals, false);
+		row_put(&row, "cancelled_arrivals", cancelled, false);
+		v = ratio(DirectFunctionCall1(int8_numeric, cancelled),
+				  DirectFunctionCall1(int8_numeric,
+									  DirectFunctionCall2(int8pl, arrivals, cancelled)),
+				  false, 6, &isnull);
+		row_put(&row, "cancellation_rate", v, isnull);
+		row_put(&row, "approved_expenses", approved, false);
+		row_put(&row, "pending_expenses", pending, false);
+		row_put(&row, "noi", DirectFunctionCall2(numeric_sub, revenue, approved), false);
+		row_put(&row, "updated_at", updated, updated_null);
+		views[V_PROPERTY_KPIS].upserts = lappend(views[V_PROPERTY_KPIS].upserts,
+												 row_to_jsonb(&row));
+	}
+	relation_close(pk_view, AccessShareLock);
+
+	/* portfolio_kpis: the months of the batch, or all when properties changed */
+	capacity = Max(nb + ne, 16);
+	months = palloc(sizeof(DateADT) * capacity);
+	nmonths = 0;
+	for (i = 0; i < nb; i++)
+		months[nmonths++] = first_of_month(DatumGetDateADT(b_day[i]));
+	for (i = 0; i < ne; i++)
+		months[nmonths++] = first_of_month(DatumGetDateADT(e_day[i]));
+	if (np > 0)
+	{
+		lookup_start(&pm_all, NULL);
+		while (lookup_next(&pm_all))
+		{
+			if (nmonths == capacity)
+			{
+				capacity *= 2;
+				months = repalloc(months, sizeof(DateADT) * capacity);
+			}
+			months[nmonths++] = DatumGetDateADT(col_notnull(&pm_all, "month"));
+		}
+	}
+	if (nmonths > 0)
+	{
+		int			out = 0;
+
+		qsort(months, nmonths, sizeof(DateADT), month_date_cmp);
+		for (i = 1; i < nmonths; i++)
+			if (months[i] != months[out])
+				months[++out] = months[i];
+		nmonths = out + 1;
+	}
+
+	pf_view = relation_open(get_relname_relid("portfolio_kpis", nspid), AccessShareLock);
+	row_init(&row, RelationGetDescr(pf_view));
+	{
+		bool		have_pr = false;
+		int64		nprops = 0;
+		Datum		sum_units = Int64GetDatum(0);
+		Datum		pr_updated = (Datum) 0;
+		bool		pr_updated_null = true;
+
+		for (i = 0; i < nmonths; i++)
+		{
+			Datum		k[1] = {DateADTGetDatum(months[i])};
+			Datum		nights,
+						revenue,
+						arrivals,
+						cancelled,
+						approved,
+						avail;
+			Datum		updated;
+			bool		updated_null;
+			bool		isnull;
+			Datum		v;
+
+			if (!lookup(&pm, k))
+			{
+				views[V_PORTFOLIO_KPIS].deletes =
+					lappend(views[V_PORTFOLIO_KPIS].deletes,
+							key_object(1, portfolio_names, portfolio_types, k));
+				continue;
+			}
+			if (!have_pr)
+			{
+				/* count(*), coalesce(sum(units), 0), max(updated_at) of properties */
+				TableScanDesc scan = table_beginscan(pr.rel, snapshot, 0, NULL);
+				TupleTableSlot *slot = table_slot_create(pr.rel, NULL);
+				AttrNumber	ua = InvalidAttrNumber,
+							ta = InvalidAttrNumber;
+				int			a;
+
+				for (a = 0; a < RelationGetDescr(pr.rel)->natts; a++)
+				{
+					if (strcmp(NameStr(TupleDescAttr(RelationGetDescr(pr.rel), a)->attname), "units") == 0)
+						ua = a + 1;
+					if (strcmp(NameStr(TupleDescAttr(RelationGetDescr(pr.rel), a)->attname), "updated_at") == 0)
+						ta = a + 1;
+				}
+				while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+				{
+					nprops++;
+					v = slot_getattr(slot, ua, &isnull);
+					if (!isnull)
+						sum_units = DirectFunctionCall2(int84pl, sum_units, v);
+					v = slot_getattr(slot, ta, &isnull);
+					greatest(&pr_updated, &pr_updated_null, v, isnull);
+				}
+				ExecDropSingleTupleTableSlot(slot);
+				table_endscan(scan);
+				have_pr = true;
+			}
+			nights = col_notnull(&pm, "nights_sold");
+			revenue = col_notnull(&pm, "room_revenue");
+			arrivals = col_notnull(&pm, "arrivals");
+			cancelled = col_notnull(&pm, "cancelled_arrivals");
+			approved = col_notnull(&pm, "approved_expenses");
+			updated = col(&pm, "updated_at", &updated_null);
+			greatest(&updated, &updated_null, pr_updated, pr_updated_null);
+			avail = DirectFunctionCall2(int84mul, sum_units, Int32GetDatum(days_in_month(months[i])));
+
+			row_reset(&row);
+			row_put(&row, "month", k[0], false);
+			row_put(&row, "properties", Int64GetDatum(nprops), false);
+			row_put(&row, "available_nights", avail, false);
+			row_put(&row, "nights_sold", nights, false);
+			v = ratio(DirectFunctionCall1(int8_numeric, nights),
+					  DirectFunctionCall1(int8_numeric, avail), false, 6, &isnull);
+			row_put(&row, "occupancy", v, isnull);
+			row_put(&row, "room_revenue", revenue, false);
+			v = ratio(revenue, DirectFunctionCall1(int8_numeric, nights), false, 2, &isnull);
+			row_put(&row, "adr", v, isnull);
+			v = ratio(revenue, DirectFunctionCall1(int8_numeric, avail), false, 2, &isnull);
+			row_put(&row, "revpar", v, isnull);
+			row_put(&row, "arrivals", arrivals, false);
+			row_put(&row, "cancelled_arrivals", cancelled, false);
+			v = ratio(DirectFunctionCall1(int8_numeric, cancelled),
+					  DirectFunctionCall1(int8_numeric,
+										  DirectFunctionCall2(int8pl, arrivals, cancelled)),
+					  false, 6, &isnull);
+			row_put(&row, "cancellation_rate", v, isnull);
+			row_put(&row, "approved_expenses", approved, false);
+			row_put(&row, "pending_expenses", col_notnull(&pm, "pending_expenses"), false);
+			row_put(&row, "noi", DirectFunctionCall2(numeric_sub, revenue, approved), false);
+			row_put(&row, "updated_at", updated, updated_null);
+			views[V_PORTFOLIO_KPIS].upserts = lappend(views[V_PORTFOLIO_KPIS].upserts,
+													  row_to_jsonb(&row));
+		}
+	}
+	relation_close(pf_view, AccessShareLock);
+
+	lookup_close(&bd);
+	lookup_close(&bm);
+	lookup_close(&em);
+	lookup_close(&em_prop);
+	lookup_close(&pm);
+	lookup_close(&bm_all);
+	lookup_close(&em_all);
+	lookup_close(&pm_all);
+	lookup_close(&pr);
+	UnregisterSnapshot(snapshot);
+
+	*upserts = views_object(views, true);
+	*deletes = views_object(views, false);
+}

@@ -1,0 +1,873 @@
+/*-------------------------------------------------------------------------
+ *
+ * apply_kpi.c
+ *	  Writes one batch's coalesced KPI deltas into the KPI tables
+ *	  (booking_daily, booking_monthly, expense_daily, expense_monthly,
+ *	  portfolio_monthly, properties) in C: index lookups and the executor's
+ *	  simple-relation routines under one EState per batch, the way
+ *	  PostgreSQL's logical replication apply worker writes rows, with no
+ *	  SQL planned or interpreted for them.  The monthly and portfolio
+ *	  roll-ups are summed from the daily deltas in memory.  Rows whose
+ *	  counts reach zero are deleted; every row written gets updated_at.
+ *	  The delta_log row is built in C too (apply_delta.c); the seq, its
+ *	  insert and delta_log's retention are three SQL statements prepared
+ *	  once.
+ *
+ *	  The apply worker is the only writer of these tables while it holds
+ *	  the livekpi.state row lock, so rows are found with one index scan per
+ *	  table per batch, rescanned per key, without tuple locks.
+ *
+ * Copyright (c) 2026, livekpi authors
+ *
+ * src/apply_kpi.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "nodes/makefuncs.h"
+#include "optimizer/optimizer.h"
+#include "rewrite/rewriteHandler.h"
+#include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/datetime.h"
+#include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/pg_lsn.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/uuid.h"
+
+#include "apply_delta.h"
+#include "apply_kpi.h"
+#include "livekpi.h"
+
+/* Daily KPI rows a batch may touch and still be sent as a delta (protocol.md). */
+#define DELTA_MAX_DAILY_ROWS	20000
+
+#define MAX_KEYS		3
+#define MAX_MEASURES	7
+
+/* One KPI table of the batch: relation, index scan and column numbers. */
+typedef struct KpiTable
+{
+	const char *name;
+	int			nkeys;
+	const char *keys[MAX_KEYS];
+	int			nmeasures;
+	const char *measures[MAX_MEASURES];
+	bool		is_count[MAX_MEASURES]; /* bigint counts; else numeric sums */
+
+	Index		rti;
+	Relation	rel;
+	Relation	index;
+	ResultRelInfo *rri;
+	IndexScanDesc scan;
+	ScanKeyData skey[MAX_KEYS];
+	TupleTableSlot *found;
+	TupleTableSlot *newslot;
+	AttrNumber	key_att[MAX_KEYS];
+	AttrNumber	measure_att[MAX_MEASURES];
+	AttrNumber	updated_att;
+	AttrNumber	first_seen_att; /* properties */
+	ExprState **defaults;		/* per attribute, for columns we do not set */
+} KpiTable;
+
+enum
+{
+	T_BOOKING_DAILY,
+	T_BOOKING_MONTHLY,
+	T_EXPENSE_DAILY,
+	T_EXPENSE_MONTHLY,
+	T_PORTFOLIO,
+	T_PROPERTIES,
+	T_COUNT
+};
+
+static const KpiTable table_defs[T_COUNT] = {
+	{"booking_daily", 2, {"property_id", "day"}, 4,
+	{"nights_sold", "room_revenue", "arrivals", "cancelled_arrivals"}, {true, false, true, true}},
+	{"booking_monthly", 2, {"property_id", "month"}, 4,
+	{"nights_sold", "room_revenue", "arrivals", "cancelled_arrivals"}, {true, false, true, true}},
+	{"expense_daily", 3, {"property_id", "day", "category"}, 4,
+	{"approved_amount", "pending_amount", "rejected_amount", "expense_count"}, {false, false, false, true}},
+	{"expense_monthly", 3, {"property_id", "month", "category"}, 4,
+	{"approved_amount", "pending_amount", "rejected_amount", "expense_count"}, {false, false, false, true}},
+	{"portfolio_monthly", 1, {"month"}, 7,
+		{"nights_sold", "room_revenue", "arrivals", "cancelled_arrivals",
+		"approved_expenses", "pending_expenses", "expense_count"},
+	{true, false, true, true, false, false, true}},
+	{"properties", 1, {"property_id"}, 0, {NULL}, {false}},
+};
+
+/* The batch being written. */
+typedef struct ApplyKpi
+{
+	EState	   *estate;
+	EPQState	epqstate;
+	KpiTable	t[T_COUNT];
+	TimestampTz now;
+	Oid			key_type;
+	int16		key_len;
+	bool		key_byval;
+	char		key_align;
+	int64		rows_written;
+	int64		rows_added_or_deleted;	/* change the tables' row counts */
+	Datum	   *new_properties; /* keys inserted into livekpi.properties */
+	int			nnew;
+} ApplyKpi;
+
+/* One row of deltas; values[] in the order of the table's measures. */
+typedef struct DeltaRow
+{
+	Datum		keys[MAX_KEYS];
+	Datum		values[MAX_MEASURES];
+} DeltaRow;
+
+/* SQL of the delta_log side, prepared once per key kind. */
+static SPIPlanPtr seq_plan = NULL;
+static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr barrier_plan = NULL;
+static SPIPlanPtr retention_plan = NULL;
+static char plans_key_kind = '\0';
+
+/* For the sort comparators (qsort has no context argument). */
+static char sort_key_kind;
+
+static Datum numeric_zero;
+
+static Datum
+add_count(Datum a, Datum b)
+{
+	int64		r;
+
+	if (pg_add_s64_overflow(DatumGetInt64(a), DatumGetInt64(b), &r))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("bigint out of range")));
+	return Int64GetDatum(r);
+}
+
+static Datum
+add_sum(Datum a, Datum b)
+{
+	return DirectFunctionCall2(numeric_add, a, b);
+}
+
+/*
+ * month_of
+ *		The first day of the day's month, with the error SQL's
+ *		date_trunc('month', day)::date gives for a day past the timestamp
+ *		range, so that both paths fail alike (and careful mode skips it).
+ */
+static DateADT
+month_of(DateADT day)
+{
+	int			y,
+				m,
+				d;
+
+	if (day >= (TIMESTAMP_END_JULIAN - POSTGRES_EPOCH_JDATE))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("date out of range for timestamp")));
+	j2date(day + POSTGRES_EPOCH_JDATE, &y, &m, &d);
+	return date2j(y, m, 1) - POSTGRES_EPOCH_JDATE;
+}
+
+static int
+key_compare(Datum a, Datum b)
+{
+	switch (sort_key_kind)
+	{
+		case KEY_INT:
+			{
+				int64		x = DatumGetInt64(a);
+				int64		y = DatumGetInt64(b);
+
+				return x < y ? -1 : (x > y ? 1 : 0);
+			}
+		case KEY_UUID:
+			return memcmp(DatumGetUUIDP(a)->data, DatumGetUUIDP(b)->data, UUID_LEN);
+		default:
+			{
+				text	   *x = DatumGetTextPP(a);
+				text	   *y = DatumGetTextPP(b);
+				int			lx = VARSIZE_ANY_EXHDR(x);
+				int			ly = VARSIZE_ANY_EXHDR(y);
+				int			c = memcmp(VARDATA_ANY(x), VARDATA_ANY(y), Min(lx, ly));
+
+				return c != 0 ? c : (lx < ly ? -1 : (lx > ly ? 1 : 0));
+			}
+	}
+}
+
+static int
+text_compare(Datum a, Datum b)
+{
+	char		saved = sort_key_kind;
+	int			c;
+
+	sort_key_kind = KEY_TEXT;
+	c = key_compare(a, b);
+	sort_key_kind = saved;
+	return c;
+}
+
+/* Orders delta rows by (key, month[, category]) for the roll-ups. */
+static int
+booking_month_cmp(const void *pa, const void *pb)
+{
+	const DeltaRow *a = pa;
+	const DeltaRow *b = pb;
+	int			c = key_compare(a->keys[0], b->keys[0]);
+
+	if (c != 0)
+		return c;
+	return DatumGetDateADT(a->keys[1]) < DatumGetDateADT(b->keys[1]) ? -1 :
+		(DatumGetDateADT(a->keys[1]) > DatumGetDateADT(b->keys[1]) ? 1 : 0);
+}
+
+static int
+expense_month_cmp(const void *pa, const void *pb)
+{
+	const DeltaRow *a = pa;
+	const DeltaRow *b = pb;
+	int			c = booking_month_cmp(pa, pb);
+
+	return c != 0 ? c : text_compare(a->keys[2], b->keys[2]);
+}
+
+static int
+month_cmp(const void *pa, const void *pb)
+{
+	const DeltaRow *a = pa;
+	const DeltaRow *b = pb;
+
+	return DatumGetDateADT(a->keys[0]) < DatumGetDateADT(b->keys[0]) ? -1 :
+		(DatumGetDateADT(a->keys[0]) > DatumGetDateADT(b->keys[0]) ? 1 : 0);
+}
+
+static int
+key_cmp(const void *pa, const void *pb)
+{
+	return key_compare(*(const Datum *) pa, *(const Datum *) pb);
+}
+
+static AttrNumber
+attnum_of(Relation rel, const char *name)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return att->attnum;
+	}
+	elog(ERROR, "livekpi: column %s.%s is missing", RelationGetRelationName(rel), name);
+	return InvalidAttrNumber;	/* keep compiler quiet */
+}
+
+/*
+ * open_table
+ *		Opens one KPI table for the batch: its primary key index with one
+ *		scan for all lookups, its ResultRelInfo, and updatedCols on its
+ *		range table entry so that BEFORE UPDATE OF triggers see what changes.
+ */
+static void
+open_table(ApplyKpi *ak, KpiTable *t, Oid nspid, Index rti, List **rtable)
+{
+	Oid			relid = get_relname_relid(t->name, nspid);
+	RangeTblEntry *rte;
+	TupleDesc	desc;
+	int			i;
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "livekpi: table livekpi.%s is missing", t->name);
+	t->rel = table_open(relid, RowExclusiveLock);
+	t->index = index_open(RelationGetPrimaryKeyIndex(t->rel), RowExclusiveLock);
+	desc = RelationGetDescr(t->rel);
+	t->rti = rti;
+
+	for (i = 0; i < t->nkeys; i++)
+	{
+		Oid			opfamily = t->index->rd_opfamily[i];
+		Oid			intype = t->index->rd_opcintype[i];
+		Oid			op = get_opfamily_member(opfamily, intype, intype, BTEqualStrategyNumber);
+
+		t->key_att[i] = attnum_of(t->rel, t->keys[i]);
+		if (t->index->rd_index->indkey.values[i] != t->key_att[i])
+			elog(ERROR, "livekpi: the primary key of livekpi.%s is not the expected one", t->name);
+		ScanKeyEntryInitialize(&t->skey[i], 0, i + 1, BTEqualStrategyNumber, intype,
+							   t->index->rd_indcollation[i], get_opcode(op), (Datum) 0);
+	}
+	for (i = 0; i < t->nmeasures; i++)
+		t->measure_att[i] = attnum_of(t->rel, t->measures[i]);
+	t->updated_att = attnum_of(t->rel, "updated_at");
+	t->first_seen_att = (strcmp(t->name, "properties") == 0) ?
+		attnum_of(t->rel, "first_seen") : InvalidAttrNumber;
+
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = relid;
+	rte->relkind = t->rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	for (i = 0; i < t->nmeasures; i++)
+		rte->updatedCols = bms_add_member(rte->updatedCols,
+										  t->measure_att[i] - FirstLowInvalidHeapAttributeNumber);
+	rte->updatedCols = bms_add_member(rte->updatedCols,
+									  t->updated_att - FirstLowInvalidHeapAttributeNumber);
+	*rtable = lappend(*rtable, rte);
+
+	t->found = table_slot_create(t->rel, &ak->estate->es_tupleTable);
+	t->newslot = ExecInitExtraTupleSlot(ak->estate, desc, &TTSOpsVirtual);
+	t->defaults = NULL;
+}
+
+/* Defaults of the columns a new row gets that livekpi does not set. */
+static void
+prepare_defaults(ApplyKpi *ak, KpiTable *t)
+{
+	TupleDesc	desc = RelationGetDescr(t->rel);
+	int			i;
+
+	t->defaults = palloc0(sizeof(ExprState *) * desc->natts);
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		Node	   *expr;
+
+		if (att->attisdropped || att->attgenerated)
+			continue;
+		expr = build_column_default(t->rel, att->attnum);
+		if (expr != NULL)
+			t->defaults[i] = ExecInitExpr(expression_planner((Expr *) expr), NULL);
+	}
+}
+
+static bool
+lookup(KpiTable *t, const Datum *keys)
+{
+	int			i;
+
+	for (i = 0; i < t->nkeys; i++)
+		t->skey[i].sk_argument = keys[i];
+	index_rescan(t->scan, t->skey, t->nkeys, NULL, 0);
+	return index_getnext_slot(t->scan, ForwardScanDirection, t->found);
+}
+
+/*
+ * fill_new_row
+ *		A new row: defaults for the columns livekpi does not set, then the
+ *		keys, the measures and the timestamps.
+ */
+static void
+fill_new_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
+{
+	TupleTableSlot *slot = t->newslot;
+	TupleDesc	desc = RelationGetDescr(t->rel);
+	ExprContext *econtext = GetPerTupleExprContext(ak->estate);
+	int			i;
+
+	if (t->defaults == NULL)
+		prepare_defaults(ak, t);
+	ExecClearTuple(slot);
+	for (i = 0; i < desc->natts; i++)
+	{
+		slot->tts_values[i] = (Datum) 0;
+		slot->tts_isnull[i] = true;
+		if (t->defaults[i] != NULL)
+			slot->tts_values[i] = ExecEvalExprSwitchContext(t->defaults[i], econtext,
+															&slot->tts_isnull[i]);
+	}
+	for (i = 0; i < t->nkeys; i++)
+	{
+		slot->tts_values[t->key_att[i] - 1] = row->keys[i];
+		slot->tts_isnull[t->key_att[i] - 1] = false;
+	}
+	for (i = 0; i < t->nmeasures; i++)
+	{
+		slot->tts_values[t->measure_att[i] - 1] = row->values[i];
+		slot->tts_isnull[t->measure_att[i] - 1] = false;
+	}
+	slot->tts_values[t->updated_att - 1] = TimestampTzGetDatum(ak->now);
+	slot->tts_isnull[t->updated_att - 1] = false;
+	if (t->first_seen_att != InvalidAttrNumber)
+	{
+		slot->tts_values[t->first_seen_att - 1] = TimestampTzGetDatum(ak->now);
+		slot->tts_isnull[t->first_seen_att - 1] = false;
+	}
+	ExecStoreVirtualTuple(slot);
+}
+
+/*
+ * add_row
+ *		Adds a row of deltas to its KPI row: updates it, inserts it, or
+ *		deletes it when its counts reach zero (SPEC section 3: a row exists
+ *		exactly when something contributes to it).  A missing row whose
+ *		deltas count nothing is not made, as the SQL upsert-then-delete
+ *		did not keep it either.
+ */
+static void
+add_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
+{
+	EState	   *estate = ak->estate;
+	bool		zero = true;
+	int			i;
+
+	ResetPerTupleExprContext(estate);
+	ak->rows_written++;
+	if (lookup(t, row->keys))
+	{
+		TupleTableSlot *slot = t->newslot;
+		TupleDesc	desc = RelationGetDescr(t->rel);
+		MemoryContext old = MemoryContextSwitchTo(GetPerTupleMemoryContext(estate));
+
+		slot_getallattrs(t->found);
+		ExecClearTuple(slot);
+		memcpy(slot->tts_values, t->found->tts_values, sizeof(Datum) * desc->natts);
+		memcpy(slot->tts_isnull, t->found->tts_isnull, sizeof(bool) * desc->natts);
+		for (i = 0; i < t->nmeasures; i++)
+		{
+			int			a = t->measure_att[i] - 1;
+			Datum		v;
+
+			if (slot->tts_isnull[a])
+				elog(ERROR, "livekpi: NULL in livekpi.%s.%s", t->name, t->measures[i]);
+			v = t->is_count[i] ? add_count(slot->tts_values[a], row->values[i]) :
+				add_sum(slot->tts_values[a], row->values[i]);
+			slot->tts_values[a] = v;
+			if (t->is_count[i] && DatumGetInt64(v) != 0)
+				zero = false;
+		}
+		slot->tts_values[t->updated_att - 1] = TimestampTzGetDatum(ak->now);
+		ExecStoreVirtualTuple(slot);
+		MemoryContextSwitchTo(old);
+
+		if (zero)
+		{
+			ExecSimpleRelationDelete(t->rri, estate, &ak->epqstate, t->found);
+			ak->rows_added_or_deleted++;
+		}
+		else
+			ExecSimpleRelationUpdate(t->rri, estate, &ak->epqstate, t->found, slot);
+	}
+	else
+	{
+		for (i = 0; i < t->nmeasures; i++)
+			if (t->is_count[i] && DatumGetInt64(row->values[i]) != 0)
+				zero = false;
+		if (zero)
+			return;
+		fill_new_row(ak, t, row);
+		ExecSimpleRelationInsert(t->rri, estate, t->newslot);
+		ak->rows_added_or_deleted++;
+	}
+}
+
+/* Elements of a one-dimensional array of the given type. */
+static Datum *
+array_elements(ArrayType *a, Oid type, int *n)
+{
+	int16		len;
+	bool		byval;
+	char		align;
+	Datum	   *elems;
+
+	get_typlenbyvalalign(type, &len, &byval, &align);
+	deconstruct_array(a, type, len, byval, align, &elems, NULL, n);
+	return elems;
+}
+
+/*
+ * rollup
+ *		Sorts rows by the table's key and sums runs of equal keys in place;
+ *		returns the number of rows left.
+ */
+static int
+rollup(DeltaRow *rows, int n, const KpiTable *t,
+	   int (*cmp) (const void *, const void *))
+{
+	int			out = 0;
+	int			i,
+				m;
+
+	if (n == 0)
+		return 0;
+	qsort(rows, n, sizeof(DeltaRow), cmp);
+	for (i = 1; i < n; i++)
+	{
+		if (cmp(&rows[out], &rows[i]) == 0)
+		{
+			for (m = 0; m < t->nmeasures; m++)
+				rows[out].values[m] = t->is_count[m] ?
+					add_count(rows[out].values[m], rows[i].values[m]) :
+					add_sum(rows[out].values[m], rows[i].values[m]);
+		}
+		else
+			rows[++out] = rows[i];
+	}
+	return out + 1;
+}
+
+static void
+prepare_plans(char key_kind)
+{
+	Oid			insert_types[6] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, PG_LSNOID,
+		JSONBOID, JSONBOID};
+	Oid			barrier_types[4] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, PG_LSNOID};
+	Oid			retention_types[4] = {INT8OID, INT4OID, TIMESTAMPTZOID, INT4OID};
+
+	apply_kpi_reset();
+	seq_plan = SPI_prepare("UPDATE livekpi.state SET last_seq = last_seq + 1 RETURNING last_seq",
+						   0, NULL);
+	insert_plan = SPI_prepare("INSERT INTO livekpi.delta_log (seq, applied_at, committed_at, lsn, upserts, deletes) "
+							  "VALUES ($1, $2, $3, $4, $5, $6)", 6, insert_types);
+	barrier_plan = SPI_prepare("INSERT INTO livekpi.delta_log (seq, applied_at, committed_at, lsn, barrier) "
+							   "VALUES ($1, $2, $3, $4, true)", 4, barrier_types);
+	retention_plan = SPI_prepare("DELETE FROM livekpi.delta_log l WHERE l.seq <= $1 - $2 "
+								 "OR l.applied_at < $3 - make_interval(secs => $4)",
+								 4, retention_types);
+	if (seq_plan == NULL || insert_plan == NULL || barrier_plan == NULL || retention_plan == NULL)
+		elog(ERROR, "livekpi: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(seq_plan);
+	SPI_keepplan(insert_plan);
+	SPI_keepplan(barrier_plan);
+	SPI_keepplan(retention_plan);
+	plans_key_kind = key_kind;
+}
+
+void
+apply_kpi_reset(void)
+{
+	SPIPlanPtr *plans[4] = {&seq_plan, &insert_plan, &barrier_plan, &retention_plan};
+	int			i;
+
+	for (i = 0; i < lengthof(plans); i++)
+	{
+		if (*plans[i] != NULL)
+			SPI_freeplan(*plans[i]);
+		*plans[i] = NULL;
+	}
+	plans_key_kind = '\0';
+}
+
+/*
+ * write_delta_log
+ *		The batch's seq and delta_log row (a barrier past the documented size),
+ *		and delta_log's retention.  Returns the seq.
+ */
+static int64
+write_delta_log(ApplyKpi *ak, KpiArrays *a, char key_kind, TimestampTz last_commit,
+				XLogRecPtr last_end)
+{
+	Datum		values[10];
+	bool		isnull;
+	int64		seq;
+	int			nnew = ak->nnew;
+	int			nunits;
+	Datum	   *props;
+	Datum	   *units;
+
+	if (plans_key_kind != key_kind || seq_plan == NULL)
+		prepare_plans(key_kind);
+
+	/* The writes above are read by apply_delta_build. */
+	CommandCounterIncrement();
+
+	if (SPI_execute_plan(seq_plan, NULL, NULL, false, 0) != SPI_OK_UPDATE_RETURNING ||
+		SPI_processed != 1)
+		elog(ERROR, "livekpi: livekpi.state must have exactly one row");
+	seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+	values[0] = Int64GetDatum(seq);
+	values[1] = TimestampTzGetDatum(ak->now);
+	values[2] = TimestampTzGetDatum(last_commit);
+	values[3] = LSNGetDatum(last_end);
+	if (a->nbooking + a->nexpense > DELTA_MAX_DAILY_ROWS)
+	{
+		/*
+		 * A batch that touched more daily rows than a delta should carry (a
+		 * bulk load) is written as a barrier: clients take a snapshot, which
+		 * is smaller and cheaper than such a delta.
+		 */
+		if (SPI_execute_plan(barrier_plan, values, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "livekpi: could not write delta_log");
+	}
+	else
+	{
+		Datum	   *b_key,
+				   *b_day,
+				   *e_key,
+				   *e_day,
+				   *e_category;
+		int			nb,
+					ne,
+					n;
+
+		units = array_elements(a->u_key, ak->key_type, &nunits);
+		props = palloc(sizeof(Datum) * (nnew + nunits + 1));
+		memcpy(props, ak->new_properties, sizeof(Datum) * nnew);
+		memcpy(props + nnew, units, sizeof(Datum) * nunits);
+		b_key = array_elements(a->b_key, ak->key_type, &nb);
+		b_day = array_elements(a->b_day, DATEOID, &n);
+		e_key = array_elements(a->e_key, ak->key_type, &ne);
+		e_day = array_elements(a->e_day, DATEOID, &n);
+		e_category = array_elements(a->e_category, TEXTOID, &n);
+		apply_delta_build(key_kind, ak->key_type, b_key, b_day, nb,
+						  e_key, e_day, e_category, ne, props, nnew + nunits,
+						  &values[4], &values[5]);
+		if (SPI_execute_plan(insert_plan, values, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "livekpi: could not write delta_log");
+	}
+
+	values[1] = Int32GetDatum(livekpi_delta_retention_batches);
+	values[2] = TimestampTzGetDatum(ak->now);
+	values[3] = Int32GetDatum(livekpi_delta_retention);
+	if (SPI_execute_plan(retention_plan, values, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "livekpi: could not trim delta_log");
+	return seq;
+}
+
+/*
+ * apply_kpi_batch_c
+ *		Writes the batch; see the file header.  The caller holds the
+ *		livekpi.state row lock, is connected to SPI and has an active
+ *		snapshot.  Sets *seq (0: nothing changed, no delta_log row),
+ *		*rows_written (KPI rows touched) and *rows_counted (rows inserted or
+ *		deleted, which change the tables' statistics).
+ */
+void
+apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
+				  XLogRecPtr last_end, int64 *seq, int64 *rows_written,
+				  int64 *rows_counted)
+{
+	ApplyKpi	ak;
+	KpiArrays	a;
+	Oid			nspid = get_namespace_oid("livekpi", false);
+	List	   *rtable = NIL;
+	Snapshot	snapshot;
+	int			i,
+				nb,
+				ne,
+				n;
+	Datum	   *b_key,
+			   *b_day,
+			   *b_nights,
+			   *b_revenue,
+			   *b_arrivals,
+			   *b_cancelled;
+	Datum	   *e_key,
+			   *e_day,
+			   *e_category,
+			   *e_approved,
+			   *e_pending,
+			   *e_rejected,
+			   *e_count;
+	DeltaRow   *rows;
+	DeltaRow   *months;
+	DeltaRow   *portfolio;
+	int			nmonths,
+				nportfolio;
+	Datum	   *keys;
+	int			nkeys;
+	int			nunits;
+
+	kpi_batch_arrays(batch, &a);
+	memset(&ak, 0, sizeof(ak));
+	ak.now = GetCurrentTransactionStartTimestamp();
+	ak.key_type = kpi_key_type(key_kind);
+	get_typlenbyvalalign(ak.key_type, &ak.key_len, &ak.key_byval, &ak.key_align);
+	sort_key_kind = key_kind;
+	if (numeric_zero == (Datum) 0)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		numeric_zero = DirectFunctionCall3(numeric_in, CStringGetDatum("0"),
+										   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+		MemoryContextSwitchTo(old);
+	}
+
+	b_key = array_elements(a.b_key, ak.key_type, &nb);
+	b_day = array_elements(a.b_day, DATEOID, &n);
+	b_nights = array_elements(a.b_nights, INT8OID, &n);
+	b_revenue = array_elements(a.b_revenue, NUMERICOID, &n);
+	b_arrivals = array_elements(a.b_arrivals, INT8OID, &n);
+	b_cancelled = array_elements(a.b_cancelled, INT8OID, &n);
+	e_key = array_elements(a.e_key, ak.key_type, &ne);
+	e_day = array_elements(a.e_day, DATEOID, &n);
+	e_category = array_elements(a.e_category, TEXTOID, &n);
+	e_approved = array_elements(a.e_approved, NUMERICOID, &n);
+	e_pending = array_elements(a.e_pending, NUMERICOID, &n);
+	e_rejected = array_elements(a.e_rejected, NUMERICOID, &n);
+	e_count = array_elements(a.e_count, INT8OID, &n);
+	(void) array_elements(a.u_key, ak.key_type, &nunits);
+
+	/*
+	 * Every batch (and, in careful mode, every change) sees what the ones
+	 * before it in this transaction wrote.
+	 */
+	CommandCounterIncrement();
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+
+	ak.estate = CreateExecutorState();
+	ak.estate->es_output_cid = GetCurrentCommandId(true);
+	ak.estate->es_snapshot = snapshot;
+	for (i = 0; i < T_COUNT; i++)
+	{
+		ak.t[i] = table_defs[i];
+		open_table(&ak, &ak.t[i], nspid, i + 1, &rtable);
+	}
+	ExecInitRangeTable(ak.estate, rtable);
+	for (i = 0; i < T_COUNT; i++)
+	{
+		KpiTable   *t = &ak.t[i];
+
+		t->rri = makeNode(ResultRelInfo);
+		InitResultRelInfo(t->rri, t->rel, t->rti, NULL, 0);
+		/* where AFTER trigger events look their relation up */
+		ak.estate->es_opened_result_relations =
+			lappend(ak.estate->es_opened_result_relations, t->rri);
+		ExecOpenIndices(t->rri, false);
+		t->scan = index_beginscan(t->rel, t->index, snapshot, t->nkeys, 0);
+	}
+	EvalPlanQualInit(&ak.epqstate, ak.estate, NULL, NIL, -1);
+	AfterTriggerBeginQuery();
+
+	/* booking_daily, then its month roll-up */
+	rows = palloc(sizeof(DeltaRow) * Max(nb, 1));
+	for (i = 0; i < nb; i++)
+	{
+		rows[i].keys[0] = b_key[i];
+		rows[i].keys[1] = b_day[i];
+		rows[i].values[0] = b_nights[i];
+		rows[i].values[1] = b_revenue[i];
+		rows[i].values[2] = b_arrivals[i];
+		rows[i].values[3] = b_cancelled[i];
+		add_row(&ak, &ak.t[T_BOOKING_DAILY], &rows[i]);
+	}
+	months = palloc(sizeof(DeltaRow) * Max(nb + ne, 1));
+	portfolio = palloc(sizeof(DeltaRow) * Max(nb + ne, 1));
+	nportfolio = 0;
+	for (i = 0; i < nb; i++)
+	{
+		months[i] = rows[i];
+		months[i].keys[1] = DateADTGetDatum(month_of(DatumGetDateADT(b_day[i])));
+		portfolio[nportfolio].keys[0] = months[i].keys[1];
+		portfolio[nportfolio].values[0] = b_nights[i];
+		portfolio[nportfolio].values[1] = b_revenue[i];
+		portfolio[nportfolio].values[2] = b_arrivals[i];
+		portfolio[nportfolio].values[3] = b_cancelled[i];
+		portfolio[nportfolio].values[4] = numeric_zero;
+		portfolio[nportfolio].values[5] = numeric_zero;
+		portfolio[nportfolio].values[6] = Int64GetDatum(0);
+		nportfolio++;
+	}
+	nmonths = rollup(months, nb, &ak.t[T_BOOKING_MONTHLY], booking_month_cmp);
+	for (i = 0; i < nmonths; i++)
+		add_row(&ak, &ak.t[T_BOOKING_MONTHLY], &months[i]);
+
+	/* expense_daily, then its month roll-up */
+	rows = repalloc(rows, sizeof(DeltaRow) * Max(ne, 1));
+	for (i = 0; i < ne; i++)
+	{
+		rows[i].keys[0] = e_key[i];
+		rows[i].keys[1] = e_day[i];
+		rows[i].keys[2] = e_category[i];
+		rows[i].values[0] = e_approved[i];
+		rows[i].values[1] = e_pending[i];
+		rows[i].values[2] = e_rejected[i];
+		rows[i].values[3] = e_count[i];
+		add_row(&ak, &ak.t[T_EXPENSE_DAILY], &rows[i]);
+	}
+	for (i = 0; i < ne; i++)
+	{
+		months[i] = rows[i];
+		months[i].keys[1] = DateADTGetDatum(month_of(DatumGetDateADT(e_day[i])));
+		portfolio[nportfolio].keys[0] = months[i].keys[1];
+		portfolio[nportfolio].values[0] = Int64GetDatum(0);
+		portfolio[nportfolio].values[1] = numeric_zero;
+		portfolio[nportfolio].values[2] = Int64GetDatum(0);
+		portfolio[nportfolio].values[3] = Int64GetDatum(0);
+		portfolio[nportfolio].values[4] = e_approved[i];
+		portfolio[nportfolio].values[5] = e_pending[i];
+		portfolio[nportfolio].values[6] = e_count[i];
+		nportfolio++;
+	}
+	nmonths = rollup(months, ne, &ak.t[T_EXPENSE_MONTHLY], expense_month_cmp);
+	for (i = 0; i < nmonths; i++)
+		add_row(&ak, &ak.t[T_EXPENSE_MONTHLY], &months[i]);
+
+	/* portfolio */
+	nportfolio = rollup(portfolio, nportfolio, &ak.t[T_PORTFOLIO], month_cmp);
+	for (i = 0; i < nportfolio; i++)
+		add_row(&ak, &ak.t[T_PORTFOLIO], &portfolio[i]);
+
+	/* properties appear when first seen */
+	keys = palloc(sizeof(Datum) * Max(nb + ne, 1));
+	memcpy(keys, b_key, sizeof(Datum) * nb);
+	memcpy(keys + nb, e_key, sizeof(Datum) * ne);
+	nkeys = nb + ne;
+	if (nkeys > 0)
+	{
+		int			out = 0;
+
+		qsort(keys, nkeys, sizeof(Datum), key_cmp);
+		for (i = 1; i < nkeys; i++)
+			if (key_compare(keys[out], keys[i]) != 0)
+				keys[++out] = keys[i];
+		nkeys = out + 1;
+	}
+	ak.new_properties = palloc(sizeof(Datum) * Max(nkeys, 1));
+	for (i = 0; i < nkeys; i++)
+	{
+		KpiTable   *t = &ak.t[T_PROPERTIES];
+		DeltaRow	row;
+
+		row.keys[0] = keys[i];
+		ResetPerTupleExprContext(ak.estate);
+		if (lookup(t, row.keys))
+			continue;
+		fill_new_row(&ak, t, &row);
+		ExecSimpleRelationInsert(t->rri, ak.estate, t->newslot);
+		ak.new_properties[ak.nnew++] = keys[i];
+	}
+
+	AfterTriggerEndQuery(ak.estate);
+	EvalPlanQualEnd(&ak.epqstate);
+	for (i = 0; i < T_COUNT; i++)
+		index_endscan(ak.t[i].scan);
+	/* indices, and relations AFTER triggers opened */
+	ExecCloseResultRelations(ak.estate);
+	for (i = 0; i < T_COUNT; i++)
+	{
+		index_close(ak.t[i].index, NoLock);
+		table_close(ak.t[i].rel, NoLock);
+	}
+	ExecResetTupleTable(ak.estate->es_tupleTable, false);
+	FreeExecutorState(ak.estate);
+	UnregisterSnapshot(snapshot);
+
+	*rows_written = ak.rows_written;
+	*rows_counted = ak.rows_added_or_deleted;
+	*seq = 0;
+	if (ak.rows_written == 0 && nunits == 0 && ak.nnew == 0)
+		return;
+	*seq = write_delta_log(&ak, &a, key_kind, last_commit, last_end);
+}
