@@ -599,6 +599,8 @@ apply_delta_build(char key_kind, Oid key_type,
 		bool		updated_null = true;
 		bool		units_null = true;
 		Datum		units = (Datum) 0;
+		bool		name_null = true;
+		Datum		name = (Datum) 0;
 		Datum		avail = (Datum) 0;
 		int32		days = days_in_month(keys[i].month);
 		bool		isnull;
@@ -642,6 +644,7 @@ apply_delta_build(char key_kind, Oid key_type,
 		if (lookup(&pr, k))
 		{
 			units = col(&pr, "units", &units_null);
+			name = col(&pr, "name", &name_null);
 			v = col(&pr, "updated_at", &isnull);
 			greatest(&updated, &updated_null, v, isnull);
 		}
@@ -676,6 +679,7 @@ apply_delta_build(char key_kind, Oid key_type,
 		row_put(&row, "pending_expenses", pending, false);
 		row_put(&row, "noi", DirectFunctionCall2(numeric_sub, revenue, approved), false);
 		row_put(&row, "updated_at", updated, updated_null);
+		row_put(&row, "name", name, name_null);
 		views[V_PROPERTY_KPIS].upserts = lappend(views[V_PROPERTY_KPIS].upserts,
 												 row_to_jsonb(&row));
 	}
