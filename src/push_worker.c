@@ -69,6 +69,7 @@
 #include "livekpi.h"
 #include "protocol.h"
 #include "push.h"
+#include "push_standby.h"
 
 #define LK_SUBPROTOCOL			"livekpi.v1"
 #define LK_STREAM_PATH			"/v1/stream"
@@ -230,6 +231,7 @@ static bool catchup_pending = false;
 static struct lws_context *lws_ctx = NULL;
 static struct lws_vhost *first_vhost = NULL;
 static lws_sorted_usec_list_t tick_sul;
+static lws_sorted_usec_list_t replay_sul;	/* standby: wakes lws_service() */
 static unsigned char *write_scratch = NULL;
 
 static MemoryContext round_cxt = NULL;
@@ -646,6 +648,14 @@ tick_cb(lws_sorted_usec_list_t *sul)
 	lws_sul_schedule(lws_ctx, 0, &tick_sul, tick_cb, LK_TICK_USEC);
 }
 
+/* On a standby with clients, end lws_service() every few ms: see push_standby.c */
+static void
+replay_cb(lws_sorted_usec_list_t *sul)
+{
+	lws_sul_schedule(lws_ctx, 0, &replay_sul, replay_cb,
+					 push_standby_poll_usec(nclients, LK_TICK_USEC));
+}
+
 /* ----------------------------------------------------------------
  * HTTP
  * ----------------------------------------------------------------
@@ -747,12 +757,15 @@ health_body(char *buf, size_t len)
 	stale = livekpi_shared->stale;
 	SpinLockRelease(&livekpi_shared->mutex);
 
-	ok = apply_pid != 0 && !stale && lag_ms <= (long) livekpi_max_lag * 1000L;
+	/* on a standby, no apply worker is normal and lag_ms is replay lag */
+	ok = (apply_pid != 0 || livekpi_in_recovery()) && !stale &&
+		lag_ms <= (long) livekpi_max_lag * 1000L;
 	snprintf(buf, len,
 			 "{\"status\":\"%s\",\"apply_worker\":%s,\"apply_state\":\"%s\","
-			 "\"last_seq\":" INT64_FORMAT ",\"lag_ms\":%ld,\"clients\":%d,\"stale\":%s}\n",
+			 "\"last_seq\":" INT64_FORMAT ",\"lag_ms\":%ld,\"clients\":%d,\"stale\":%s,"
+			 "\"role\":\"%s\"}\n",
 			 ok ? "ok" : "unhealthy", apply_pid != 0 ? "true" : "false",
-			 state, last_seq, lag_ms, clients, stale ? "true" : "false");
+			 state, last_seq, lag_ms, clients, stale ? "true" : "false", livekpi_role());
 	return ok ? 200 : 503;
 }
 
@@ -1383,7 +1396,10 @@ run_step(const char *what, void (*fn) (void *), void *arg, bool repeatable_read)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	volatile bool ok = true;
+	volatile int sqlerrcode = 0;
+	int			attempt = 0;
 
+retry:
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (repeatable_read)
@@ -1408,6 +1424,7 @@ run_step(const char *what, void (*fn) (void *), void *arg, bool repeatable_read)
 		edata = CopyErrorData();
 		FlushErrorState();
 		AbortCurrentTransaction();
+		sqlerrcode = edata->sqlerrcode;
 		snprintf(msg, sizeof(msg), "%s: %s", what, edata->message);
 		ereport(LOG,
 				(errmsg("livekpi push worker: %s", msg)));
@@ -1417,6 +1434,12 @@ run_step(const char *what, void (*fn) (void *), void *arg, bool repeatable_read)
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(oldcxt);
+	/* a standby's recovery conflict (40001): run it again, see push_standby.c */
+	if (!ok && push_standby_retry(sqlerrcode, ++attempt))
+	{
+		ok = true;
+		goto retry;
+	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 	pgstat_report_stat(false);
 	return ok;
@@ -1992,6 +2015,8 @@ state_step(void *arg)
 	BatchRead  *br = (BatchRead *) arg;
 
 	br->state_ok = read_state(&br->state_seq);
+	if (br->state_ok)
+		push_standby_read_state();
 }
 
 static void
@@ -2845,6 +2870,12 @@ process_requests(void)
 
 		if (c->request == NULL || c->phase == PHASE_CLOSING)
 			continue;
+		/* a standby not yet at the seq a hello resumes from: wait a little */
+		if (push_standby_hold_request(c->request, broadcast_seq, c->connected_at))
+		{
+			requests_pending = true;
+			continue;
+		}
 		memset(&job, 0, sizeof(job));
 		job.c = c;
 		job.msg = c->request;
@@ -3173,6 +3204,7 @@ create_listener(void)
 	adopt_fd(livekpi_shared->push_wakeup_fd, "wake-up eventfd");
 	adopt_fd(postmaster_alive_fds[POSTMASTER_FD_WATCH], "postmaster");
 	lws_sul_schedule(lws_ctx, 0, &tick_sul, tick_cb, LK_TICK_USEC);
+	lws_sul_schedule(lws_ctx, 0, &replay_sul, replay_cb, LK_TICK_USEC);
 }
 
 static void
@@ -3261,11 +3293,15 @@ livekpi_push_main(Datum main_arg)
 
 		if (requests_pending)
 			process_requests();
+		/* a standby learns of new batches from replay (SPEC section 10) */
+		if (push_standby_replayed_new_wal())
+			wake_pending = true;
 		if (wake_pending || TimestampDifferenceExceeds(last_poll, GetCurrentTimestamp(), 1000))
 		{
 			wake_pending = false;
 			last_poll = GetCurrentTimestamp();
 			poll_batches();
+			push_standby_publish_seq(broadcast_seq);
 		}
 		if (catchup_pending)
 			catch_up();

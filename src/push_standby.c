@@ -1,0 +1,220 @@
+/*-------------------------------------------------------------------------
+ *
+ * push_standby.c
+ *	  Serving from a hot standby (SPEC section 10).
+ *
+ * This file owns what differs when the push worker runs on a streaming
+ * hot standby, where no apply worker runs and the KPI tables, delta_log,
+ * state and the tokens arrive by WAL replay:
+ *
+ *	- noticing new batches: nothing on a standby writes the wake-up
+ *	  eventfd, and hooking the startup process (or a custom resource
+ *	  manager) would make the WAL unreplayable without livekpi, so the
+ *	  worker polls the replay position (GetXLogReplayRecPtr) every
+ *	  LK_STANDBY_POLL_USEC while it has clients, and reads delta_log only
+ *	  when replay has moved;
+ *	- replay lag as SPEC section 10 defines it, and the node's role, for
+ *	  livekpi.status, /healthz, /metrics and heartbeats;
+ *	- a resume from a seq the standby has not replayed yet, which waits
+ *	  (at most LK_STANDBY_RESUME_WAIT_MS) instead of sending a snapshot at
+ *	  once;
+ *	- recovery conflicts: PostgreSQL 15 cancels a query that holds back
+ *	  replay with SQLSTATE 40001 (an ERROR, but a FATAL inside a
+ *	  subtransaction, which would drop every client: the worker uses
+ *	  none), and the step is simply run again;
+ *	- the stale flag, which the apply worker publishes on a primary and
+ *	  which a standby reads from the replayed livekpi.state.
+ *
+ * Nothing here writes to the database.  On a primary every function is a
+ * cheap no-op, so the callers need no test of their own.
+ *
+ * Copyright (c) 2026, livekpi authors
+ *
+ * src/push_standby.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xlog.h"
+#include "access/xlogrecovery.h"
+#include "executor/spi.h"
+#include "replication/walreceiver.h"
+#include "storage/spin.h"
+#include "utils/errcodes.h"
+#include "utils/timestamp.h"
+
+#include "livekpi.h"
+#include "protocol.h"
+#include "push_standby.h"
+
+/* replay position when the push worker last looked */
+static XLogRecPtr seen_replay_lsn = InvalidXLogRecPtr;
+
+/*
+ * livekpi_in_recovery
+ *		Whether this node is a standby.  RecoveryInProgress() reads shared
+ *		memory only until recovery has ended, then a local flag.
+ */
+bool
+livekpi_in_recovery(void)
+{
+	return RecoveryInProgress();
+}
+
+const char *
+livekpi_role(void)
+{
+	return livekpi_in_recovery() ? "standby" : "primary";
+}
+
+/*
+ * livekpi_replay_lag_ms
+ *		How far behind the primary this standby serves, in ms: 0 when
+ *		everything the WAL receiver has received is replayed and the
+ *		receiver is streaming (so that a standby of an idle primary is not
+ *		"behind"); while replay is behind, the time since it started on
+ *		what it has not finished; while the receiver is not streaming, the
+ *		time since it last heard from the primary (or since the server
+ *		started), since nothing bounds how much it may be missing.  0 on a
+ *		primary.
+ */
+int64
+livekpi_replay_lag_ms(void)
+{
+	WalRcvState state;
+	TimestampTz heard;
+	TimestampTz now;
+	int			delay;
+
+	if (!livekpi_in_recovery())
+		return 0;
+	now = GetCurrentTimestamp();
+	if (WalRcv == NULL)
+		return TimestampDifferenceMilliseconds(PgStartTime, now);
+
+	SpinLockAcquire(&WalRcv->mutex);
+	state = WalRcv->walRcvState;
+	heard = WalRcv->lastMsgReceiptTime;
+	SpinLockRelease(&WalRcv->mutex);
+
+	if (state == WALRCV_STREAMING)
+	{
+		delay = GetReplicationApplyDelay();
+		if (delay >= 0)
+			return delay;
+	}
+	return TimestampDifferenceMilliseconds(Max(heard, PgStartTime), now);
+}
+
+/*
+ * push_standby_replayed_new_wal
+ *		True when replay has moved since the last call: a batch may have
+ *		become visible.  The push worker calls it every round; on a
+ *		primary it is always false (the apply worker's eventfd says when).
+ */
+bool
+push_standby_replayed_new_wal(void)
+{
+	XLogRecPtr	replayed;
+
+	if (!livekpi_in_recovery())
+		return false;
+	replayed = GetXLogReplayRecPtr(NULL);
+	if (replayed == seen_replay_lsn)
+		return false;
+	seen_replay_lsn = replayed;
+	return true;
+}
+
+/*
+ * push_standby_poll_usec
+ *		Period of the push worker's replay timer: short on a standby with
+ *		clients, so that a replayed batch goes out within a few ms, and
+ *		idle_usec otherwise (nobody to serve, or a primary whose apply
+ *		worker wakes us).
+ */
+long
+push_standby_poll_usec(int nclients, long idle_usec)
+{
+	if (nclients > 0 && livekpi_in_recovery())
+		return LK_STANDBY_POLL_USEC;
+	return idle_usec;
+}
+
+/*
+ * push_standby_hold_request
+ *		Whether a hello should wait for replay: on a standby, a client that
+ *		resumes from a seq newer than the newest this node has read (it saw
+ *		that seq on a node further ahead) is kept waiting until replay gets
+ *		there, so that it resumes rather than going back to an older
+ *		snapshot; never longer than LK_STANDBY_RESUME_WAIT_MS after the
+ *		connection opened, after which it gets the snapshot.  Either way it
+ *		is never sent a gap.
+ */
+bool
+push_standby_hold_request(const LkClientMessage *msg, int64 known_seq,
+						  TimestampTz connected_at)
+{
+	if (msg == NULL || msg->type != LK_MSG_HELLO || !msg->has_resume_from)
+		return false;
+	if (msg->resume_from <= known_seq || !livekpi_in_recovery())
+		return false;
+	return !TimestampDifferenceExceeds(connected_at, GetCurrentTimestamp(),
+									   LK_STANDBY_RESUME_WAIT_MS);
+}
+
+/*
+ * push_standby_retry
+ *		Whether a step that failed with sqlerrcode should be run again:
+ *		on a standby, when replay cancelled it (recovery conflict, SQLSTATE
+ *		40001), up to LK_STANDBY_CONFLICT_RETRIES times.  The next attempt
+ *		takes a new snapshot, which no longer conflicts.
+ */
+bool
+push_standby_retry(int sqlerrcode, int attempt)
+{
+	return sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE &&
+		attempt <= LK_STANDBY_CONFLICT_RETRIES && livekpi_in_recovery();
+}
+
+/*
+ * push_standby_read_state
+ *		On a standby nobody publishes the stale flag: read it from the
+ *		replayed livekpi.state.  Called with SPI connected, inside the
+ *		push worker's state step.
+ */
+void
+push_standby_read_state(void)
+{
+	bool		stale = false;
+	bool		isnull;
+
+	if (!livekpi_in_recovery())
+		return;
+	if (SPI_execute("SELECT stale_reason IS NOT NULL FROM livekpi.state",
+					true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull);
+
+		stale = !isnull && DatumGetBool(d);
+	}
+	SpinLockAcquire(&livekpi_shared->mutex);
+	livekpi_shared->stale = stale;
+	SpinLockRelease(&livekpi_shared->mutex);
+}
+
+/*
+ * push_standby_publish_seq
+ *		The newest seq the push worker has read and sends to its live
+ *		clients, for livekpi.status (seq_served): on a standby, what it
+ *		has replayed.
+ */
+void
+push_standby_publish_seq(int64 seq)
+{
+	SpinLockAcquire(&livekpi_shared->mutex);
+	livekpi_shared->push_seq_served = seq;
+	SpinLockRelease(&livekpi_shared->mutex);
+}
