@@ -109,6 +109,9 @@ typedef struct LiveKpiShared
 
 	/* push worker: newest seq read and served (-1 before the first read) */
 	int64		push_seq_served;
+
+	/* standby: last time replay was seen caught up with a streaming receiver */
+	TimestampTz standby_current_at;
 } LiveKpiShared;
 
 extern LiveKpiShared *livekpi_shared;

@@ -74,37 +74,49 @@ livekpi_role(void)
  *		everything the WAL receiver has received is replayed and the
  *		receiver is streaming (so that a standby of an idle primary is not
  *		"behind"); while replay is behind, the time since it started on
- *		what it has not finished; while the receiver is not streaming, the
- *		time since it last heard from the primary (or since the server
- *		started), since nothing bounds how much it may be missing.  0 on a
- *		primary.
+ *		what it has not finished; otherwise (the receiver is not streaming:
+ *		primary gone, network cut) the time since it was last seen current
+ *		(or since the server started), since nothing bounds how much it may
+ *		be missing.  0 on a primary.
+ *
+ * "Last seen current" is sampled by every caller (the push worker does so
+ * every 100 ms): the WAL receiver's own timestamps cannot serve, since it
+ * resets them each time it retries the connection.
  */
 int64
 livekpi_replay_lag_ms(void)
 {
-	WalRcvState state;
-	TimestampTz heard;
+	WalRcvState state = WALRCV_STOPPED;
+	TimestampTz since;
 	TimestampTz now;
-	int			delay;
 
-	if (!livekpi_in_recovery())
+	if (!livekpi_in_recovery() || livekpi_shared == NULL)
 		return 0;
 	now = GetCurrentTimestamp();
-	if (WalRcv == NULL)
-		return TimestampDifferenceMilliseconds(PgStartTime, now);
-
-	SpinLockAcquire(&WalRcv->mutex);
-	state = WalRcv->walRcvState;
-	heard = WalRcv->lastMsgReceiptTime;
-	SpinLockRelease(&WalRcv->mutex);
-
+	if (WalRcv != NULL)
+	{
+		SpinLockAcquire(&WalRcv->mutex);
+		state = WalRcv->walRcvState;
+		SpinLockRelease(&WalRcv->mutex);
+	}
 	if (state == WALRCV_STREAMING)
 	{
-		delay = GetReplicationApplyDelay();
-		if (delay >= 0)
+		int			delay = GetReplicationApplyDelay();
+
+		if (delay == 0)
+		{
+			SpinLockAcquire(&livekpi_shared->mutex);
+			livekpi_shared->standby_current_at = now;
+			SpinLockRelease(&livekpi_shared->mutex);
+			return 0;
+		}
+		if (delay > 0)
 			return delay;
 	}
-	return TimestampDifferenceMilliseconds(Max(heard, PgStartTime), now);
+	SpinLockAcquire(&livekpi_shared->mutex);
+	since = livekpi_shared->standby_current_at;
+	SpinLockRelease(&livekpi_shared->mutex);
+	return TimestampDifferenceMilliseconds(Max(since, PgStartTime), now);
 }
 
 /*
