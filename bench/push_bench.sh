@@ -56,6 +56,7 @@ only=${PUSH_ONLY:-}
 
 out=${PUSH_BENCH_DIR:-$top/bench/out/push}
 dir=$out/cluster
+sbdir=$out/standby
 work=$out/work
 started=$(date +%s)
 log() { printf '[push %4ds] %s\n' $(($(date +%s) - started)) "$*" >&2; }
@@ -76,7 +77,6 @@ push_port=$(free_port)
 bench_pid=
 bench2_pid=
 pgbench_pid=
-sbdir=$out/standby
 cleanup() {
 	[ -n "$bench_pid" ] && kill "$bench_pid" 2>/dev/null
 	[ -n "$bench2_pid" ] && kill "$bench2_pid" 2>/dev/null
@@ -363,9 +363,9 @@ tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$work/sb.pgbench")
 status last_seq > "$work/sbp.target"
 status last_seq > "$work/sbs.target"
 kill -USR1 "$primary_bench" "$bench2_pid"
+bench_pid=	# each ws_bench exits once it has written its line
 wait_for '[ -f "$work/sbp.out" ] && [ -f "$work/sbs.out" ]' 60 "both standby-bench clients"
-stop_bench
-kill "$bench2_pid" 2>/dev/null || true
+wait "$primary_bench" 2>/dev/null || true
 wait "$bench2_pid" 2>/dev/null || true
 bench2_pid=
 replay_lag=$("${SBPSQL[@]}" -c "SELECT replay_lag_ms FROM livekpi.status" 2>/dev/null || echo null)

@@ -219,6 +219,30 @@ is($sa->safe_psql('postgres', "SELECT count(*) FROM livekpi.tokens WHERE label =
 	$primary->safe_psql('postgres', "SELECT count(*) FROM livekpi.tokens WHERE label = 'all' AND last_used_at IS NOT NULL"),
 	'standby A: tokens as replayed (the standby wrote nothing)');
 
+# a resume from a seq standby B has not replayed yet waits for replay, then
+# resumes (without the wait it would get a snapshot)
+$sb->safe_psql('postgres', 'SELECT pg_wal_replay_pause()');
+ok( poll_until(
+		'replay paused on B', 30,
+		sub { $sb->safe_psql('postgres', 'SELECT pg_get_wal_replay_pause_state()') eq 'paused' }),
+	'replay paused on standby B');
+$primary->safe_psql('postgres', q{INSERT INTO public.bookings (property_id, check_in, check_out,
+	total_amount, status) VALUES (2, '2026-04-03', '2026-04-05', 220, 'confirmed')});
+sync_ok($primary, 60, 'sync after one more booking');
+my $ahead = $primary->safe_psql('postgres', 'SELECT last_seq FROM livekpi.state');
+$primary->wait_for_catchup($sa, 'replay', $primary->lsn('insert'));
+ok($sb->safe_psql('postgres', 'SELECT last_seq FROM livekpi.state') < $ahead,
+	"standby B has not replayed seq $ahead");
+my $cr = ws_open($sb, name => 'ahead',
+	hello => { %$hello, resume_from => $ahead + 0, epoch => $epoch });
+$sb->safe_psql('postgres', 'SELECT pg_wal_replay_resume()');
+my $wr = ws_expect($cr, 'welcome', 'welcome after replay resumed', 30);
+ok($wr && $wr->{resumed} && $wr->{seq} == $ahead,
+	"a hello resuming from seq $ahead, ahead of replay, waits and resumes");
+ok(!grep({ ($_->{type} // '') eq 'snapshot' } ws_quiet($cr, 0)), '... without a snapshot');
+ws_close($cr);
+$primary->wait_for_catchup($sb, 'replay', $primary->lsn('insert'));
+
 # promotion: stop the primary, promote A
 my $ca = $cl{a};
 consume('a');
