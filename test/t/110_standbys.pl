@@ -151,6 +151,7 @@ ws_close($cl{mover}{c});
 my $seen_before = scalar @{ $cl{mover}{seqs} };
 $cl{mover}{c} = ws_open($sb, name => 'client_mover_b',
 	hello => { %$hello, resume_from => $pos + 0, epoch => $epoch_seen });
+$cl{mover}{node} = $sb;
 my $w = ws_expect($cl{mover}{c}, 'welcome', 'mover welcome on B', 30);
 ok($w, "mover reconnects to standby B with seq $pos");
 
