@@ -27,6 +27,7 @@
 #                      (seq): its receive time at the standby client minus
 #                      its receive time at the primary client (the same
 #                      host clock)
+#   standby_latency_sat  the same under an unthrottled pgbench (saturation)
 #
 # Environment (defaults in brackets):
 #   PUSH_BENCH_DIR       work directory [bench/out/push]; the cluster is
@@ -34,7 +35,8 @@
 #   PUSH_LAT_SECONDS [15], PUSH_LAT_RATE [1000]   latency pgbench load
 #   PUSH_FANOUT_CLIENTS [10000], PUSH_FANOUT_ROUNDS [3]
 #   PUSH_TPUT_CLIENTS [2000], PUSH_TPUT_SECONDS [8] (window), PUSH_TPUT_RATE [400]
-#   PUSH_STANDBY_SECONDS [15], PUSH_STANDBY_RATE [50]   standby pgbench load
+#   PUSH_STANDBY_SECONDS [15], PUSH_STANDBY_RATE [50]   standby, light load
+#   PUSH_STANDBY_SAT_SECONDS [10]   standby at saturation (pgbench -c 4 unthrottled)
 #   PUSH_ONLY=standby    run only the standby measurement (after the setup)
 #   PUSH_KEEP=1          leave the cluster running at the end
 #
@@ -52,6 +54,7 @@ tput_seconds=${PUSH_TPUT_SECONDS:-8}
 tput_rate=${PUSH_TPUT_RATE:-400}
 sb_seconds=${PUSH_STANDBY_SECONDS:-15}
 sb_rate=${PUSH_STANDBY_RATE:-50}
+sb_sat_seconds=${PUSH_STANDBY_SAT_SECONDS:-10}
 only=${PUSH_ONLY:-}
 
 out=${PUSH_BENCH_DIR:-$top/bench/out/push}
@@ -347,29 +350,35 @@ as_pg pg_ctl -D "$sbdir/data" -l "$sbdir/server.log" -w -t 60 start >/dev/null |
 SBPSQL=(psql -X -q -At -v ON_ERROR_STOP=1 -h "$sbdir" -p "$sb_port" -U postgres -d postgres)
 wait_for '[ "$("${SBPSQL[@]}" -c "SELECT push_state FROM livekpi.status" 2>/dev/null)" = listening ]' 60 "the standby's push worker"
 set_flush 0
-start_bench sbp --clients 1 --drain-timeout 30 --dump "$work/sbp.deltas"
-primary_bench=$bench_pid
-rm -f "$work"/sbs.{ready,target,out}
-"$work/ws_bench" --host 127.0.0.1 --port "$sb_push_port" --token "$token" --clients 1 --drain-timeout 30 \
-	--dump "$work/sbs.deltas" --ready-file "$work/sbs.ready" --target-file "$work/sbs.target" \
-	--out "$work/sbs.out" 2>"$work/sbs.err" &
-bench2_pid=$!
-wait_for '[ -f "$work/sbs.ready" ]' 60 "the standby client to connect"
-log "standby: pgbench -R $sb_rate for $sb_seconds s"
-"${PGBENCH[@]}" -c 1 -j 1 -R "$sb_rate" -T "$sb_seconds" -f "$work/insert.sql" postgres \
-	> "$work/sb.pgbench" 2>&1 || { cat "$work/sb.pgbench" >&2; die "pgbench failed"; }
-tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$work/sb.pgbench")
-[ "$(q "SELECT livekpi.sync('60s')")" = t ] || die "livekpi.sync() timed out"
-status last_seq > "$work/sbp.target"
-status last_seq > "$work/sbs.target"
-kill -USR1 "$primary_bench" "$bench2_pid"
-bench_pid=	# each ws_bench exits once it has written its line
-wait_for '[ -f "$work/sbp.out" ] && [ -f "$work/sbs.out" ]' 60 "both standby-bench clients"
-wait "$primary_bench" 2>/dev/null || true
-wait "$bench2_pid" 2>/dev/null || true
-bench2_pid=
-replay_lag=$("${SBPSQL[@]}" -c "SELECT replay_lag_ms FROM livekpi.status" 2>/dev/null || echo null)
-python3 - "$work/sbp.deltas" "$work/sbs.deltas" "${tps:-0}" "$sb_rate" "${replay_lag:-null}" <<'PY'
+# standby_round NAME LOAD RATE SECONDS: RATE 0 = pgbench unthrottled (saturation)
+standby_round() {
+	local name=$1 load=$2 rate=$3 seconds=$4 tps replay_lag
+	local rate_arg=(-c 1 -j 1 -R "$rate")
+	[ "$rate" = 0 ] && rate_arg=(-c 4 -j 2)
+	start_bench "${name}_p" --clients 1 --drain-timeout 60 --dump "$work/${name}_p.deltas"
+	primary_bench=$bench_pid
+	rm -f "$work/${name}_s".{ready,target,out}
+	"$work/ws_bench" --host 127.0.0.1 --port "$sb_push_port" --token "$token" --clients 1 --drain-timeout 60 \
+		--dump "$work/${name}_s.deltas" --ready-file "$work/${name}_s.ready" \
+		--target-file "$work/${name}_s.target" --out "$work/${name}_s.out" 2>"$work/${name}_s.err" &
+	bench2_pid=$!
+	wait_for '[ -f "$work/${name}_s.ready" ]' 60 "the standby client to connect"
+	log "$name: pgbench ${rate_arg[*]} for $seconds s"
+	"${PGBENCH[@]}" "${rate_arg[@]}" -T "$seconds" -f "$work/insert.sql" postgres \
+		> "$work/$name.pgbench" 2>&1 || { cat "$work/$name.pgbench" >&2; die "pgbench failed"; }
+	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$work/$name.pgbench")
+	[ "$(q "SELECT livekpi.sync('120s')")" = t ] || die "livekpi.sync() timed out"
+	status last_seq > "$work/${name}_p.target"
+	status last_seq > "$work/${name}_s.target"
+	kill -USR1 "$primary_bench" "$bench2_pid"
+	bench_pid=	# each ws_bench exits once it has written its line
+	wait_for '[ -f "$work/${name}_p.out" ] && [ -f "$work/${name}_s.out" ]' 120 "both $name clients"
+	wait "$primary_bench" 2>/dev/null || true
+	wait "$bench2_pid" 2>/dev/null || true
+	bench2_pid=
+	replay_lag=$("${SBPSQL[@]}" -c "SELECT replay_lag_ms FROM livekpi.status" 2>/dev/null || echo null)
+	python3 - "$work/${name}_p.deltas" "$work/${name}_s.deltas" "${tps:-0}" "$rate" "${replay_lag:-null}" \
+		"$name" "$load" <<'PY'
 import json, sys
 def load(f):
     return {int(l.split()[2]): int(l.split()[1]) for l in open(f) if l.strip()}
@@ -378,7 +387,7 @@ d = sorted((s[k] - p[k]) / 1000.0 for k in p if k in s)
 def pct(v, q):
     return round(v[max(0, min(len(v) - 1, int(q * len(v) + 0.999999) - 1))], 3) if v else None
 print(json.dumps({
-    "name": "standby_latency", "load": "light", "rate": int(sys.argv[4]),
+    "name": sys.argv[6], "load": sys.argv[7], "rate": int(sys.argv[4]),
     "tps": round(float(sys.argv[3]), 1),
     "p50_ms": pct(d, 0.5), "p99_ms": pct(d, 0.99), "max_ms": pct(d, 1.0), "min_ms": pct(d, 0.0),
     "n": len(d), "primary_batches": len(p), "standby_batches": len(s),
@@ -386,5 +395,8 @@ print(json.dumps({
     "replay_lag_ms_after": None if sys.argv[5] in ("", "null") else int(sys.argv[5]),
 }))
 PY
+}
+standby_round standby_latency light "$sb_rate" "$sb_seconds"
+standby_round standby_latency_sat saturation 0 "$sb_sat_seconds"
 cluster_stop "$sbdir"
 log "done in $(($(date +%s) - started)) s"
