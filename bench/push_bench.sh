@@ -20,6 +20,14 @@
 #   push_throughput    delta messages/s sent by the push worker to M clients
 #                      under a pgbench -R stream of small batches, from
 #                      livekpi.status.messages_sent over a fixed window
+#   standby_latency    SPEC section 10: a streaming hot standby made with
+#                      pg_basebackup runs its own listener; one client on
+#                      the primary and one on the standby, a light
+#                      pgbench -R stream of one-row inserts; per batch
+#                      (seq): its receive time at the standby client minus
+#                      its receive time at the primary client (the same
+#                      host clock)
+#   standby_latency_sat  the same under an unthrottled pgbench (saturation)
 #
 # Environment (defaults in brackets):
 #   PUSH_BENCH_DIR       work directory [bench/out/push]; the cluster is
@@ -27,6 +35,9 @@
 #   PUSH_LAT_SECONDS [15], PUSH_LAT_RATE [1000]   latency pgbench load
 #   PUSH_FANOUT_CLIENTS [10000], PUSH_FANOUT_ROUNDS [3]
 #   PUSH_TPUT_CLIENTS [2000], PUSH_TPUT_SECONDS [8] (window), PUSH_TPUT_RATE [400]
+#   PUSH_STANDBY_SECONDS [15], PUSH_STANDBY_RATE [50]   standby, light load
+#   PUSH_STANDBY_SAT_SECONDS [10]   standby at saturation (pgbench -c 4 unthrottled)
+#   PUSH_ONLY=standby    run only the standby measurement (after the setup)
 #   PUSH_KEEP=1          leave the cluster running at the end
 #
 # Exits non-zero only when a step fails; timings never fail it.
@@ -41,9 +52,14 @@ fan_rounds=${PUSH_FANOUT_ROUNDS:-3}
 tput_clients=${PUSH_TPUT_CLIENTS:-2000}
 tput_seconds=${PUSH_TPUT_SECONDS:-8}
 tput_rate=${PUSH_TPUT_RATE:-400}
+sb_seconds=${PUSH_STANDBY_SECONDS:-15}
+sb_rate=${PUSH_STANDBY_RATE:-50}
+sb_sat_seconds=${PUSH_STANDBY_SAT_SECONDS:-10}
+only=${PUSH_ONLY:-}
 
 out=${PUSH_BENCH_DIR:-$top/bench/out/push}
 dir=$out/cluster
+sbdir=$out/standby
 work=$out/work
 started=$(date +%s)
 log() { printf '[push %4ds] %s\n' $(($(date +%s) - started)) "$*" >&2; }
@@ -52,7 +68,8 @@ die() { echo "push_bench: $*" >&2; exit 1; }
 mkdir -p "$out"
 chmod 755 "$out"
 if [ -f "$dir/data/postmaster.pid" ]; then cluster_stop "$dir"; fi
-rm -rf "$dir" "$work"
+if [ -f "$sbdir/data/postmaster.pid" ]; then cluster_stop "$sbdir"; fi
+rm -rf "$dir" "$sbdir" "$work"
 mkdir -p "$work"
 
 cc -O2 -Wall -o "$work/ws_bench" "$top/bench/ws_bench.c" -lwebsockets ||
@@ -61,11 +78,14 @@ cc -O2 -Wall -o "$work/ws_bench" "$top/bench/ws_bench.c" -lwebsockets ||
 port=$(free_port)
 push_port=$(free_port)
 bench_pid=
+bench2_pid=
 pgbench_pid=
 cleanup() {
 	[ -n "$bench_pid" ] && kill "$bench_pid" 2>/dev/null
+	[ -n "$bench2_pid" ] && kill "$bench2_pid" 2>/dev/null
 	[ -n "$pgbench_pid" ] && kill "$pgbench_pid" 2>/dev/null
 	[ "${PUSH_KEEP:-0}" = 1 ] && return
+	cluster_stop "$sbdir"
 	cluster_stop "$dir"
 }
 trap cleanup EXIT
@@ -229,6 +249,7 @@ PY
 	log "$name client: $(head -1 "$work/$name.out")"
 }
 
+if [ "$only" != standby ]; then
 latency latency_flush0 0
 latency latency_flush500 500
 set_flush 0
@@ -308,4 +329,74 @@ print(json.dumps({
 }))
 PY
 log "throughput client: $line"
+fi
+
+# --- standby: a batch's arrival at a standby client minus at a primary client --
+sb_port=$(free_port)
+sb_push_port=$(free_port)
+log "standby: pg_basebackup into $sbdir, port $sb_port, listener 127.0.0.1:$sb_push_port"
+mkdir -p "$sbdir"
+[ "$(id -u)" = 0 ] && chown postgres: "$sbdir"
+as_pg pg_basebackup -h "$dir" -p "$port" -U postgres -D "$sbdir/data" -R -X stream \
+	--checkpoint fast --no-sync >/dev/null || die "pg_basebackup failed"
+{
+	echo "port = $sb_port"
+	echo "unix_socket_directories = '$sbdir'"
+	echo "livekpi.port = $sb_push_port"
+	echo "hot_standby = on"
+	echo "hot_standby_feedback = on"
+} | as_pg tee -a "$sbdir/data/postgresql.conf" >/dev/null
+as_pg pg_ctl -D "$sbdir/data" -l "$sbdir/server.log" -w -t 60 start >/dev/null || die "standby did not start"
+SBPSQL=(psql -X -q -At -v ON_ERROR_STOP=1 -h "$sbdir" -p "$sb_port" -U postgres -d postgres)
+wait_for '[ "$("${SBPSQL[@]}" -c "SELECT push_state FROM livekpi.status" 2>/dev/null)" = listening ]' 60 "the standby's push worker"
+set_flush 0
+# standby_round NAME LOAD RATE SECONDS: RATE 0 = pgbench unthrottled (saturation)
+standby_round() {
+	local name=$1 load=$2 rate=$3 seconds=$4 tps replay_lag
+	local rate_arg=(-c 1 -j 1 -R "$rate")
+	[ "$rate" = 0 ] && rate_arg=(-c 4 -j 2)
+	start_bench "${name}_p" --clients 1 --drain-timeout 60 --dump "$work/${name}_p.deltas"
+	primary_bench=$bench_pid
+	rm -f "$work/${name}_s".{ready,target,out}
+	"$work/ws_bench" --host 127.0.0.1 --port "$sb_push_port" --token "$token" --clients 1 --drain-timeout 60 \
+		--dump "$work/${name}_s.deltas" --ready-file "$work/${name}_s.ready" \
+		--target-file "$work/${name}_s.target" --out "$work/${name}_s.out" 2>"$work/${name}_s.err" &
+	bench2_pid=$!
+	wait_for '[ -f "$work/${name}_s.ready" ]' 60 "the standby client to connect"
+	log "$name: pgbench ${rate_arg[*]} for $seconds s"
+	"${PGBENCH[@]}" "${rate_arg[@]}" -T "$seconds" -f "$work/insert.sql" postgres \
+		> "$work/$name.pgbench" 2>&1 || { cat "$work/$name.pgbench" >&2; die "pgbench failed"; }
+	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$work/$name.pgbench")
+	[ "$(q "SELECT livekpi.sync('120s')")" = t ] || die "livekpi.sync() timed out"
+	status last_seq > "$work/${name}_p.target"
+	status last_seq > "$work/${name}_s.target"
+	kill -USR1 "$primary_bench" "$bench2_pid"
+	bench_pid=	# each ws_bench exits once it has written its line
+	wait_for '[ -f "$work/${name}_p.out" ] && [ -f "$work/${name}_s.out" ]' 120 "both $name clients"
+	wait "$primary_bench" 2>/dev/null || true
+	wait "$bench2_pid" 2>/dev/null || true
+	bench2_pid=
+	replay_lag=$("${SBPSQL[@]}" -c "SELECT replay_lag_ms FROM livekpi.status" 2>/dev/null || echo null)
+	python3 - "$work/${name}_p.deltas" "$work/${name}_s.deltas" "${tps:-0}" "$rate" "${replay_lag:-null}" \
+		"$name" "$load" <<'PY'
+import json, sys
+def load(f):
+    return {int(l.split()[2]): int(l.split()[1]) for l in open(f) if l.strip()}
+p, s = load(sys.argv[1]), load(sys.argv[2])
+d = sorted((s[k] - p[k]) / 1000.0 for k in p if k in s)
+def pct(v, q):
+    return round(v[max(0, min(len(v) - 1, int(q * len(v) + 0.999999) - 1))], 3) if v else None
+print(json.dumps({
+    "name": sys.argv[6], "load": sys.argv[7], "rate": int(sys.argv[4]),
+    "tps": round(float(sys.argv[3]), 1),
+    "p50_ms": pct(d, 0.5), "p99_ms": pct(d, 0.99), "max_ms": pct(d, 1.0), "min_ms": pct(d, 0.0),
+    "n": len(d), "primary_batches": len(p), "standby_batches": len(s),
+    "missing_at_standby": len([k for k in p if k not in s]),
+    "replay_lag_ms_after": None if sys.argv[5] in ("", "null") else int(sys.argv[5]),
+}))
+PY
+}
+standby_round standby_latency light "$sb_rate" "$sb_seconds"
+standby_round standby_latency_sat saturation 0 "$sb_sat_seconds"
+cluster_stop "$sbdir"
 log "done in $(($(date +%s) - started)) s"

@@ -214,6 +214,14 @@ row("push throughput: delta messages sent per second by the push worker",
     f"({m.get('batches_per_s')} batches/s, {m.get('avg_msg_bytes')} B per message)" if m else "—",
     f"offered: {fmt(m.get('offered_msgs_per_s'), 0)}/s" if m else "—",
     "≥ 100,000/s", (m.get("msgs_per_s", 0) >= 100000) if m else None)
+for name, label in (("standby_latency", "light load"), ("standby_latency_sat", "saturation")):
+    m = P.get(name)
+    row(f"standby: a batch's arrival at a hot-standby client minus at a primary client ({label})",
+        f"p50 {ms(m.get('p50_ms'))}, p99 {ms(m.get('p99_ms'))} over {m.get('n')} batches "
+        f"at {m.get('tps')} tx/s" + (f", {m.get('missing_at_standby')} batches only at the primary client"
+                                     if m.get("missing_at_standby") else "") if m else "—",
+        "the same batches at the primary client" if m else "—",
+        "reported (SPEC §10)", (m.get("n", 0) > 0) if m else None)
 
 aw = apply_wal("apply_wal_bulk")
 row("apply worker WAL per change, bulk load (KPI tables + delta_log + progress)",

@@ -43,6 +43,7 @@
 #include "utils/wait_event.h"
 
 #include "livekpi.h"
+#include "push_standby.h"
 
 PG_MODULE_MAGIC;
 
@@ -132,6 +133,7 @@ livekpi_shmem_startup(void)
 		SpinLockInit(&livekpi_shared->mutex);
 		strlcpy(livekpi_shared->apply_state, "not started", LIVEKPI_STATE_LEN);
 		strlcpy(livekpi_shared->push_state, "not started", LIVEKPI_STATE_LEN);
+		livekpi_shared->push_seq_served = -1;
 	}
 	/* Re-set after every crash restart: the fd survives, shared memory not. */
 	livekpi_shared->push_wakeup_fd = push_wakeup_fd;
@@ -233,8 +235,9 @@ livekpi_set_push_state(const char *state)
 /*
  * livekpi_apply_lag_ms
  *		How far the apply worker is behind: 0 when it has read all the WAL
- *		flushed so far, else the time since it last had.  One definition for
- *		livekpi.status, /healthz, /metrics and heartbeats.
+ *		flushed so far, else the time since it last had; on a standby, where
+ *		no apply worker runs, the replay lag (push_standby.c).  One
+ *		definition for livekpi.status, /healthz, /metrics and heartbeats.
  */
 int64
 livekpi_apply_lag_ms(void)
@@ -245,7 +248,9 @@ livekpi_apply_lag_ms(void)
 
 	if (livekpi_shared == NULL)
 		return 0;
-	flush = RecoveryInProgress() ? GetXLogReplayRecPtr(NULL) : GetFlushRecPtr(NULL);
+	if (livekpi_in_recovery())
+		return livekpi_replay_lag_ms();
+	flush = GetFlushRecPtr(NULL);
 	SpinLockAcquire(&livekpi_shared->mutex);
 	processed = livekpi_shared->processed_lsn;
 	caught_up_at = livekpi_shared->caught_up_at;
@@ -471,8 +476,8 @@ Datum
 livekpi_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[27];
-	bool		nulls[27];
+	Datum		values[31];
+	bool		nulls[31];
 	LiveKpiShared s;
 	XLogRecPtr	flush;
 	int			i = 0;
@@ -485,6 +490,9 @@ livekpi_status(PG_FUNCTION_ARGS)
 	memcpy(&s, livekpi_shared, sizeof(s));
 	SpinLockRelease(&livekpi_shared->mutex);
 	flush = RecoveryInProgress() ? GetXLogReplayRecPtr(NULL) : GetFlushRecPtr(NULL);
+	/* on a standby no apply worker is normal: it starts at promotion */
+	if (s.apply_pid == 0 && livekpi_in_recovery())
+		strlcpy(s.apply_state, "standby", sizeof(s.apply_state));
 
 	memset(nulls, 0, sizeof(nulls));
 #define PUT(v) (values[i++] = (v))
@@ -517,9 +525,14 @@ livekpi_status(PG_FUNCTION_ARGS)
 	PUT_NULL_IF(s.push_error[0] == '\0', CStringGetTextDatum(s.push_error));
 	PUT_NULL_IF(s.push_error_at == 0, TimestampTzGetDatum(s.push_error_at));
 	PUT(Int64GetDatum(s.records_rejected));
+	/* SPEC section 10 */
+	PUT(CStringGetTextDatum(livekpi_role()));
+	PUT_NULL_IF(!livekpi_in_recovery(), LSNGetDatum(GetXLogReplayRecPtr(NULL)));
+	PUT(Int64GetDatum(livekpi_replay_lag_ms()));
+	PUT_NULL_IF(s.push_pid == 0 || s.push_seq_served < 0, Int64GetDatum(s.push_seq_served));
 #undef PUT
 #undef PUT_NULL_IF
-	Assert(i == 27);
+	Assert(i == 31);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

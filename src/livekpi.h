@@ -126,6 +126,12 @@ typedef struct LiveKpiShared
 	 * the push worker's event loop.  -1 when it could not be made.
 	 */
 	int			push_wakeup_fd;
+
+	/* push worker: newest seq read and served (-1 before the first read) */
+	int64		push_seq_served;
+
+	/* standby: last time replay was seen caught up with a streaming receiver */
+	TimestampTz standby_current_at;
 } LiveKpiShared;
 
 extern LiveKpiShared *livekpi_shared;

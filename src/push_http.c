@@ -34,6 +34,7 @@
 #include "http_rules.h"
 #include "livekpi.h"
 #include "push_internal.h"
+#include "push_standby.h"
 
 static const char *
 mime_of(const char *path)
@@ -108,28 +109,6 @@ http_prepare(PushClient *c, int status, const char *type, const char *body)
 }
 
 /*
- * standby_lag_ms
- *		On a hot standby, the replay lag of SPEC section 10: 0 while the WAL
- *		receiver streams and everything it received is replayed (so an idle
- *		primary does not make a standby unhealthy), else the time since the
- *		newest transaction replayed committed on the primary.
- */
-static long
-standby_lag_ms(void)
-{
-	XLogRecPtr	received = GetWalRcvFlushRecPtr(NULL, NULL);
-	XLogRecPtr	replayed = GetXLogReplayRecPtr(NULL);
-	TimestampTz latest;
-
-	if (WalRcvStreaming() && replayed >= received)
-		return 0;
-	latest = GetLatestXTime();
-	if (latest == 0)
-		return 0;
-	return (long) Max((GetCurrentTimestamp() - latest) / 1000, 0);
-}
-
-/*
  * health_body
  *		The /healthz answer, from the workers' shared state (SPEC section
  *		7): 503 with the first reason that applies: livekpi.database does
@@ -160,8 +139,6 @@ health_body(char *buf, size_t len)
 	slot_ready = livekpi_shared->slot_ready;
 	SpinLockRelease(&livekpi_shared->mutex);
 
-	if (standby)
-		lag_ms = standby_lag_ms();
 	if (lk_database_missing)
 		reason = "livekpi.database does not exist";
 	else if (!lk_extension_ready)
@@ -329,7 +306,7 @@ metrics_body(char *buf, size_t len)
 				 "# HELP livekpi_standby 1 on a hot standby (the push worker serves what it replayed).\n"
 				 "# TYPE livekpi_standby gauge\n"
 				 "livekpi_standby %d\n"
-				 "# HELP livekpi_replay_lag_seconds On a standby: 0 while all WAL received is replayed, else the time since the newest replayed commit.\n"
+				 "# HELP livekpi_replay_lag_seconds On a standby: 0 while all WAL received is replayed and the receiver streams, else how far replay is behind (SPEC section 10).\n"
 				 "# TYPE livekpi_replay_lag_seconds gauge\n"
 				 "livekpi_replay_lag_seconds %.3f\n"
 				 "# HELP livekpi_clients Open WebSocket connections.\n"
@@ -347,7 +324,7 @@ metrics_body(char *buf, size_t len)
 				 total, delta_batches, changes, rows, skipped, rejected, rebuilds,
 				 apply_error ? 1 : 0, push_error ? 1 : 0, paused ? 1 : 0, stale ? 1 : 0,
 				 retained, lag, standby ? 1 : 0,
-				 standby ? (double) standby_lag_ms() / 1000.0 : 0.0, clients, msgs, bytes);
+				 standby ? (double) livekpi_replay_lag_ms() / 1000.0 : 0.0, clients, msgs, bytes);
 	for (i = 0; i < LIVEKPI_DURATION_BUCKETS && n >= 0 && (size_t) n < len; i++)
 	{
 		cumulative += counts[i];

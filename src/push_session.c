@@ -38,6 +38,7 @@
 
 #include "livekpi.h"
 #include "push_internal.h"
+#include "push_standby.h"
 
 #define X		(-1)			/* not allowed in this state */
 #define SAME	(-2)			/* allowed, the state does not change */
@@ -452,6 +453,12 @@ process_requests(void)
 
 			if (c->request == NULL || c->state == SESS_CLOSING)
 				continue;
+			/* a resume ahead of this standby's replay waits (bounded) */
+			if (push_standby_hold_request(c->request, broadcast_seq, c->connected_at))
+			{
+				left++;
+				continue;
+			}
 			if (rc.njobs == LK_REQUESTS_PER_ROUND)
 			{
 				left++;

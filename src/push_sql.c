@@ -141,8 +141,8 @@ read_state(int64 *last_seq)
 	if (ret != SPI_OK_SELECT || SPI_processed != 1 ||
 		!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
 		return false;
-	ret = SPI_execute("SELECT epoch, last_seq, coalesce(key_type::text, 'text') "
-					  "FROM livekpi.state", true, 1);
+	ret = SPI_execute("SELECT epoch, last_seq, coalesce(key_type::text, 'text'), "
+					  "stale_reason IS NOT NULL FROM livekpi.state", true, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed == 0)
 		return false;
 	{
@@ -155,6 +155,19 @@ read_state(int64 *last_seq)
 		strlcpy(server_epoch, epoch ? epoch : "", sizeof(server_epoch));
 		*last_seq = seq ? strtoi64(seq, NULL, 10) : 0;
 		strlcpy(key_type, kt ? kt : "text", sizeof(key_type));
+
+		/*
+		 * On a standby no apply worker publishes the stale flag: the
+		 * replayed state row is the source.
+		 */
+		if (RecoveryInProgress())
+		{
+			bool		stale = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+
+			SpinLockAcquire(&livekpi_shared->mutex);
+			livekpi_shared->stale = !isnull && stale;
+			SpinLockRelease(&livekpi_shared->mutex);
+		}
 	}
 	return true;
 }

@@ -67,6 +67,7 @@
 
 #include "livekpi.h"
 #include "push_internal.h"
+#include "push_standby.h"
 
 LkPushShared *livekpi_push_shared = NULL;
 
@@ -794,6 +795,7 @@ livekpi_push_main(Datum main_arg)
 			wake_pending = false;
 			last_poll = GetCurrentTimestamp();
 			poll_batches();
+			push_standby_publish_seq(broadcast_seq);
 		}
 		if (catchup_pending)
 			catch_up();
