@@ -2112,7 +2112,8 @@ CREATE FUNCTION livekpi._status(
 	OUT batches bigint, OUT rebuilds bigint, OUT last_error text, OUT last_error_at timestamptz,
 	OUT push_pid int, OUT push_state text, OUT clients int, OUT messages_sent bigint,
 	OUT bytes_sent bigint, OUT push_last_error text, OUT push_last_error_at timestamptz,
-	OUT records_rejected bigint)
+	OUT records_rejected bigint, OUT role text, OUT replay_lsn pg_lsn,
+	OUT replay_lag_ms bigint, OUT seq_served bigint)
 AS 'MODULE_PATHNAME', 'livekpi_status' LANGUAGE C;
 
 CREATE VIEW livekpi.status AS
@@ -2147,7 +2148,11 @@ SELECT s.apply_pid,
 	   s.records_rejected,
 	   st.stale_reason IS NOT NULL AS stale,
 	   st.stale_reason,
-	   st.stale_since
+	   st.stale_since,
+	   s.role,
+	   s.replay_lsn,
+	   s.replay_lag_ms,
+	   s.seq_served
 FROM livekpi._status() s
 CROSS JOIN livekpi.state st
 LEFT JOIN pg_replication_slots r ON r.slot_name = s.slot_name;
