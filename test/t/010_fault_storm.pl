@@ -131,7 +131,7 @@ sub hostile_round
 	for my $f (@forgeries)
 	{
 		my ($rc) = $node->psql('postgres', $f, extra_params => [ '-U', 'intruder' ]);
-		$forged++ if $rc == 0 && $f =~ /true/;
+		$forged++ if $rc == 0;
 	}
 	$node->psql('postgres', q{
 INSERT INTO public.bookings (property_id, check_in, check_out, total_amount)
@@ -189,7 +189,7 @@ hostile_round();
 sync_ok($node, 60, 'sync after the last hostile round');
 my $rejected = try_query($node, 'SELECT records_rejected FROM livekpi.status');
 is($rejected - $rejected0, $forged - $forged0,
-	'every forged transactional record of the last round is counted as rejected');
+	'every forged record of the last round (non-transactional ones too) is counted as rejected');
 
 # Odd committed values are skipped, so the KPIs stay exact without a rebuild.
 check_verify($node, 'after the storm');
