@@ -25,6 +25,6 @@ HEAD
 	printf '%s\n' "$rows" | awk -F'|' '{ printf "| %s | %s | %s |\n", $1, $2, $3 }'
 	echo
 	echo "Last written by \`make test\` on $(date -u +%Y-%m-%d), PostgreSQL $(${PG_CONFIG:-pg_config} --version | awk '{print $2}'), $(nproc) cores."
-	echo "The tests: test/t/010_fault_storm.pl (kills, immediate shutdowns, forged records and odd values under load) and the files named in each row's test."
+	echo "Each row names the test that tried it, in parentheses."
 } > "$out"
 echo "reliability-report: wrote $out"

@@ -28,7 +28,7 @@ our @EXPORT = qw(
   livekpi_node try_query poll_until setup_tables track_tables
   start_writers finish_writers writers_done writer_report
   check_independent check_verify check_delta_log_contiguous
-  apply_worker_pid sync_ok call_ok pause_ok
+  apply_worker_pid sync_ok call_ok pause_ok reliability
 );
 
 # Directory of test/ (this file lives in test/TestLib/).
@@ -68,6 +68,20 @@ sub livekpi_node
 		  . ($opt{conf} // ''));
 	$node->start unless $opt{no_start};
 	return $node;
+}
+
+#
+# reliability(what, how_many, outcome): one row of docs/reliability.md
+# (test/reliability-report.sh), printed as a note; the outcome reads FAILED
+# when the test has failed so far.
+#
+sub reliability
+{
+	my ($what, $count, $outcome) = @_;
+	my $b = Test::More->builder;
+	Test::More::note("reliability: $what ($0)|$count|"
+		  . ($b->is_passing ? $outcome : 'FAILED'));
+	return;
 }
 
 # Output of $sql, or undef when it fails (server restarting, ...).

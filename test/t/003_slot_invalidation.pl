@@ -123,5 +123,7 @@ is( try_query(
 	'21',
 	'bookings written after the replacement are applied');
 
+reliability('a replication slot invalidated by max_slot_wal_keep_size (WAL lost under it)', '1',
+	'a new slot, a rebuild under a new epoch, the KPIs exact again');
 $node->stop;
 done_testing();

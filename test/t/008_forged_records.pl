@@ -181,5 +181,7 @@ is(try_query($node, 'SELECT last_error IS NULL OR last_error ~ \'terminat\' FROM
 	'no other error in the apply worker');
 check_verify($node, 'at the end');
 
+reliability('forged and replayed change records inside and beside savepoints, a worker killed after decoding one', Test::More->builder->current_test . ' checks',
+	'each ignored, logged and counted once; genuine changes applied');
 $node->stop;
 done_testing();

@@ -377,5 +377,7 @@ is(status('stale'), 'f', 'not stale after the final rebuild');
 unlike(slurp_file($node->logfile), qr/terminated by signal (?!9:)\d+/,
 	'no process died of a signal other than the test\'s SIGKILLs');
 
+reliability('poison changes (data errors in one change, user constraints and triggers, SIGKILL during careful mode)', Test::More->builder->current_test . ' checks',
+	'the bad change alone skipped and recorded, user errors retried, KPIs exact after rebuild()');
 $node->stop;
 done_testing();

@@ -76,5 +76,7 @@ $node->safe_psql('postgres', q{DELETE FROM bookings WHERE id % 3 = 0});
 is($node->safe_psql('postgres', q{SELECT livekpi.sync('60s')}), 't', 'synced after deletes');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM livekpi.verify()}), '0', 'still exact');
 
+reliability('DISABLE TRIGGER ALL on a tracked table, 500 inserts, ENABLE', '1',
+	'stale and /healthz 503 meanwhile, then rebuilt by itself and exact');
 $node->stop;
 done_testing();

@@ -130,5 +130,7 @@ my $d = ws_expect($by, 'delta');
 is($d && $d->{seq}, $seq, 'bystander still receives deltas');
 ok(!grep({ exists $_->{_closed} } ws_all($by)), 'bystander never disconnected');
 
+reliability('malformed, oversized, binary and out-of-order WebSocket messages, bad and revoked tokens', Test::More->builder->current_test . ' checks',
+	'only that connection closed with its code; others and the worker unaffected');
 $node->stop;
 done_testing();

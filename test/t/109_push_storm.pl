@@ -90,5 +90,7 @@ ok( $node->poll_query_until('postgres',
 $crowd->finish;
 ws_close($by);
 is(push_worker_pid($node), $pid, 'the worker is the same process');
+reliability('a storm of 3,000 hellos beside a live client', '1',
+	'heartbeats kept going, one transaction per round');
 $node->stop;
 done_testing();

@@ -91,5 +91,7 @@ ok($c->{connect_error}, 'with allowed_origins set, the own origin is no longer i
 ws_close($c);
 
 is(push_worker_pid($node), $pid, 'the worker survived every case');
+reliability('RFC 6455 handshake violations and forged Origin/Host headers', Test::More->builder->current_test . ' checks',
+	'refused with 400/403/426; the worker survived every case');
 $node->stop;
 done_testing();
