@@ -12,10 +12,10 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 # The install script is assembled from sql/parts/ so that each concern keeps
 # its own SQL file; the parts are concatenated in name order.
 SQL_PARTS = $(sort $(wildcard sql/parts/*.sql))
-DATA_built = livekpi--1.1.sql
+DATA_built = livekpi--1.1.sql livekpi--1.0--1.1.sql
 # The 1.0 install script as released and the upgrade scripts from it
 # (test/t/007_upgrade.pl installs 1.0, updates, and compares with 1.1).
-DATA = sql/livekpi--1.0.sql sql/livekpi--1.0--1.1.sql
+DATA = sql/livekpi--1.0.sql
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/src
@@ -37,7 +37,7 @@ TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
 PROVE_FLAGS = --timer
 
-EXTRA_CLEAN = livekpi--1.1.sql results output_iso tmp_regress tmp_iso tmp_check
+EXTRA_CLEAN = livekpi--1.1.sql livekpi--1.0--1.1.sql results output_iso tmp_regress tmp_iso tmp_check
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -115,6 +115,11 @@ EXTRA_CLEAN += $(FUZZ_CHANGE) $(TEST_SIPHASH)
 
 livekpi--1.1.sql: $(SQL_PARTS)
 	cat $^ > $@
+
+# The upgrade script names the functions it (re)creates; their definitions
+# come from sql/parts, so that each is written once.
+livekpi--1.0--1.1.sql: sql/livekpi--1.0--1.1.sql.in sql/expand-upgrade.pl $(SQL_PARTS)
+	perl $(srcdir)/sql/expand-upgrade.pl $< $(SQL_PARTS) > $@.tmp && mv $@.tmp $@
 
 # The dashboard and livekpi.js, served by the push worker from
 # $(datadir)/livekpi/www.  The chart library (uPlot, MIT) is committed in
