@@ -8,7 +8,7 @@
 set -euo pipefail
 logdir=$1
 out=$2
-rows=$(grep -h '^# reliability: ' "$logdir"/regress_log_* 2>/dev/null | sed 's/^# reliability: //' || true)
+rows=$(grep -h '# reliability: ' "$logdir"/regress_log_* 2>/dev/null | sed 's/^.*# reliability: //' || true)
 [ -n "$rows" ] || { echo "reliability-report: no reliability lines in $logdir" >&2; exit 0; }
 {
 	cat <<'HEAD'
