@@ -36,6 +36,7 @@
 #include "utils/date.h"
 #include "utils/datetime.h"
 #include "utils/fmgroids.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -124,6 +125,121 @@ to_jsonb_of(Oid type, Datum value)
 	return DatumGetJsonbP(FunctionCall1(&cache[i].finfo, value));
 }
 
+/*
+ * jsonb_scalar_of
+ *		The JsonbValue to_jsonb gives a value of the types the KPI tables and
+ *		views have, built without to_jsonb's per-call type lookups and text
+ *		round trip: integers and finite numerics as numbers (to_jsonb's
+ *		numeric_in(numeric_out(v)) keeps the value and its scale), dates and
+ *		timestamps through JsonEncodeDateTime as to_jsonb does, text as
+ *		itself.  Returns false for any other type or value (the caller then
+ *		asks to_jsonb).
+ */
+static bool
+jsonb_scalar_of(Oid type, Datum value, JsonbValue *jv)
+{
+	switch (type)
+	{
+		case INT2OID:
+			jv->type = jbvNumeric;
+			jv->val.numeric = int64_to_numeric(DatumGetInt16(value));
+			return true;
+		case INT4OID:
+			jv->type = jbvNumeric;
+			jv->val.numeric = int64_to_numeric(DatumGetInt32(value));
+			return true;
+		case INT8OID:
+			jv->type = jbvNumeric;
+			jv->val.numeric = int64_to_numeric(DatumGetInt64(value));
+			return true;
+		case NUMERICOID:
+			{
+				Numeric		n = DatumGetNumeric(value);
+
+				if (numeric_is_nan(n) || numeric_is_inf(n))
+					return false;
+				jv->type = jbvNumeric;
+				jv->val.numeric = n;
+				return true;
+			}
+		case DATEOID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+			jv->type = jbvString;
+			jv->val.string.val = JsonEncodeDateTime(NULL, value, type, NULL);
+			jv->val.string.len = strlen(jv->val.string.val);
+			return true;
+		case TEXTOID:
+			{
+				text	   *t = DatumGetTextPP(value);
+
+				jv->type = jbvString;
+				jv->val.string.val = VARDATA_ANY(t);
+				jv->val.string.len = VARSIZE_ANY_EXHDR(t);
+				return true;
+			}
+		default:
+			return false;
+	}
+}
+
+/*
+ * values_to_jsonb
+ *		to_jsonb of a row of the given descriptor, from its values, built
+ *		directly when every column has a type jsonb_scalar_of knows (the
+ *		object's keys are sorted by jsonb itself, as for to_jsonb).
+ */
+static Jsonb *
+values_to_jsonb(TupleDesc desc, Datum *values, bool *nulls)
+{
+	JsonbParseState *st = NULL;
+	JsonbValue *res;
+	JsonbValue *vals = palloc(sizeof(JsonbValue) * Max(desc->natts, 1));
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped)
+			continue;
+		if (nulls[i])
+			vals[i].type = jbvNull;
+		else if (!jsonb_scalar_of(att->atttypid, values[i], &vals[i]))
+		{
+			HeapTuple	tuple = heap_form_tuple(desc, values, nulls);
+
+			pfree(vals);
+			return to_jsonb_of(desc->tdtypeid, heap_copy_tuple_as_datum(tuple, desc));
+		}
+	}
+	(void) pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		JsonbValue	k;
+
+		if (att->attisdropped)
+			continue;
+		k.type = jbvString;
+		k.val.string.val = NameStr(att->attname);
+		k.val.string.len = strlen(NameStr(att->attname));
+		(void) pushJsonbValue(&st, WJB_KEY, &k);
+		(void) pushJsonbValue(&st, WJB_VALUE, &vals[i]);
+	}
+	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	pfree(vals);
+	return JsonbValueToJsonb(res);
+}
+
+/* to_jsonb of the row a slot holds. */
+static Jsonb *
+slot_to_jsonb(TupleTableSlot *slot)
+{
+	slot_getallattrs(slot);
+	return values_to_jsonb(slot->tts_tupleDescriptor, slot->tts_values, slot->tts_isnull);
+}
+
 static void
 push_binary(JsonbParseState **st, JsonbIteratorToken tok, Jsonb *jb)
 {
@@ -157,8 +273,13 @@ key_object(int n, const char *const *names, const Oid *types, const Datum *value
 	(void) pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
 	for (i = 0; i < n; i++)
 	{
+		JsonbValue	v;
+
 		push_key(&st, names[i]);
-		push_binary(&st, WJB_VALUE, to_jsonb_of(types[i], values[i]));
+		if (jsonb_scalar_of(types[i], values[i], &v))
+			(void) pushJsonbValue(&st, WJB_VALUE, &v);
+		else
+			push_binary(&st, WJB_VALUE, to_jsonb_of(types[i], values[i]));
 	}
 	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
 	return JsonbValueToJsonb(res);
@@ -436,15 +557,13 @@ row_put(ViewRow *r, const char *name, Datum v, bool isnull)
 static Jsonb *
 row_to_jsonb(ViewRow *r)
 {
-	HeapTuple	tuple;
 	int			i;
 
 	for (i = 0; i < r->desc->natts; i++)
 		if (!r->set[i] && !TupleDescAttr(r->desc, i)->attisdropped)
 			elog(ERROR, "livekpi: view column %s is not computed by the apply worker",
 				 NameStr(TupleDescAttr(r->desc, i)->attname));
-	tuple = heap_form_tuple(r->desc, r->values, r->nulls);
-	return to_jsonb_of(r->desc->tdtypeid, heap_copy_tuple_as_datum(tuple, r->desc));
+	return values_to_jsonb(r->desc, r->values, r->nulls);
 }
 
 /* ---- the delta ------------------------------------------------------- */
@@ -507,8 +626,7 @@ apply_delta_build(char key_kind, Oid key_type,
 		if (lookup(&bd, k))
 			views[V_BOOKING_DAILY].upserts =
 				lappend(views[V_BOOKING_DAILY].upserts,
-						to_jsonb_of(RelationGetDescr(bd.rel)->tdtypeid,
-									ExecFetchSlotHeapTupleDatum(bd.slot)));
+						slot_to_jsonb(bd.slot));
 		else
 			views[V_BOOKING_DAILY].deletes =
 				lappend(views[V_BOOKING_DAILY].deletes,
@@ -532,8 +650,7 @@ apply_delta_build(char key_kind, Oid key_type,
 		if (lookup(&em, k))
 			views[V_EXPENSE_MONTHLY].upserts =
 				lappend(views[V_EXPENSE_MONTHLY].upserts,
-						to_jsonb_of(RelationGetDescr(em.rel)->tdtypeid,
-									ExecFetchSlotHeapTupleDatum(em.slot)));
+						slot_to_jsonb(em.slot));
 		else
 			views[V_EXPENSE_MONTHLY].deletes =
 				lappend(views[V_EXPENSE_MONTHLY].deletes,
