@@ -236,6 +236,18 @@ values_to_jsonb(TupleDesc desc, Datum *values, bool *nulls)
 static Jsonb *
 slot_to_jsonb(TupleTableSlot *slot)
 {
+	return apply_delta_slot_jsonb(slot);
+}
+
+/*
+ * apply_delta_slot_jsonb
+ *		to_jsonb of the row in a slot: apply_kpi.c calls it with the
+ *		booking_daily row it just wrote, so that the delta does not read it
+ *		back.
+ */
+Jsonb *
+apply_delta_slot_jsonb(TupleTableSlot *slot)
+{
 	slot_getallattrs(slot);
 	return values_to_jsonb(slot->tts_tupleDescriptor, slot->tts_values, slot->tts_isnull);
 }
@@ -570,7 +582,7 @@ row_to_jsonb(ViewRow *r)
 
 void
 apply_delta_build(char key_kind, Oid key_type,
-				  Datum *b_key, Datum *b_day, int nb,
+				  Datum *b_key, Datum *b_day, Jsonb **b_rows, int nb,
 				  Datum *e_key, Datum *e_day, Datum *e_category, int ne,
 				  Datum *p_key, int np,
 				  Datum *upserts, Datum *deletes)
@@ -623,7 +635,17 @@ apply_delta_build(char key_kind, Oid key_type,
 	{
 		Datum		k[2] = {b_key[i], b_day[i]};
 
-		if (lookup(&bd, k))
+		if (b_rows != NULL)
+		{
+			if (b_rows[i] != NULL)
+				views[V_BOOKING_DAILY].upserts =
+					lappend(views[V_BOOKING_DAILY].upserts, b_rows[i]);
+			else
+				views[V_BOOKING_DAILY].deletes =
+					lappend(views[V_BOOKING_DAILY].deletes,
+							key_object(2, daily_names, daily_types, k));
+		}
+		else if (lookup(&bd, k))
 			views[V_BOOKING_DAILY].upserts =
 				lappend(views[V_BOOKING_DAILY].upserts,
 						slot_to_jsonb(bd.slot));

@@ -128,6 +128,7 @@ typedef struct ApplyKpi
 	int64		rows_added_or_deleted;	/* change the tables' row counts */
 	Datum	   *new_properties; /* keys inserted into livekpi.properties */
 	int			nnew;
+	Jsonb	  **b_rows;			/* booking_daily rows as left, for the delta */
 } ApplyKpi;
 
 /* One row of deltas; values[] in the order of the table's measures. */
@@ -425,7 +426,7 @@ fill_new_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
  *		did not keep it either.
  */
 static void
-add_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
+add_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row, Jsonb **json)
 {
 	EState	   *estate = ak->estate;
 	bool		zero = true;
@@ -466,7 +467,11 @@ add_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
 			ak->rows_added_or_deleted++;
 		}
 		else
+		{
 			ExecSimpleRelationUpdate(t->rri, estate, &ak->epqstate, t->found, slot);
+			if (json != NULL)
+				*json = apply_delta_slot_jsonb(slot);
+		}
 	}
 	else
 	{
@@ -478,6 +483,8 @@ add_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
 		fill_new_row(ak, t, row);
 		ExecSimpleRelationInsert(t->rri, estate, t->newslot);
 		ak->rows_added_or_deleted++;
+		if (json != NULL)
+			*json = apply_delta_slot_jsonb(t->newslot);
 	}
 }
 
@@ -630,7 +637,7 @@ write_delta_log(ApplyKpi *ak, KpiArrays *a, char key_kind, TimestampTz last_comm
 		e_key = array_elements(a->e_key, ak->key_type, &ne);
 		e_day = array_elements(a->e_day, DATEOID, &n);
 		e_category = array_elements(a->e_category, TEXTOID, &n);
-		apply_delta_build(key_kind, ak->key_type, b_key, b_day, nb,
+		apply_delta_build(key_kind, ak->key_type, b_key, b_day, ak->b_rows, nb,
 						  e_key, e_day, e_category, ne, props, nnew + nunits,
 						  &values[4], &values[5]);
 		if (SPI_execute_plan(insert_plan, values, NULL, false, 0) != SPI_OK_INSERT)
@@ -750,7 +757,17 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 	EvalPlanQualInit(&ak.epqstate, ak.estate, NULL, NIL, -1);
 	AfterTriggerBeginQuery();
 
-	/* booking_daily, then its month roll-up */
+	/*
+	 * booking_daily, then its month roll-up.  The rows written are kept as
+	 * the delta's JSON, unless a trigger of the user's may change what is
+	 * stored (then apply_delta reads them back).
+	 */
+	{
+		TriggerDesc *trig = ak.t[T_BOOKING_DAILY].rri->ri_TrigDesc;
+
+		if (trig == NULL || (!trig->trig_insert_before_row && !trig->trig_update_before_row))
+			ak.b_rows = palloc0(sizeof(Jsonb *) * Max(nb, 1));
+	}
 	rows = palloc(sizeof(DeltaRow) * Max(nb, 1));
 	for (i = 0; i < nb; i++)
 	{
@@ -760,7 +777,7 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 		rows[i].values[1] = b_revenue[i];
 		rows[i].values[2] = b_arrivals[i];
 		rows[i].values[3] = b_cancelled[i];
-		add_row(&ak, &ak.t[T_BOOKING_DAILY], &rows[i]);
+		add_row(&ak, &ak.t[T_BOOKING_DAILY], &rows[i], ak.b_rows ? &ak.b_rows[i] : NULL);
 	}
 	months = palloc(sizeof(DeltaRow) * Max(nb + ne, 1));
 	portfolio = palloc(sizeof(DeltaRow) * Max(nb + ne, 1));
@@ -781,7 +798,7 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 	}
 	nmonths = rollup(months, nb, &ak.t[T_BOOKING_MONTHLY], booking_month_cmp);
 	for (i = 0; i < nmonths; i++)
-		add_row(&ak, &ak.t[T_BOOKING_MONTHLY], &months[i]);
+		add_row(&ak, &ak.t[T_BOOKING_MONTHLY], &months[i], NULL);
 
 	/* expense_daily, then its month roll-up */
 	rows = repalloc(rows, sizeof(DeltaRow) * Max(ne, 1));
@@ -794,7 +811,7 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 		rows[i].values[1] = e_pending[i];
 		rows[i].values[2] = e_rejected[i];
 		rows[i].values[3] = e_count[i];
-		add_row(&ak, &ak.t[T_EXPENSE_DAILY], &rows[i]);
+		add_row(&ak, &ak.t[T_EXPENSE_DAILY], &rows[i], NULL);
 	}
 	for (i = 0; i < ne; i++)
 	{
@@ -812,12 +829,12 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 	}
 	nmonths = rollup(months, ne, &ak.t[T_EXPENSE_MONTHLY], expense_month_cmp);
 	for (i = 0; i < nmonths; i++)
-		add_row(&ak, &ak.t[T_EXPENSE_MONTHLY], &months[i]);
+		add_row(&ak, &ak.t[T_EXPENSE_MONTHLY], &months[i], NULL);
 
 	/* portfolio */
 	nportfolio = rollup(portfolio, nportfolio, &ak.t[T_PORTFOLIO], month_cmp);
 	for (i = 0; i < nportfolio; i++)
-		add_row(&ak, &ak.t[T_PORTFOLIO], &portfolio[i]);
+		add_row(&ak, &ak.t[T_PORTFOLIO], &portfolio[i], NULL);
 
 	/* properties appear when first seen */
 	keys = palloc(sizeof(Datum) * Max(nb + ne, 1));
