@@ -34,6 +34,7 @@
 #include "nodes/makefuncs.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/datum.h"
 #include "utils/datetime.h"
 #include "utils/fmgroids.h"
 #include "utils/json.h"
@@ -617,6 +618,13 @@ apply_delta_build(char key_kind, Oid key_type,
 	Oid			daily_types[2] = {key_type, DATEOID};
 	Oid			month_types[3] = {key_type, DATEOID, TEXTOID};
 	Oid			portfolio_types[1] = {DATEOID};
+	bool		p_found = false;
+	Datum		p_units = (Datum) 0,
+				p_name = (Datum) 0,
+				p_updated = (Datum) 0;
+	bool		p_units_null = true,
+				p_name_null = true,
+				p_updated_null = true;
 
 	sort_key_kind = key_kind;
 	lookup_open(&bd, nspid, "booking_daily", 2, snapshot);
@@ -745,6 +753,25 @@ apply_delta_build(char key_kind, Oid key_type,
 		bool		isnull;
 		Datum		v;
 
+		/*
+		 * The keys are sorted by property: its livekpi.properties row is
+		 * read once for all its months.
+		 */
+		if (i == 0 || key_compare(keys[i].key, keys[i - 1].key, key_kind) != 0)
+		{
+			Datum		pk[1] = {keys[i].key};
+
+			p_found = lookup(&pr, pk);
+			if (p_found)
+			{
+				p_units = col(&pr, "units", &p_units_null);
+				p_name = col(&pr, "name", &p_name_null);
+				p_updated = col(&pr, "updated_at", &p_updated_null);
+				if (!p_name_null)
+					p_name = datumCopy(p_name, false, -1);
+			}
+		}
+
 		if (has_b)
 		{
 			nights = col_notnull(&bm, "nights_sold");
@@ -780,12 +807,13 @@ apply_delta_build(char key_kind, Oid key_type,
 						key_object(2, month_names, month_types, k));
 			continue;
 		}
-		if (lookup(&pr, k))
+		if (p_found)
 		{
-			units = col(&pr, "units", &units_null);
-			name = col(&pr, "name", &name_null);
-			v = col(&pr, "updated_at", &isnull);
-			greatest(&updated, &updated_null, v, isnull);
+			units = p_units;
+			units_null = p_units_null;
+			name = p_name;
+			name_null = p_name_null;
+			greatest(&updated, &updated_null, p_updated, p_updated_null);
 		}
 
 		row_reset(&row);
