@@ -39,6 +39,7 @@
 #include "replication/logical.h"
 #include "replication/origin.h"
 #include "replication/slot.h"
+#include "storage/buffile.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
@@ -76,10 +77,10 @@ typedef struct PendingTxn
 	XLogRecPtr	end_lsn;
 	TimestampTz commit_time;
 	bool		has_truncate;
-	List	   *messages;		/* of PendingMessage */
+	int			nmessages;		/* in careful_file, from its start */
 } PendingTxn;
 
-/* A change record, copied out of the decoder's buffer at its exact size. */
+/* A change record, read back from careful_file at its exact size. */
 typedef struct PendingMessage
 {
 	XLogRecPtr	lsn;			/* of the logical-decoding message */
@@ -96,11 +97,20 @@ static RepOriginId origin_id = InvalidRepOriginId;
 static XLogRecPtr origin_startpos = InvalidXLogRecPtr;
 
 /*
- * Careful mode holds the records of one source transaction (pending has at
+ * Careful mode decodes one source transaction at a time (pending has at
  * most one entry); the next is decoded once it is applied.
  */
 static MemoryContext pending_cxt = NULL;
 static List *pending = NIL;		/* of PendingTxn */
+
+/*
+ * The records of that transaction are written to a temporary file (in
+ * temp_tablespaces, under temp_file_limit), so that careful mode's memory
+ * is one record at a time too; careful_msg_cxt holds the record being
+ * applied.
+ */
+static BufFile *careful_file = NULL;
+static MemoryContext careful_msg_cxt = NULL;
 static PendingTxn *current = NULL;	/* being decoded */
 static int64 pending_changes = 0;
 
@@ -364,7 +374,25 @@ coalesce_change(const char *body, int len)
 	MemoryContextReset(decode_cxt);
 }
 
-/* Careful mode: the frames of one source transaction, copied. */
+/* Positions careful_file at its start, making it when it is missing. */
+static void
+careful_file_rewind(void)
+{
+	if (careful_file == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		/* interXact: it outlives the transactions it is used in */
+		careful_file = BufFileCreateTemp(true);
+		MemoryContextSwitchTo(old);
+	}
+	if (BufFileSeek(careful_file, 0, 0, SEEK_SET) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("livekpi: could not seek in the careful mode temporary file: %m")));
+}
+
+/* Careful mode: the frames of one source transaction, to careful_file. */
 static void
 careful_write(StringInfo msg, XLogRecPtr lsn, int len)
 {
@@ -375,31 +403,33 @@ careful_write(StringInfo msg, XLogRecPtr lsn, int len)
 		case 'B':
 			current = palloc0(sizeof(PendingTxn));
 			current->xid = (TransactionId) pq_getmsgint(msg, 4);
+			careful_file_rewind();
 			break;
 		case 'M':
 			{
 				const char *body = pq_getmsgbytes(msg, msg->len - msg->cursor);
-				PendingMessage *copy;
+				PendingMessage head;
 
 				len--;
 				if (current == NULL)
 					elog(ERROR, "livekpi: change record outside a transaction");
 				if (len > 0 && body[0] == CHANGE_REBUILD)
 				{
-					pending_changes -= list_length(current->messages);
-					current->messages = NIL;
+					pending_changes -= current->nmessages;
+					current->nmessages = 0;
 					current->has_truncate = false;
+					careful_file_rewind();
 					break;
 				}
 				if (!change_is_readable(body, len, lsn))
 					break;
 				if (body[0] == CHANGE_TRUNCATE)
 					current->has_truncate = true;
-				copy = palloc(offsetof(PendingMessage, data) + len);
-				copy->lsn = lsn;
-				copy->len = len;
-				memcpy(copy->data, body, len);
-				current->messages = lappend(current->messages, copy);
+				head.lsn = lsn;
+				head.len = len;
+				BufFileWrite(careful_file, &head, offsetof(PendingMessage, data));
+				BufFileWrite(careful_file, (void *) body, len);
+				current->nmessages++;
 				pending_changes++;
 				break;
 			}
@@ -411,7 +441,7 @@ careful_write(StringInfo msg, XLogRecPtr lsn, int len)
 			current->commit_time = (TimestampTz) pq_getmsgint64(msg);
 			/* Already applied before a crash: the origin remembers. */
 			if (current->end_lsn <= origin_startpos)
-				pending_changes -= list_length(current->messages);
+				pending_changes -= current->nmessages;
 			else
 				pending = lappend(pending, current);
 			current = NULL;
@@ -1152,6 +1182,8 @@ apply_change_alone(PendingMessage *m, PendingTxn *t, char key_kind, ApplyTotals 
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
+		/* a released subtransaction's memory lives until the top commits */
+		MemoryContextDelete(batch.context);
 
 		if (seq > 0)
 		{
@@ -1252,12 +1284,24 @@ apply_txn_carefully(PendingTxn *t)
 		int			previous_failure = 0;
 		int			previous_ordinal = 0;
 
-		foreach(lc, t->messages)
+		careful_file_rewind();
+		while (ordinal < t->nmessages)
 		{
-			PendingMessage *m = lfirst(lc);
+			PendingMessage *m;
+			PendingMessage head;
 			ErrorData  *edata;
 			SkippedChange *sk;
 			Change		c;
+
+			/* one record in memory at a time */
+			MemoryContextReset(careful_msg_cxt);
+			if (BufFileRead(careful_file, &head, offsetof(PendingMessage, data)) !=
+				offsetof(PendingMessage, data))
+				elog(ERROR, "livekpi: could not read the careful mode temporary file");
+			m = MemoryContextAlloc(careful_msg_cxt, offsetof(PendingMessage, data) + head.len);
+			*m = head;
+			if (BufFileRead(careful_file, m->data, head.len) != head.len)
+				elog(ERROR, "livekpi: could not read the careful mode temporary file");
 
 			ordinal++;
 			apply_errctx.msg = m;
@@ -1751,6 +1795,8 @@ livekpi_apply_main(Datum main_arg)
 										ALLOCSET_DEFAULT_SIZES);
 	check_cxt = AllocSetContextCreate(TopMemoryContext, "livekpi record check",
 									  ALLOCSET_SMALL_SIZES);
+	careful_msg_cxt = AllocSetContextCreate(TopMemoryContext, "livekpi careful record",
+											ALLOCSET_SMALL_SIZES);
 	batch_cxt = AllocSetContextCreate(TopMemoryContext, "livekpi batch",
 									  ALLOCSET_DEFAULT_SIZES);
 	decode_cxt = AllocSetContextCreate(TopMemoryContext, "livekpi change decoding",
