@@ -162,6 +162,7 @@ static ErrorData *txn_error = NULL;
  * up to its skip_marker'th marker.
  */
 static bool redecode_needed = false;
+static const char *redecode_reason = NULL;
 static TransactionId skip_xid = InvalidTransactionId;
 static int	skip_marker = 0;
 
@@ -526,6 +527,7 @@ decoding_write(LogicalDecodingContext *ctx, XLogRecPtr lsn,
 					else if (txn_kept && !txn_skipping && txn_added > 0 && !redecode_needed)
 					{
 						redecode_needed = true;
+						redecode_reason = "a rebuild marker follows changes of its own transaction";
 						skip_xid = txn_xid;
 						skip_marker = txn_markers;
 					}
@@ -1042,6 +1044,7 @@ apply_pending(void)
 		pgstat_report_activity(STATE_IDLE, NULL);
 		hint_valid = false;
 		redecode_needed = true;
+		redecode_reason = "a rebuild ran after the batch was decoded";
 		return;
 	}
 	hint_rebuild_lsn = rebuild_lsn;
@@ -1878,6 +1881,9 @@ livekpi_apply_main(Datum main_arg)
 			continue;
 		if (redecode_needed)
 		{
+			ereport(LOG,
+					(errmsg("livekpi apply worker decodes the batch again from the slot: %s",
+							redecode_reason)));
 			restart_decoding();
 			continue;
 		}
@@ -1908,6 +1914,10 @@ livekpi_apply_main(Datum main_arg)
 			}
 			if (result != STEP_OK || redecode_needed)
 			{
+				if (result == STEP_OK)
+					ereport(LOG,
+							(errmsg("livekpi apply worker decodes the batch again from the slot: %s",
+									redecode_reason)));
 				restart_decoding();
 				continue;
 			}

@@ -119,6 +119,9 @@ $node->safe_psql('postgres', q{
 UPDATE public.bookings SET status = 'cancelled' WHERE id % 13 = 0});
 call_ok($node, 'livekpi.resume()', 'resume');
 sync_ok($node, 60, 'the batch with a rebuild inside is applied');
+like(slurp_file($node->logfile),
+	qr/decodes the batch again from the slot: a rebuild marker follows changes of its own transaction/,
+	'the changes before the marker were dropped by decoding the batch again');
 check_verify($node, 'after a rebuild inside a transaction of a batch');
 check_independent($node, 'after a rebuild inside a transaction of a batch');
 
@@ -135,6 +138,9 @@ $node->safe_psql('postgres', q{
 DELETE FROM public.bookings WHERE id % 17 = 0});
 call_ok($node, 'livekpi.resume()', 'resume');
 sync_ok($node, 60, 'the changes around the rebuild are applied');
+like(slurp_file($node->logfile),
+	qr/decodes the batch again from the slot: a rebuild ran after the batch was decoded/,
+	'the changes the rebuild counted were dropped by decoding the batch again');
 check_verify($node, 'after a rebuild between decode and apply');
 check_independent($node, 'after a rebuild between decode and apply');
 check_delta_log_contiguous($node, 'at the end');
