@@ -579,6 +579,30 @@ row_to_jsonb(ViewRow *r)
 	return values_to_jsonb(r->desc, r->values, r->nulls);
 }
 
+/* The booking_monthly row the batch wrote for (key, month), if any. */
+static ApplyMonthRow *
+find_month_row(ApplyMonthRow *rows, int n, Datum key, DateADT month, char kind)
+{
+	int			lo = 0,
+				hi = n - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+		int			c = key_compare(rows[mid].key, key, kind);
+
+		if (c == 0)
+			c = rows[mid].month < month ? -1 : (rows[mid].month > month ? 1 : 0);
+		if (c == 0)
+			return &rows[mid];
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return NULL;
+}
+
 /* ---- the delta ------------------------------------------------------- */
 
 void
@@ -586,6 +610,7 @@ apply_delta_build(char key_kind, Oid key_type,
 				  Datum *b_key, Datum *b_day, Jsonb **b_rows, int nb,
 				  Datum *e_key, Datum *e_day, Datum *e_category, int ne,
 				  Datum *p_key, int np,
+				  ApplyMonthRow *m_rows, int nm,
 				  Datum *upserts, Datum *deletes)
 {
 	Oid			nspid = get_namespace_oid("livekpi", false);
@@ -734,7 +759,8 @@ apply_delta_build(char key_kind, Oid key_type,
 	for (i = 0; i < nkeys; i++)
 	{
 		Datum		k[2] = {keys[i].key, DateADTGetDatum(keys[i].month)};
-		bool		has_b = lookup(&bm, k);
+		ApplyMonthRow *m = find_month_row(m_rows, nm, k[0], keys[i].month, key_kind);
+		bool		has_b = m != NULL ? m->exists : lookup(&bm, k);
 		bool		has_e = false;
 		Datum		nights = Int64GetDatum(0),
 					revenue = zero,
@@ -772,7 +798,15 @@ apply_delta_build(char key_kind, Oid key_type,
 			}
 		}
 
-		if (has_b)
+		if (has_b && m != NULL)
+		{
+			nights = m->nights;
+			revenue = m->revenue;
+			arrivals = m->arrivals;
+			cancelled = m->cancelled;
+			greatest(&updated, &updated_null, m->updated_at, false);
+		}
+		else if (has_b)
 		{
 			nights = col_notnull(&bm, "nights_sold");
 			revenue = col_notnull(&bm, "room_revenue");
