@@ -34,8 +34,10 @@
 #include "nodes/makefuncs.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/datum.h"
 #include "utils/datetime.h"
 #include "utils/fmgroids.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -124,6 +126,133 @@ to_jsonb_of(Oid type, Datum value)
 	return DatumGetJsonbP(FunctionCall1(&cache[i].finfo, value));
 }
 
+/*
+ * jsonb_scalar_of
+ *		The JsonbValue to_jsonb gives a value of the types the KPI tables and
+ *		views have, built without to_jsonb's per-call type lookups and text
+ *		round trip: integers and finite numerics as numbers (to_jsonb's
+ *		numeric_in(numeric_out(v)) keeps the value and its scale), dates and
+ *		timestamps through JsonEncodeDateTime as to_jsonb does, text as
+ *		itself.  Returns false for any other type or value (the caller then
+ *		asks to_jsonb).
+ */
+static bool
+jsonb_scalar_of(Oid type, Datum value, JsonbValue *jv)
+{
+	switch (type)
+	{
+		case INT2OID:
+			jv->type = jbvNumeric;
+			jv->val.numeric = int64_to_numeric(DatumGetInt16(value));
+			return true;
+		case INT4OID:
+			jv->type = jbvNumeric;
+			jv->val.numeric = int64_to_numeric(DatumGetInt32(value));
+			return true;
+		case INT8OID:
+			jv->type = jbvNumeric;
+			jv->val.numeric = int64_to_numeric(DatumGetInt64(value));
+			return true;
+		case NUMERICOID:
+			{
+				Numeric		n = DatumGetNumeric(value);
+
+				if (numeric_is_nan(n) || numeric_is_inf(n))
+					return false;
+				jv->type = jbvNumeric;
+				jv->val.numeric = n;
+				return true;
+			}
+		case DATEOID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+			jv->type = jbvString;
+			jv->val.string.val = JsonEncodeDateTime(NULL, value, type, NULL);
+			jv->val.string.len = strlen(jv->val.string.val);
+			return true;
+		case TEXTOID:
+			{
+				text	   *t = DatumGetTextPP(value);
+
+				jv->type = jbvString;
+				jv->val.string.val = VARDATA_ANY(t);
+				jv->val.string.len = VARSIZE_ANY_EXHDR(t);
+				return true;
+			}
+		default:
+			return false;
+	}
+}
+
+/*
+ * values_to_jsonb
+ *		to_jsonb of a row of the given descriptor, from its values, built
+ *		directly when every column has a type jsonb_scalar_of knows (the
+ *		object's keys are sorted by jsonb itself, as for to_jsonb).
+ */
+static Jsonb *
+values_to_jsonb(TupleDesc desc, Datum *values, bool *nulls)
+{
+	JsonbParseState *st = NULL;
+	JsonbValue *res;
+	JsonbValue *vals = palloc(sizeof(JsonbValue) * Max(desc->natts, 1));
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped)
+			continue;
+		if (nulls[i])
+			vals[i].type = jbvNull;
+		else if (!jsonb_scalar_of(att->atttypid, values[i], &vals[i]))
+		{
+			HeapTuple	tuple = heap_form_tuple(desc, values, nulls);
+
+			pfree(vals);
+			return to_jsonb_of(desc->tdtypeid, heap_copy_tuple_as_datum(tuple, desc));
+		}
+	}
+	(void) pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		JsonbValue	k;
+
+		if (att->attisdropped)
+			continue;
+		k.type = jbvString;
+		k.val.string.val = NameStr(att->attname);
+		k.val.string.len = strlen(NameStr(att->attname));
+		(void) pushJsonbValue(&st, WJB_KEY, &k);
+		(void) pushJsonbValue(&st, WJB_VALUE, &vals[i]);
+	}
+	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	pfree(vals);
+	return JsonbValueToJsonb(res);
+}
+
+/* to_jsonb of the row a slot holds. */
+static Jsonb *
+slot_to_jsonb(TupleTableSlot *slot)
+{
+	return apply_delta_slot_jsonb(slot);
+}
+
+/*
+ * apply_delta_slot_jsonb
+ *		to_jsonb of the row in a slot: apply_kpi.c calls it with the
+ *		booking_daily row it just wrote, so that the delta does not read it
+ *		back.
+ */
+Jsonb *
+apply_delta_slot_jsonb(TupleTableSlot *slot)
+{
+	slot_getallattrs(slot);
+	return values_to_jsonb(slot->tts_tupleDescriptor, slot->tts_values, slot->tts_isnull);
+}
+
 static void
 push_binary(JsonbParseState **st, JsonbIteratorToken tok, Jsonb *jb)
 {
@@ -157,8 +286,13 @@ key_object(int n, const char *const *names, const Oid *types, const Datum *value
 	(void) pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
 	for (i = 0; i < n; i++)
 	{
+		JsonbValue	v;
+
 		push_key(&st, names[i]);
-		push_binary(&st, WJB_VALUE, to_jsonb_of(types[i], values[i]));
+		if (jsonb_scalar_of(types[i], values[i], &v))
+			(void) pushJsonbValue(&st, WJB_VALUE, &v);
+		else
+			push_binary(&st, WJB_VALUE, to_jsonb_of(types[i], values[i]));
 	}
 	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
 	return JsonbValueToJsonb(res);
@@ -436,24 +570,47 @@ row_put(ViewRow *r, const char *name, Datum v, bool isnull)
 static Jsonb *
 row_to_jsonb(ViewRow *r)
 {
-	HeapTuple	tuple;
 	int			i;
 
 	for (i = 0; i < r->desc->natts; i++)
 		if (!r->set[i] && !TupleDescAttr(r->desc, i)->attisdropped)
 			elog(ERROR, "livekpi: view column %s is not computed by the apply worker",
 				 NameStr(TupleDescAttr(r->desc, i)->attname));
-	tuple = heap_form_tuple(r->desc, r->values, r->nulls);
-	return to_jsonb_of(r->desc->tdtypeid, heap_copy_tuple_as_datum(tuple, r->desc));
+	return values_to_jsonb(r->desc, r->values, r->nulls);
+}
+
+/* The booking_monthly row the batch wrote for (key, month), if any. */
+static ApplyMonthRow *
+find_month_row(ApplyMonthRow *rows, int n, Datum key, DateADT month, char kind)
+{
+	int			lo = 0,
+				hi = n - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+		int			c = key_compare(rows[mid].key, key, kind);
+
+		if (c == 0)
+			c = rows[mid].month < month ? -1 : (rows[mid].month > month ? 1 : 0);
+		if (c == 0)
+			return &rows[mid];
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return NULL;
 }
 
 /* ---- the delta ------------------------------------------------------- */
 
 void
 apply_delta_build(char key_kind, Oid key_type,
-				  Datum *b_key, Datum *b_day, int nb,
+				  Datum *b_key, Datum *b_day, Jsonb **b_rows, int nb,
 				  Datum *e_key, Datum *e_day, Datum *e_category, int ne,
 				  Datum *p_key, int np,
+				  ApplyMonthRow *m_rows, int nm,
 				  Datum *upserts, Datum *deletes)
 {
 	Oid			nspid = get_namespace_oid("livekpi", false);
@@ -486,6 +643,13 @@ apply_delta_build(char key_kind, Oid key_type,
 	Oid			daily_types[2] = {key_type, DATEOID};
 	Oid			month_types[3] = {key_type, DATEOID, TEXTOID};
 	Oid			portfolio_types[1] = {DATEOID};
+	bool		p_found = false;
+	Datum		p_units = (Datum) 0,
+				p_name = (Datum) 0,
+				p_updated = (Datum) 0;
+	bool		p_units_null = true,
+				p_name_null = true,
+				p_updated_null = true;
 
 	sort_key_kind = key_kind;
 	lookup_open(&bd, nspid, "booking_daily", 2, snapshot);
@@ -504,11 +668,20 @@ apply_delta_build(char key_kind, Oid key_type,
 	{
 		Datum		k[2] = {b_key[i], b_day[i]};
 
-		if (lookup(&bd, k))
+		if (b_rows != NULL)
+		{
+			if (b_rows[i] != NULL)
+				views[V_BOOKING_DAILY].upserts =
+					lappend(views[V_BOOKING_DAILY].upserts, b_rows[i]);
+			else
+				views[V_BOOKING_DAILY].deletes =
+					lappend(views[V_BOOKING_DAILY].deletes,
+							key_object(2, daily_names, daily_types, k));
+		}
+		else if (lookup(&bd, k))
 			views[V_BOOKING_DAILY].upserts =
 				lappend(views[V_BOOKING_DAILY].upserts,
-						to_jsonb_of(RelationGetDescr(bd.rel)->tdtypeid,
-									ExecFetchSlotHeapTupleDatum(bd.slot)));
+						slot_to_jsonb(bd.slot));
 		else
 			views[V_BOOKING_DAILY].deletes =
 				lappend(views[V_BOOKING_DAILY].deletes,
@@ -532,8 +705,7 @@ apply_delta_build(char key_kind, Oid key_type,
 		if (lookup(&em, k))
 			views[V_EXPENSE_MONTHLY].upserts =
 				lappend(views[V_EXPENSE_MONTHLY].upserts,
-						to_jsonb_of(RelationGetDescr(em.rel)->tdtypeid,
-									ExecFetchSlotHeapTupleDatum(em.slot)));
+						slot_to_jsonb(em.slot));
 		else
 			views[V_EXPENSE_MONTHLY].deletes =
 				lappend(views[V_EXPENSE_MONTHLY].deletes,
@@ -587,7 +759,8 @@ apply_delta_build(char key_kind, Oid key_type,
 	for (i = 0; i < nkeys; i++)
 	{
 		Datum		k[2] = {keys[i].key, DateADTGetDatum(keys[i].month)};
-		bool		has_b = lookup(&bm, k);
+		ApplyMonthRow *m = find_month_row(m_rows, nm, k[0], keys[i].month, key_kind);
+		bool		has_b = m != NULL ? m->exists : lookup(&bm, k);
 		bool		has_e = false;
 		Datum		nights = Int64GetDatum(0),
 					revenue = zero,
@@ -606,7 +779,34 @@ apply_delta_build(char key_kind, Oid key_type,
 		bool		isnull;
 		Datum		v;
 
-		if (has_b)
+		/*
+		 * The keys are sorted by property: its livekpi.properties row is
+		 * read once for all its months.
+		 */
+		if (i == 0 || key_compare(keys[i].key, keys[i - 1].key, key_kind) != 0)
+		{
+			Datum		pk[1] = {keys[i].key};
+
+			p_found = lookup(&pr, pk);
+			if (p_found)
+			{
+				p_units = col(&pr, "units", &p_units_null);
+				p_name = col(&pr, "name", &p_name_null);
+				p_updated = col(&pr, "updated_at", &p_updated_null);
+				if (!p_name_null)
+					p_name = datumCopy(p_name, false, -1);
+			}
+		}
+
+		if (has_b && m != NULL)
+		{
+			nights = m->nights;
+			revenue = m->revenue;
+			arrivals = m->arrivals;
+			cancelled = m->cancelled;
+			greatest(&updated, &updated_null, m->updated_at, false);
+		}
+		else if (has_b)
 		{
 			nights = col_notnull(&bm, "nights_sold");
 			revenue = col_notnull(&bm, "room_revenue");
@@ -641,12 +841,13 @@ apply_delta_build(char key_kind, Oid key_type,
 						key_object(2, month_names, month_types, k));
 			continue;
 		}
-		if (lookup(&pr, k))
+		if (p_found)
 		{
-			units = col(&pr, "units", &units_null);
-			name = col(&pr, "name", &name_null);
-			v = col(&pr, "updated_at", &isnull);
-			greatest(&updated, &updated_null, v, isnull);
+			units = p_units;
+			units_null = p_units_null;
+			name = p_name;
+			name_null = p_name_null;
+			greatest(&updated, &updated_null, p_updated, p_updated_null);
 		}
 
 		row_reset(&row);

@@ -13,11 +13,41 @@
 #define LIVEKPI_APPLY_DELTA_H
 
 #include "change.h"
+#include "executor/tuptable.h"
+#include "utils/date.h"
+#include "utils/jsonb.h"
 
+/*
+ * A booking_monthly row as the batch left it (exists: false when deleted or
+ * never made), sorted by key and month.
+ */
+typedef struct ApplyMonthRow
+{
+	Datum		key;
+	DateADT		month;
+	bool		exists;
+	Datum		nights;
+	Datum		revenue;
+	Datum		arrivals;
+	Datum		cancelled;
+	Datum		updated_at;
+} ApplyMonthRow;
+
+/*
+ * m_rows, when not NULL: the booking_monthly rows the batch wrote, which
+ * are then not read back.
+ *
+ * b_rows, when not NULL: for each booking_daily key, to_jsonb of the row
+ * the batch left (apply_delta_slot_jsonb of the slot it wrote), or NULL
+ * when no row is left; the rows are then not read back.
+ */
 extern void apply_delta_build(char key_kind, Oid key_type,
-							  Datum *b_key, Datum *b_day, int nb,
+							  Datum *b_key, Datum *b_day, Jsonb **b_rows, int nb,
 							  Datum *e_key, Datum *e_day, Datum *e_category, int ne,
 							  Datum *p_key, int np,
+							  ApplyMonthRow *m_rows, int nm,
 							  Datum *upserts, Datum *deletes);
+
+extern Jsonb *apply_delta_slot_jsonb(TupleTableSlot *slot);
 
 #endif							/* LIVEKPI_APPLY_DELTA_H */

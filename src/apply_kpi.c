@@ -128,6 +128,9 @@ typedef struct ApplyKpi
 	int64		rows_added_or_deleted;	/* change the tables' row counts */
 	Datum	   *new_properties; /* keys inserted into livekpi.properties */
 	int			nnew;
+	Jsonb	  **b_rows;			/* booking_daily rows as left, for the delta */
+	ApplyMonthRow *m_rows;		/* booking_monthly rows as left, for the delta */
+	int			nm;
 } ApplyKpi;
 
 /* One row of deltas; values[] in the order of the table's measures. */
@@ -424,7 +427,7 @@ fill_new_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
  *		deltas count nothing is not made, as the SQL upsert-then-delete
  *		did not keep it either.
  */
-static void
+static TupleTableSlot *
 add_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
 {
 	EState	   *estate = ak->estate;
@@ -464,9 +467,10 @@ add_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
 		{
 			ExecSimpleRelationDelete(t->rri, estate, &ak->epqstate, t->found);
 			ak->rows_added_or_deleted++;
+			return NULL;
 		}
-		else
-			ExecSimpleRelationUpdate(t->rri, estate, &ak->epqstate, t->found, slot);
+		ExecSimpleRelationUpdate(t->rri, estate, &ak->epqstate, t->found, slot);
+		return slot;
 	}
 	else
 	{
@@ -474,10 +478,11 @@ add_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
 			if (t->is_count[i] && DatumGetInt64(row->values[i]) != 0)
 				zero = false;
 		if (zero)
-			return;
+			return NULL;
 		fill_new_row(ak, t, row);
 		ExecSimpleRelationInsert(t->rri, estate, t->newslot);
 		ak->rows_added_or_deleted++;
+		return t->newslot;
 	}
 }
 
@@ -630,8 +635,9 @@ write_delta_log(ApplyKpi *ak, KpiArrays *a, char key_kind, TimestampTz last_comm
 		e_key = array_elements(a->e_key, ak->key_type, &ne);
 		e_day = array_elements(a->e_day, DATEOID, &n);
 		e_category = array_elements(a->e_category, TEXTOID, &n);
-		apply_delta_build(key_kind, ak->key_type, b_key, b_day, nb,
+		apply_delta_build(key_kind, ak->key_type, b_key, b_day, ak->b_rows, nb,
 						  e_key, e_day, e_category, ne, props, nnew + nunits,
+						  ak->m_rows, ak->nm,
 						  &values[4], &values[5]);
 		if (SPI_execute_plan(insert_plan, values, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "livekpi: could not write delta_log");
@@ -750,17 +756,32 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 	EvalPlanQualInit(&ak.epqstate, ak.estate, NULL, NIL, -1);
 	AfterTriggerBeginQuery();
 
-	/* booking_daily, then its month roll-up */
+	/*
+	 * booking_daily, then its month roll-up.  The rows written are kept as
+	 * the delta's JSON, unless a trigger of the user's may change what is
+	 * stored (then apply_delta reads them back).
+	 */
+	{
+		TriggerDesc *trig = ak.t[T_BOOKING_DAILY].rri->ri_TrigDesc;
+
+		if (trig == NULL || (!trig->trig_insert_before_row && !trig->trig_update_before_row))
+			ak.b_rows = palloc0(sizeof(Jsonb *) * Max(nb, 1));
+	}
 	rows = palloc(sizeof(DeltaRow) * Max(nb, 1));
 	for (i = 0; i < nb; i++)
 	{
+		TupleTableSlot *written;
+
 		rows[i].keys[0] = b_key[i];
 		rows[i].keys[1] = b_day[i];
 		rows[i].values[0] = b_nights[i];
 		rows[i].values[1] = b_revenue[i];
 		rows[i].values[2] = b_arrivals[i];
 		rows[i].values[3] = b_cancelled[i];
-		add_row(&ak, &ak.t[T_BOOKING_DAILY], &rows[i]);
+		written = add_row(&ak, &ak.t[T_BOOKING_DAILY], &rows[i]);
+
+		if (ak.b_rows != NULL && written != NULL)
+			ak.b_rows[i] = apply_delta_slot_jsonb(written);
 	}
 	months = palloc(sizeof(DeltaRow) * Max(nb + ne, 1));
 	portfolio = palloc(sizeof(DeltaRow) * Max(nb + ne, 1));
@@ -780,8 +801,35 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 		nportfolio++;
 	}
 	nmonths = rollup(months, nb, &ak.t[T_BOOKING_MONTHLY], booking_month_cmp);
+	{
+		TriggerDesc *trig = ak.t[T_BOOKING_MONTHLY].rri->ri_TrigDesc;
+
+		if (trig == NULL || (!trig->trig_insert_before_row && !trig->trig_update_before_row))
+			ak.m_rows = palloc(sizeof(ApplyMonthRow) * Max(nmonths, 1));
+	}
 	for (i = 0; i < nmonths; i++)
-		add_row(&ak, &ak.t[T_BOOKING_MONTHLY], &months[i]);
+	{
+		KpiTable   *t = &ak.t[T_BOOKING_MONTHLY];
+		TupleTableSlot *written = add_row(&ak, t, &months[i]);
+
+		if (ak.m_rows != NULL)
+		{
+			/* kept for property_kpis, past the per-row memory */
+			ApplyMonthRow *m = &ak.m_rows[ak.nm++];
+
+			m->key = months[i].keys[0];
+			m->month = DatumGetDateADT(months[i].keys[1]);
+			m->exists = written != NULL;
+			if (written != NULL)
+			{
+				m->nights = written->tts_values[t->measure_att[0] - 1];
+				m->revenue = datumCopy(written->tts_values[t->measure_att[1] - 1], false, -1);
+				m->arrivals = written->tts_values[t->measure_att[2] - 1];
+				m->cancelled = written->tts_values[t->measure_att[3] - 1];
+				m->updated_at = written->tts_values[t->updated_att - 1];
+			}
+		}
+	}
 
 	/* expense_daily, then its month roll-up */
 	rows = repalloc(rows, sizeof(DeltaRow) * Max(ne, 1));
@@ -794,7 +842,7 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 		rows[i].values[1] = e_pending[i];
 		rows[i].values[2] = e_rejected[i];
 		rows[i].values[3] = e_count[i];
-		add_row(&ak, &ak.t[T_EXPENSE_DAILY], &rows[i]);
+		(void) add_row(&ak, &ak.t[T_EXPENSE_DAILY], &rows[i]);
 	}
 	for (i = 0; i < ne; i++)
 	{
@@ -812,12 +860,12 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 	}
 	nmonths = rollup(months, ne, &ak.t[T_EXPENSE_MONTHLY], expense_month_cmp);
 	for (i = 0; i < nmonths; i++)
-		add_row(&ak, &ak.t[T_EXPENSE_MONTHLY], &months[i]);
+		(void) add_row(&ak, &ak.t[T_EXPENSE_MONTHLY], &months[i]);
 
 	/* portfolio */
 	nportfolio = rollup(portfolio, nportfolio, &ak.t[T_PORTFOLIO], month_cmp);
 	for (i = 0; i < nportfolio; i++)
-		add_row(&ak, &ak.t[T_PORTFOLIO], &portfolio[i]);
+		(void) add_row(&ak, &ak.t[T_PORTFOLIO], &portfolio[i]);
 
 	/* properties appear when first seen */
 	keys = palloc(sizeof(Datum) * Max(nb + ne, 1));

@@ -39,6 +39,7 @@
 #include "replication/logical.h"
 #include "replication/origin.h"
 #include "replication/slot.h"
+#include "storage/buffile.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
@@ -68,7 +69,7 @@
 #define RETRY_FIRST_MS			100
 #define RETRY_MAX_MS			30000
 
-/* A decoded source transaction waiting to be applied. */
+/* Careful mode: a decoded source transaction waiting to be applied. */
 typedef struct PendingTxn
 {
 	TransactionId xid;
@@ -76,10 +77,10 @@ typedef struct PendingTxn
 	XLogRecPtr	end_lsn;
 	TimestampTz commit_time;
 	bool		has_truncate;
-	List	   *messages;		/* of PendingMessage */
+	int			nmessages;		/* in careful_file, from its start */
 } PendingTxn;
 
-/* A change record, copied out of the decoder's buffer at its exact size. */
+/* A change record, read back from careful_file at its exact size. */
 typedef struct PendingMessage
 {
 	XLogRecPtr	lsn;			/* of the logical-decoding message */
@@ -89,15 +90,87 @@ typedef struct PendingMessage
 
 static void open_decoding(void);
 static void publish_stale(bool stale);
+static void check_test_failure(const Change *c);
 
 static LogicalDecodingContext *decoding = NULL;
 static RepOriginId origin_id = InvalidRepOriginId;
 static XLogRecPtr origin_startpos = InvalidXLogRecPtr;
 
+/*
+ * Careful mode decodes one source transaction at a time (pending has at
+ * most one entry); the next is decoded once it is applied.
+ */
 static MemoryContext pending_cxt = NULL;
-static List *pending = NIL;		/* of PendingTxn, in commit order */
+static List *pending = NIL;		/* of PendingTxn */
+
+/*
+ * The records of that transaction are written to a temporary file (in
+ * temp_tablespaces, under temp_file_limit), so that careful mode's memory
+ * is one record at a time too; careful_msg_cxt holds the record being
+ * applied.
+ */
+static BufFile *careful_file = NULL;
+static MemoryContext careful_msg_cxt = NULL;
 static PendingTxn *current = NULL;	/* being decoded */
 static int64 pending_changes = 0;
+
+/*
+ * A batch is coalesced while it is decoded: each change is added to the
+ * KpiBatch at once and not kept, so the worker's memory is the batch's
+ * distinct KPI keys (plus the decoder's logical_decoding_work_mem), never a
+ * copy of each change (docs/internals.md, "The apply path").  The
+ * transactions are filtered as they begin, with the rebuild_lsn and key
+ * type read before decoding (the hint); apply_pending checks the hint under
+ * the state row lock, and when a rebuild moved rebuild_lsn past a
+ * transaction of the batch, the batch is decoded again from the slot.
+ */
+typedef struct BatchInfo
+{
+	int			ntxns;			/* source transactions, kept or not */
+	XLogRecPtr	first_commit;
+	XLogRecPtr	last_commit;
+	XLogRecPtr	last_end;
+	TimestampTz last_commit_time;
+	XLogRecPtr	first_kept;		/* commit LSN of the first one applied */
+	bool		truncate;		/* a kept transaction truncated a table */
+	ErrorData  *error;			/* the first error adding a change */
+} BatchInfo;
+
+static MemoryContext batch_cxt = NULL;	/* reset after each batch */
+static KpiBatch batch;
+static bool batch_ready = false;	/* batch initialised with hint_key_kind */
+static BatchInfo binfo;
+
+static bool hint_valid = false;
+static XLogRecPtr hint_rebuild_lsn = InvalidXLogRecPtr;
+static char hint_key_kind = KEY_INT;
+
+/* The source transaction being decoded (batch mode). */
+static bool in_txn = false;
+static bool txn_kept = false;
+static TransactionId txn_xid = InvalidTransactionId;
+static XLogRecPtr txn_commit = InvalidXLogRecPtr;
+static bool txn_truncate = false;
+static int64 txn_added = 0;		/* changes added since begin or the last marker */
+static int	txn_markers = 0;
+static bool txn_skipping = false;	/* before the marker named below */
+static ErrorData *txn_error = NULL;
+
+/*
+ * A rebuild marker after changes of its transaction were added: the batch
+ * is decoded again, and this time that transaction's changes are skipped
+ * up to its skip_marker'th marker.
+ */
+static bool redecode_needed = false;
+static const char *redecode_reason = NULL;
+static TransactionId skip_xid = InvalidTransactionId;
+static int	skip_marker = 0;
+
+/* Careful mode lasts until the origin reaches the failed batch's end. */
+static XLogRecPtr careful_until = InvalidXLogRecPtr;
+
+/* Scratch memory for decoding one change into the batch. */
+static MemoryContext decode_cxt = NULL;
 
 static TimestampTz last_batch_start = 0;
 
@@ -266,66 +339,110 @@ decoding_prepare_write(LogicalDecodingContext *ctx, XLogRecPtr lsn,
 }
 
 /*
- * decoding_write
- *		Receives the plugin's binary frames and groups them into PendingTxn
- *		entries.  A rebuild marker drops the changes its transaction made
- *		before it: the rebuild already counted them.
+ * coalesce_change
+ *		Adds one change record to the batch.  An error here (a value the
+ *		rules cannot take, livekpi.test_fail_on_amount) must fail the batch
+ *		at apply time, where careful mode can take it, not the decoding:
+ *		the first one is kept and the rest of the transaction is not read.
+ *		Decoding and adding take no locks and no buffers, so the error is
+ *		caught without a subtransaction.
  */
 static void
-decoding_write(LogicalDecodingContext *ctx, XLogRecPtr lsn,
-			   TransactionId xid, bool last_write)
+coalesce_change(const char *body, int len)
 {
-	StringInfo	out = ctx->out;
+	MemoryContext old = CurrentMemoryContext;
+
+	txn_added++;
+	if (txn_error != NULL)
+		return;
+	PG_TRY();
+	{
+		Change		c;
+
+		MemoryContextSwitchTo(decode_cxt);
+		change_decode(body, len, &c);
+		check_test_failure(&c);
+		kpi_batch_add(&batch, &c);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(batch_cxt);
+		txn_error = CopyErrorData();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(decode_cxt);
+}
+
+/* Positions careful_file at its start, making it when it is missing. */
+static void
+careful_file_rewind(void)
+{
+	if (careful_file == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		/* interXact: it outlives the transactions it is used in */
+		careful_file = BufFileCreateTemp(true);
+		MemoryContextSwitchTo(old);
+	}
+	if (BufFileSeek(careful_file, 0, 0, SEEK_SET) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("livekpi: could not seek in the careful mode temporary file: %m")));
+}
+
+/* Careful mode: the frames of one source transaction, to careful_file. */
+static void
+careful_write(StringInfo msg, XLogRecPtr lsn, int len)
+{
 	MemoryContext old = MemoryContextSwitchTo(pending_cxt);
-	StringInfoData msg;
 
-	msg.data = out->data;
-	msg.len = out->len;
-	msg.maxlen = out->len;
-	msg.cursor = 0;
-
-	switch (pq_getmsgbyte(&msg))
+	switch (pq_getmsgbyte(msg))
 	{
 		case 'B':
 			current = palloc0(sizeof(PendingTxn));
-			current->xid = (TransactionId) pq_getmsgint(&msg, 4);
+			current->xid = (TransactionId) pq_getmsgint(msg, 4);
+			careful_file_rewind();
 			break;
 		case 'M':
 			{
-				const char *body = pq_getmsgbytes(&msg, msg.len - msg.cursor);
-				int			len = out->len - 1;
-				PendingMessage *copy;
+				const char *body = pq_getmsgbytes(msg, msg->len - msg->cursor);
+				PendingMessage head;
 
+				len--;
 				if (current == NULL)
 					elog(ERROR, "livekpi: change record outside a transaction");
 				if (len > 0 && body[0] == CHANGE_REBUILD)
 				{
-					pending_changes -= list_length(current->messages);
-					current->messages = NIL;
+					pending_changes -= current->nmessages;
+					current->nmessages = 0;
 					current->has_truncate = false;
+					careful_file_rewind();
 					break;
 				}
 				if (!change_is_readable(body, len, lsn))
 					break;
 				if (body[0] == CHANGE_TRUNCATE)
 					current->has_truncate = true;
-				copy = palloc(offsetof(PendingMessage, data) + len);
-				copy->lsn = lsn;
-				copy->len = len;
-				memcpy(copy->data, body, len);
-				current->messages = lappend(current->messages, copy);
+				head.lsn = lsn;
+				head.len = len;
+				BufFileWrite(careful_file, &head, offsetof(PendingMessage, data));
+				BufFileWrite(careful_file, (void *) body, len);
+				current->nmessages++;
 				pending_changes++;
 				break;
 			}
 		case 'C':
 			if (current == NULL)
 				elog(ERROR, "livekpi: commit outside a transaction");
-			current->commit_lsn = (XLogRecPtr) pq_getmsgint64(&msg);
-			current->end_lsn = (XLogRecPtr) pq_getmsgint64(&msg);
-			current->commit_time = (TimestampTz) pq_getmsgint64(&msg);
+			current->commit_lsn = (XLogRecPtr) pq_getmsgint64(msg);
+			current->end_lsn = (XLogRecPtr) pq_getmsgint64(msg);
+			current->commit_time = (TimestampTz) pq_getmsgint64(msg);
 			/* Already applied before a crash: the origin remembers. */
 			if (current->end_lsn <= origin_startpos)
-				pending_changes -= list_length(current->messages);
+				pending_changes -= current->nmessages;
 			else
 				pending = lappend(pending, current);
 			current = NULL;
@@ -334,6 +451,129 @@ decoding_write(LogicalDecodingContext *ctx, XLogRecPtr lsn,
 			elog(ERROR, "livekpi: unknown frame from the output plugin");
 	}
 	MemoryContextSwitchTo(old);
+}
+
+/* Makes the batch's KpiBatch when its first transaction is kept. */
+static void
+batch_begin(void)
+{
+	if (batch_ready)
+		return;
+	kpi_batch_init(&batch, hint_key_kind, batch_cxt);
+	batch_ready = true;
+}
+
+/*
+ * decoding_write
+ *		Receives the plugin's binary frames.  In batch mode a transaction is
+ *		kept or dropped at its 'B' frame (applied before a crash: the origin
+ *		remembers; committed before rebuild_lsn: the rebuild counted it) and
+ *		its changes are added to the batch as they arrive.  A rebuild marker
+ *		drops the changes its transaction made before it: the rebuild
+ *		already counted them; when some were added already, the batch is
+ *		decoded again, skipping them.
+ */
+static void
+decoding_write(LogicalDecodingContext *ctx, XLogRecPtr lsn,
+			   TransactionId xid, bool last_write)
+{
+	StringInfo	out = ctx->out;
+	StringInfoData msg;
+
+	msg.data = out->data;
+	msg.len = out->len;
+	msg.maxlen = out->len;
+	msg.cursor = 0;
+
+	if (careful)
+	{
+		careful_write(&msg, lsn, out->len);
+		return;
+	}
+
+	switch (pq_getmsgbyte(&msg))
+	{
+		case 'B':
+			{
+				XLogRecPtr	end;
+
+				in_txn = true;
+				txn_xid = (TransactionId) pq_getmsgint(&msg, 4);
+				txn_commit = (XLogRecPtr) pq_getmsgint64(&msg);
+				end = (XLogRecPtr) pq_getmsgint64(&msg);
+				txn_truncate = false;
+				txn_added = 0;
+				txn_markers = 0;
+				txn_error = NULL;
+				txn_skipping = (txn_xid == skip_xid && skip_marker > 0);
+				/* already applied before a crash, or counted by a rebuild */
+				txn_kept = end > origin_startpos && txn_commit >= hint_rebuild_lsn;
+				if (txn_kept)
+					batch_begin();
+				break;
+			}
+		case 'M':
+			{
+				const char *body = pq_getmsgbytes(&msg, msg.len - msg.cursor);
+				int			len = out->len - 1;
+
+				if (!in_txn)
+					elog(ERROR, "livekpi: change record outside a transaction");
+				if (len > 0 && body[0] == CHANGE_REBUILD)
+				{
+					txn_markers++;
+					if (txn_skipping && txn_markers >= skip_marker)
+						txn_skipping = false;
+					else if (txn_kept && !txn_skipping && txn_added > 0 && !redecode_needed)
+					{
+						redecode_needed = true;
+						redecode_reason = "a rebuild marker follows changes of its own transaction";
+						skip_xid = txn_xid;
+						skip_marker = txn_markers;
+					}
+					txn_truncate = false;
+					txn_added = 0;
+					break;
+				}
+				if (!change_is_readable(body, len, lsn))
+					break;
+				if (!txn_kept || txn_skipping || redecode_needed)
+					break;
+				if (body[0] == CHANGE_TRUNCATE)
+					txn_truncate = true;
+				else
+					coalesce_change(body, len);
+				break;
+			}
+		case 'C':
+			{
+				XLogRecPtr	commit_lsn = (XLogRecPtr) pq_getmsgint64(&msg);
+				XLogRecPtr	end_lsn = (XLogRecPtr) pq_getmsgint64(&msg);
+				TimestampTz commit_time = (TimestampTz) pq_getmsgint64(&msg);
+
+				if (!in_txn)
+					elog(ERROR, "livekpi: commit outside a transaction");
+				in_txn = false;
+				if (end_lsn <= origin_startpos)
+					break;
+				if (binfo.ntxns++ == 0)
+					binfo.first_commit = commit_lsn;
+				binfo.last_commit = commit_lsn;
+				binfo.last_end = end_lsn;
+				binfo.last_commit_time = commit_time;
+				if (!txn_kept)
+					break;
+				if (binfo.first_kept == InvalidXLogRecPtr)
+					binfo.first_kept = commit_lsn;
+				binfo.truncate |= txn_truncate;
+				if (binfo.error == NULL)
+					binfo.error = txn_error;
+				pending_changes += txn_added;
+				break;
+			}
+		default:
+			elog(ERROR, "livekpi: unknown frame from the output plugin");
+	}
 }
 
 /*
@@ -381,7 +621,8 @@ decode_until(XLogRecPtr end_of_wal, int64 max_changes)
 			elog(ERROR, "livekpi: could not read WAL: %s", errm);
 		if (record != NULL)
 			LogicalDecodingProcessRecord(decoding, decoding->reader);
-		if (pending_changes >= max_changes)
+		if (pending_changes >= max_changes || redecode_needed ||
+			(careful ? pending != NIL : (binfo.error != NULL && !in_txn)))
 		{
 			stopped_early = true;
 			break;
@@ -747,29 +988,37 @@ finish_apply(XLogRecPtr last_end, TimestampTz last_commit,
 	SpinLockRelease(&livekpi_shared->mutex);
 }
 
+/* Forgets the batch decoded so far (not the decoding position). */
+static void
+batch_reset(void)
+{
+	MemoryContextReset(batch_cxt);
+	batch_ready = false;
+	memset(&binfo, 0, sizeof(binfo));
+	pending_changes = 0;
+}
+
 /*
  * apply_pending
- *		Applies every pending transaction in one transaction.  Under the lock
- *		on livekpi.state it drops transactions a concurrent rebuild already
- *		counted, and when a tracked table was truncated it rebuilds instead.
+ *		Applies the batch in one transaction.  Under the lock on
+ *		livekpi.state it checks that the transactions were filtered with
+ *		the rebuild_lsn and key type in force (else the batch is decoded
+ *		again: redecode_needed), and when a tracked table was truncated it
+ *		rebuilds instead.
  */
 static void
 apply_pending(void)
 {
 	XLogRecPtr	rebuild_lsn;
-	XLogRecPtr	last_end = InvalidXLogRecPtr;
-	TimestampTz last_commit = 0;
 	TimestampTz batch_start = GetCurrentTimestamp();
 	char		key_kind;
-	bool		truncate = false;
 	ApplyTotals tot = {0};
-	ListCell   *lc;
 	ErrorContextCallback errcallback;
 
 	memset(&apply_errctx, 0, sizeof(apply_errctx));
-	apply_errctx.ntxns = list_length(pending);
-	apply_errctx.first_commit = ((PendingTxn *) linitial(pending))->commit_lsn;
-	apply_errctx.last_commit = ((PendingTxn *) llast(pending))->commit_lsn;
+	apply_errctx.ntxns = binfo.ntxns;
+	apply_errctx.first_commit = binfo.first_commit;
+	apply_errctx.last_commit = binfo.last_commit;
 	errcallback.callback = apply_error_callback;
 	errcallback.arg = NULL;
 	errcallback.previous = error_context_stack;
@@ -783,54 +1032,44 @@ apply_pending(void)
 
 	rebuild_lsn = lock_state(&key_kind);
 
-	foreach(lc, pending)
+	if ((binfo.first_kept != InvalidXLogRecPtr &&
+		 (key_kind != hint_key_kind || binfo.first_kept < rebuild_lsn)) ||
+		rebuild_lsn < hint_rebuild_lsn)
 	{
-		PendingTxn *t = lfirst(lc);
-
-		last_end = t->end_lsn;
-		last_commit = t->commit_time;
-		if (t->commit_lsn >= rebuild_lsn && t->has_truncate)
-			truncate = true;
+		/* a rebuild ran since the hint was read: decode the batch again */
+		error_context_stack = errcallback.previous;
+		PopActiveSnapshot();
+		SPI_finish();
+		AbortCurrentTransaction();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		hint_valid = false;
+		redecode_needed = true;
+		redecode_reason = "a rebuild ran after the batch was decoded";
+		return;
 	}
+	hint_rebuild_lsn = rebuild_lsn;
 
-	if (truncate)
+	if (binfo.truncate)
 	{
 		/* The rebuild counts everything committed so far, these included. */
 		if (SPI_execute("SELECT livekpi._rebuild(false)", false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "livekpi: rebuild failed");
 		tot.rebuilds = 1;
 	}
-	else
+	else if (batch_ready)
 	{
-		KpiBatch	batch;
-		MemoryContext batch_cxt;
-
-		batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "livekpi batch",
-										  ALLOCSET_DEFAULT_SIZES);
-		kpi_batch_init(&batch, key_kind, batch_cxt);
-		foreach(lc, pending)
-		{
-			PendingTxn *t = lfirst(lc);
-			ListCell   *mc;
-
-			if (t->commit_lsn < rebuild_lsn)
-				continue;
-			foreach(mc, t->messages)
-				add_change(&batch, lfirst(mc));
-		}
-		apply_kpi_batch(&batch, key_kind, last_commit, last_end, &tot.seq, &tot.rows_written);
+		if (binfo.error != NULL)
+			ReThrowError(binfo.error);
+		apply_kpi_batch(&batch, key_kind, binfo.last_commit_time, binfo.last_end,
+						&tot.seq, &tot.rows_written);
 		tot.seqs = tot.seq > 0 ? 1 : 0;
 		tot.changes = batch.changes;
 		tot.rows_skipped = batch.skipped;
-
 	}
 
 	error_context_stack = errcallback.previous;
-	finish_apply(last_end, last_commit, batch_start, &tot);
-
-	MemoryContextReset(pending_cxt);
-	pending = NIL;
-	pending_changes = 0;
+	finish_apply(binfo.last_end, binfo.last_commit_time, batch_start, &tot);
+	batch_reset();
 }
 
 /* ---- careful mode ---------------------------------------------------- */
@@ -946,6 +1185,8 @@ apply_change_alone(PendingMessage *m, PendingTxn *t, char key_kind, ApplyTotals 
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
+		/* a released subtransaction's memory lives until the top commits */
+		MemoryContextDelete(batch.context);
 
 		if (seq > 0)
 		{
@@ -1046,12 +1287,24 @@ apply_txn_carefully(PendingTxn *t)
 		int			previous_failure = 0;
 		int			previous_ordinal = 0;
 
-		foreach(lc, t->messages)
+		careful_file_rewind();
+		while (ordinal < t->nmessages)
 		{
-			PendingMessage *m = lfirst(lc);
+			PendingMessage *m;
+			PendingMessage head;
 			ErrorData  *edata;
 			SkippedChange *sk;
 			Change		c;
+
+			/* one record in memory at a time */
+			MemoryContextReset(careful_msg_cxt);
+			if (BufFileRead(careful_file, &head, offsetof(PendingMessage, data)) !=
+				offsetof(PendingMessage, data))
+				elog(ERROR, "livekpi: could not read the careful mode temporary file");
+			m = MemoryContextAlloc(careful_msg_cxt, offsetof(PendingMessage, data) + head.len);
+			*m = head;
+			if (BufFileRead(careful_file, m->data, head.len) != head.len)
+				elog(ERROR, "livekpi: could not read the careful mode temporary file");
 
 			ordinal++;
 			apply_errctx.msg = m;
@@ -1119,8 +1372,9 @@ apply_txn_carefully(PendingTxn *t)
 
 /*
  * apply_carefully
- *		Careful mode: the pending transactions, one apply transaction each,
- *		until none is left; then batches resume.
+ *		Careful mode: the source transaction decoded (again) from the slot,
+ *		in one apply transaction; once the origin reaches the end of the
+ *		batch that failed, batches resume.
  */
 static void
 apply_carefully(void)
@@ -1131,7 +1385,8 @@ apply_carefully(void)
 		pending = list_delete_first(pending);
 		CHECK_FOR_INTERRUPTS();
 	}
-	careful = false;
+	if (origin_startpos >= careful_until)
+		careful = false;
 	MemoryContextReset(pending_cxt);
 	pending_changes = 0;
 }
@@ -1274,6 +1529,58 @@ open_decoding(void)
 }
 
 /*
+ * restart_decoding
+ *		Forgets what was decoded and not applied and reads the slot again
+ *		from its restart point, with a fresh decoding context; the origin
+ *		drops what was applied.  This is how a batch is retried (nothing of
+ *		it is kept but its coalesced deltas, which a failed apply may have
+ *		left half-used) and how careful mode reads its transactions again.
+ */
+static void
+restart_decoding(void)
+{
+	if (decoding != NULL)
+		FreeDecodingContext(decoding);
+	decoding = NULL;
+	MemoryContextReset(pending_cxt);
+	pending = NIL;
+	current = NULL;
+	batch_reset();
+	in_txn = false;
+	redecode_needed = false;
+	hint_valid = false;
+	open_decoding();
+}
+
+/*
+ * read_hint
+ *		rebuild_lsn and the key type, read before a batch is decoded, so
+ *		that transactions are filtered and coalesced as they arrive;
+ *		apply_pending checks them again under the state row lock.
+ */
+static void
+read_hint(void)
+{
+	bool		isnull;
+
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute("SELECT rebuild_lsn, key_type::text FROM livekpi.state", true, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "livekpi: livekpi.state must have exactly one row");
+	hint_rebuild_lsn = DatumGetLSN(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull)
+		hint_rebuild_lsn = InvalidXLogRecPtr;
+	hint_key_kind = key_kind_of(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	hint_valid = true;
+}
+
+/*
  * try_decode
  *		decode_until, where an error (a WAL read failure, an output plugin
  *		error) is logged, published and retried with backoff from the slot's
@@ -1311,14 +1618,8 @@ try_decode(XLogRecPtr end_of_wal, bool *more, int *backoff_ms)
 		record_error(edata->message);
 		FreeErrorData(edata);
 
-		FreeDecodingContext(decoding);
-		decoding = NULL;
-		MemoryContextReset(pending_cxt);
-		pending = NIL;
-		current = NULL;
-		pending_changes = 0;
 		careful = false;
-		open_decoding();
+		restart_decoding();
 		RESUME_INTERRUPTS();
 	}
 	PG_END_TRY();
@@ -1497,6 +1798,12 @@ livekpi_apply_main(Datum main_arg)
 										ALLOCSET_DEFAULT_SIZES);
 	check_cxt = AllocSetContextCreate(TopMemoryContext, "livekpi record check",
 									  ALLOCSET_SMALL_SIZES);
+	careful_msg_cxt = AllocSetContextCreate(TopMemoryContext, "livekpi careful record",
+											ALLOCSET_SMALL_SIZES);
+	batch_cxt = AllocSetContextCreate(TopMemoryContext, "livekpi batch",
+									  ALLOCSET_DEFAULT_SIZES);
+	decode_cxt = AllocSetContextCreate(TopMemoryContext, "livekpi change decoding",
+									   ALLOCSET_SMALL_SIZES);
 
 	wait_for_extension();
 	setup_origin();
@@ -1561,27 +1868,39 @@ livekpi_apply_main(Datum main_arg)
 		}
 
 		/*
-		 * A batch that failed stays pending and is retried before anything
-		 * new is decoded, so that batches keep their boundaries.
+		 * A batch that failed is decoded again from the slot (the origin
+		 * drops what was applied), so that nothing but its coalesced deltas
+		 * is ever held: see restart_decoding.
 		 */
 		end_of_wal = GetFlushRecPtr(NULL);
-		if (pending == NIL)
+		if (!careful && !hint_valid &&
+			try_step(read_hint, &backoff_ms, false) != STEP_OK)
+			continue;
+		livekpi_set_apply_state("streaming");
+		if (!try_decode(end_of_wal, &more, &backoff_ms))
+			continue;
+		if (redecode_needed)
 		{
-			livekpi_set_apply_state("streaming");
-			if (!try_decode(end_of_wal, &more, &backoff_ms))
-				continue;
+			ereport(LOG,
+					(errmsg("livekpi apply worker decodes the batch again from the slot: %s",
+							redecode_reason)));
+			restart_decoding();
+			continue;
 		}
-		else
-			more = true;
 
-		if (pending != NIL && careful)
+		if (careful && pending != NIL)
 		{
 			last_batch_start = now;
 			livekpi_set_apply_state("applying carefully");
 			if (try_step(apply_carefully, &backoff_ms, false) != STEP_OK)
+			{
+				restart_decoding();
 				continue;
+			}
+			if (!careful)
+				hint_valid = false;
 		}
-		else if (pending != NIL)
+		else if (!careful && binfo.ntxns > 0)
 		{
 			StepResult result;
 
@@ -1589,12 +1908,25 @@ livekpi_apply_main(Datum main_arg)
 			livekpi_set_apply_state("applying");
 			result = try_step(apply_pending, &backoff_ms, true);
 			if (result == STEP_DATA_ERROR)
+			{
 				careful = true;
-			if (result != STEP_OK)
+				careful_until = binfo.last_end;
+			}
+			if (result != STEP_OK || redecode_needed)
+			{
+				if (result == STEP_OK)
+					ereport(LOG,
+							(errmsg("livekpi apply worker decodes the batch again from the slot: %s",
+									redecode_reason)));
+				restart_decoding();
 				continue;
+			}
+			/* the batch that had to skip up to a marker is applied */
+			skip_xid = InvalidTransactionId;
+			skip_marker = 0;
 		}
 		else if (decoding->reader->EndRecPtr > MyReplicationSlot->data.confirmed_flush &&
-				 current == NULL)
+				 !in_txn && current == NULL)
 		{
 			/* Nothing of ours in that WAL: let the slot move on. */
 			LogicalConfirmReceivedLocation(decoding->reader->EndRecPtr);
@@ -1603,7 +1935,7 @@ livekpi_apply_main(Datum main_arg)
 		if (!more)
 		{
 			SpinLockAcquire(&livekpi_shared->mutex);
-			if (current == NULL)
+			if (!in_txn && current == NULL)
 				livekpi_shared->processed_lsn = Max(livekpi_shared->processed_lsn,
 													Min(decoding->reader->EndRecPtr, end_of_wal));
 			livekpi_shared->caught_up_at = GetCurrentTimestamp();

@@ -19,8 +19,10 @@
  *	  format=json (default) prints one JSON object per captured change, for
  *	  pg_recvlogical -P livekpi.  format=binary is what the apply worker
  *	  reads:
- *		'B' xid:4 | 'M' change record, without its tag | 'C' commit_lsn:8
- *		end_lsn:8 time:8
+ *		'B' xid:4 commit_lsn:8 end_lsn:8 | 'M' change record, without its
+ *		tag | 'C' commit_lsn:8 end_lsn:8 time:8
+ *	  ('B' carries the commit's LSNs so that the worker can decide whether
+ *	  it applies a transaction before it reads the transaction's changes.)
  *	  skip_origin=<origin id> drops transactions replayed by that
  *	  replication origin (the apply worker's own) before they are even
  *	  reassembled; skip_origin=on drops every transaction that has an
@@ -655,6 +657,8 @@ decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		OutputPluginPrepareWrite(ctx, false);
 		pq_sendbyte(ctx->out, 'B');
 		pq_sendint32(ctx->out, txn->xid);
+		pq_sendint64(ctx->out, txn->final_lsn);
+		pq_sendint64(ctx->out, txn->end_lsn);
 		OutputPluginWrite(ctx, false);
 		t->began = true;
 	}

@@ -422,6 +422,8 @@ kpi_batch_init(KpiBatch *batch, char key_kind, MemoryContext context)
 	batch->booking_daily = make_table("livekpi booking deltas", sizeof(BookingEntry), context);
 	batch->expense_daily = make_table("livekpi expense deltas", sizeof(ExpenseEntry), context);
 	batch->units_changed = make_table("livekpi units changes", sizeof(UnitsEntry), context);
+	batch->scratch = AllocSetContextCreate(context, "livekpi batch scratch",
+										   ALLOCSET_SMALL_SIZES);
 }
 
 /* Keys decoded from a message are copied so the message can go. */
@@ -446,22 +448,22 @@ lookup(KpiBatch *batch, HTAB *table, Datum key, DateADT day,
 {
 	DailyKey	k;
 	void	   *entry;
-	char	   *cat = NULL;
 
-	if (category != NULL)
-		cat = pnstrdup(category, category_len);
 	k.key = key;
 	k.day = day;
-	k.category = cat;
+	k.category = category != NULL ? pnstrdup(category, category_len) : NULL;
 	entry = hash_search(table, &k, HASH_ENTER, found);
 	if (!*found)
 	{
 		DailyKey   *stored = (DailyKey *) entry;
+		MemoryContext old = MemoryContextSwitchTo(batch->context);
 
+		/* what the entry keeps lives as long as the batch; the rest is scratch */
 		stored->key = copy_key(batch->key_kind, key);
+		if (category != NULL)
+			stored->category = pstrdup(k.category);
+		MemoryContextSwitchTo(old);
 	}
-	else if (cat != NULL)
-		pfree(cat);
 	return entry;
 }
 
@@ -471,12 +473,34 @@ numeric_zero(void)
 	return int64_to_numeric(0);
 }
 
+/* A zero that lives as long as the batch. */
 static Numeric
-add_signed(Numeric acc, Numeric value, int sign)
+batch_zero(KpiBatch *batch)
 {
-	return DatumGetNumeric(DirectFunctionCall2(sign > 0 ? numeric_add : numeric_sub,
-											   NumericGetDatum(acc),
-											   NumericGetDatum(value)));
+	MemoryContext old = MemoryContextSwitchTo(batch->context);
+	Numeric		z = numeric_zero();
+
+	MemoryContextSwitchTo(old);
+	return z;
+}
+
+/*
+ * add_signed
+ *		acc +/- value, kept in the batch's memory; the old sum is freed, so
+ *		that a batch's memory is one sum per key however many changes add
+ *		to it (the arithmetic itself runs in the scratch context).
+ */
+static Numeric
+add_signed(KpiBatch *batch, Numeric acc, Numeric value, int sign)
+{
+	Numeric		sum = DatumGetNumeric(DirectFunctionCall2(sign > 0 ? numeric_add : numeric_sub,
+														  NumericGetDatum(acc),
+														  NumericGetDatum(value)));
+	Numeric		kept = MemoryContextAlloc(batch->context, VARSIZE(sum));
+
+	memcpy(kept, sum, VARSIZE(sum));
+	pfree(acc);
+	return kept;
 }
 
 static BookingEntry *
@@ -488,7 +512,7 @@ booking_entry(KpiBatch *batch, Datum key, DateADT day)
 	if (!found)
 	{
 		e->nights = e->arrivals = e->cancelled = 0;
-		e->revenue = numeric_zero();
+		e->revenue = batch_zero(batch);
 	}
 	return e;
 }
@@ -521,7 +545,7 @@ add_booking(KpiBatch *batch, const ChangeImage *img, int sign)
 		e->arrivals += sign * row.arrivals;
 		e->cancelled += sign * row.cancelled;
 		if (row.revenue != NULL)
-			e->revenue = add_signed(e->revenue, row.revenue, sign);
+			e->revenue = add_signed(batch, e->revenue, row.revenue, sign);
 	}
 }
 
@@ -558,18 +582,28 @@ add_expense(KpiBatch *batch, const ChangeImage *img, int sign)
 			   category, category_len, &found);
 	if (!found)
 	{
-		e->amount[0] = e->amount[1] = e->amount[2] = numeric_zero();
+		e->amount[0] = batch_zero(batch);
+		e->amount[1] = batch_zero(batch);
+		e->amount[2] = batch_zero(batch);
 		e->count = 0;
 	}
 	e->count += sign;
 	if (img->amount != NULL)
-		e->amount[cls] = add_signed(e->amount[cls], img->amount, sign);
+		e->amount[cls] = add_signed(batch, e->amount[cls], img->amount, sign);
 }
 
+/*
+ * kpi_batch_add
+ *		Adds one change to the batch.  Its temporaries (the booking's
+ *		per-night amounts, sums before they are kept) go to the scratch
+ *		context, reset before returning: the batch grows with the keys it
+ *		touches, not with the changes it reads (docs/internals.md, "The
+ *		apply path").
+ */
 void
 kpi_batch_add(KpiBatch *batch, const Change *change)
 {
-	MemoryContext old = MemoryContextSwitchTo(batch->context);
+	MemoryContext old = MemoryContextSwitchTo(batch->scratch);
 
 	if (change->key_kind != batch->key_kind)
 		elog(ERROR, "livekpi: change record has key kind '%c', tables have '%c'",
@@ -606,6 +640,7 @@ kpi_batch_add(KpiBatch *batch, const Change *change)
 			elog(ERROR, "livekpi: change kind '%c' cannot be applied", change->kind);
 	}
 	MemoryContextSwitchTo(old);
+	MemoryContextReset(batch->scratch);
 }
 
 Oid

@@ -27,7 +27,8 @@
 
 typedef struct KpiBatch
 {
-	MemoryContext context;
+	MemoryContext context;		/* the entries, keys and sums */
+	MemoryContext scratch;		/* one change's temporaries */
 	char		key_kind;
 	HTAB	   *booking_daily;
 	HTAB	   *expense_daily;
