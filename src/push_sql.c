@@ -463,6 +463,40 @@ job_error(RequestJob *job, const char *code, int close_code, const char *fmt,...
 }
 
 /*
+ * read_checked_keys
+ *		Runs the key check (sql, one text[] parameter) and keeps its answer,
+ *		the distinct keys as text and their typed JSON, in lk_loop_cxt; the
+ *		cast in sql raises an error for a key of the wrong type.
+ */
+static void
+read_checked_keys(RequestJob *job, const char *sql, Oid *types, Datum *values)
+{
+	int			ret;
+	bool		isnull;
+	Datum		d;
+	ArrayType  *arr;
+	Datum	   *ke;
+	bool	   *kn;
+	int			n;
+	MemoryContext old;
+
+	ret = SPI_execute_with_args(sql, 1, types, values, NULL, true, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not check property keys");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	arr = DatumGetArrayTypeP(d);
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &ke, &kn, &n);
+	old = MemoryContextSwitchTo(lk_loop_cxt);
+	job->props = palloc(sizeof(char *) * Max(n, 1));
+	job->nprops = n;
+	for (int i = 0; i < n; i++)
+		job->props[i] = TextDatumGetCString(ke[i]);
+	job->scope_json = pstrdup(SPI_getvalue(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 2));
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * canonical_keys
  *		The client's property keys through the key type and back to text,
  *		sorted and distinct, so that they compare with the text of the
@@ -477,8 +511,6 @@ canonical_keys(RequestJob *job)
 	Datum		values[1];
 	Oid			types[1] = {TEXTARRAYOID};
 	char	   *sql;
-	int			ret;
-	MemoryContext old;
 	volatile bool ok = true;
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -536,27 +568,7 @@ canonical_keys(RequestJob *job)
 
 	if (!use_subxacts)
 	{
-		ret = SPI_execute_with_args(sql, 1, types, values, NULL, true, 0);
-		if (ret != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "could not check property keys");
-		{
-			bool		isnull;
-			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-			ArrayType  *arr = DatumGetArrayTypeP(d);
-			Datum	   *ke;
-			bool	   *kn;
-			int			n;
-
-			deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &ke, &kn, &n);
-			old = MemoryContextSwitchTo(lk_loop_cxt);
-			job->props = palloc(sizeof(char *) * Max(n, 1));
-			job->nprops = n;
-			for (int i = 0; i < n; i++)
-				job->props[i] = TextDatumGetCString(ke[i]);
-			job->scope_json = pstrdup(SPI_getvalue(SPI_tuptable->vals[0],
-												   SPI_tuptable->tupdesc, 2));
-			MemoryContextSwitchTo(old);
-		}
+		read_checked_keys(job, sql, types, values);
 		return true;
 	}
 
@@ -564,27 +576,7 @@ canonical_keys(RequestJob *job)
 	BeginInternalSubTransaction(NULL);
 	PG_TRY();
 	{
-		ret = SPI_execute_with_args(sql, 1, types, values, NULL, true, 0);
-		if (ret != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "could not check property keys");
-		{
-			bool		isnull;
-			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-			ArrayType  *arr = DatumGetArrayTypeP(d);
-			Datum	   *ke;
-			bool	   *kn;
-			int			n;
-
-			deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &ke, &kn, &n);
-			old = MemoryContextSwitchTo(lk_loop_cxt);
-			job->props = palloc(sizeof(char *) * Max(n, 1));
-			job->nprops = n;
-			for (int i = 0; i < n; i++)
-				job->props[i] = TextDatumGetCString(ke[i]);
-			job->scope_json = pstrdup(SPI_getvalue(SPI_tuptable->vals[0],
-												   SPI_tuptable->tupdesc, 2));
-			MemoryContextSwitchTo(old);
-		}
+		read_checked_keys(job, sql, types, values);
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
