@@ -28,6 +28,9 @@
 #                      its receive time at the primary client (the same
 #                      host clock)
 #   standby_latency_sat  the same under an unthrottled pgbench (saturation)
+#   standby_fanout     the fan-out measurement with the N clients on the
+#                      standby's listener (a round is timed from the
+#                      primary's committed_at, so it includes replay)
 #
 # Environment (defaults in brackets):
 #   PUSH_BENCH_DIR       work directory [bench/out/push]; the cluster is
@@ -37,7 +40,8 @@
 #   PUSH_TPUT_CLIENTS [2000], PUSH_TPUT_SECONDS [8] (window), PUSH_TPUT_RATE [400]
 #   PUSH_STANDBY_SECONDS [15], PUSH_STANDBY_RATE [50]   standby, light load
 #   PUSH_STANDBY_SAT_SECONDS [10]   standby at saturation (pgbench -c 4 unthrottled)
-#   PUSH_ONLY=standby    run only the standby measurement (after the setup)
+#   PUSH_ONLY=fanout | standby | standby_fanout   run only that part
+#                        (standby includes standby_fanout)
 #   PUSH_KEEP=1          leave the cluster running at the end
 #
 # Exits non-zero only when a step fails; timings never fail it.
@@ -249,42 +253,59 @@ PY
 	log "$name client: $(head -1 "$work/$name.out")"
 }
 
-if [ "$only" != standby ]; then
+if [ -z "$only" ]; then
 latency latency_flush0 0
 latency latency_flush500 500
+fi
 set_flush 0
 
 # --- fan-out ------------------------------------------------------------------
-log "fanout: connecting $fan_clients clients"
-start_bench fanout --clients "$fan_clients" --inflight 400 --hold --drain-timeout 30 \
-	--hello-extra '"views":["property_kpis","portfolio_kpis"],"properties":[1,2,3]'
-ready=$(cat "$work/fanout.ready")
-log "fanout: $ready; clients per livekpi.status: $(status clients)"
-for r in $(seq 1 "$fan_rounds"); do
-	q "INSERT INTO public.bookings (property_id, check_in, check_out, total_amount, status)
-	   VALUES ($(((r - 1) % 3 + 1)), DATE '2026-02-01', DATE '2026-02-04', 450.00, 'confirmed')"
-	end_round fanout "$r"
-	log "fanout round $r: $(tail -1 "$work/fanout.out")"
-done
-rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$push_pid/status")
-hwm_kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$push_pid/status")
-server_clients=$(status clients)
-stop_bench
-line=$(tail -1 "$work/fanout.out")
-reached_all=true
-while read -r l; do
-	[ "$(field "$l" drained)" = True ] || reached_all=false
-done < "$work/fanout.out"
-printf '{"name":"fanout","clients":%s,"live":%s,"server_clients":%s,"rounds":%s,"all_reached":%s,"p50_ms":%s,"p99_ms":%s,"max_ms":%s,"n":%s,"push_rss_mb":%s,"push_hwm_mb":%s,"connect_s":%s}\n' \
-	"$fan_clients" "$(field "$line" live)" "${server_clients:-null}" "$fan_rounds" "$reached_all" \
-	"$(field "$line" p50_ms)" "$(field "$line" p99_ms)" "$(field "$line" max_ms)" "$(field "$line" n)" \
-	"$(awk -v k="$rss_kb" 'BEGIN {printf "%.1f", k / 1024}')" \
-	"$(awk -v k="$hwm_kb" 'BEGIN {printf "%.1f", k / 1024}')" \
-	"$(field "$line" connect_s)"
+# fanout NAME PUSH_PORT PID CATCHUP: N clients on the listener at PUSH_PORT
+# (push worker PID); each round commits one booking on the primary, then
+# CATCHUP (a command) waits until that listener's node has the batch, then
+# ws_bench waits until every client received it
+fanout() {
+	local name=$1 fport=$2 fpid=$3 catchup=$4 rss_kb hwm_kb line reached_all r
+	log "$name: connecting $fan_clients clients"
+	BENCH=("$work/ws_bench" --host 127.0.0.1 --port "$fport" --token "$token")
+	start_bench "$name" --clients "$fan_clients" --inflight 400 --hold --drain-timeout 30 \
+		--hello-extra '"views":["property_kpis","portfolio_kpis"],"properties":[1,2,3]'
+	log "$name: $(cat "$work/$name.ready")"
+	for r in $(seq 1 "$fan_rounds"); do
+		q "INSERT INTO public.bookings (property_id, check_in, check_out, total_amount, status)
+		   VALUES ($(((r - 1) % 3 + 1)), DATE '2026-02-01', DATE '2026-02-04', 450.00, 'confirmed')"
+		[ "$(q "SELECT livekpi.sync('60s')")" = t ] || die "livekpi.sync() timed out"
+		"$catchup"
+		status last_seq > "$work/$name.target"
+		kill -USR1 "$bench_pid"
+		wait_for '[ -f "$work/$name.out" ] && [ "$(wc -l < "$work/$name.out")" -ge '"$r"' ]' 60 "$name round $r"
+		log "$name round $r: $(tail -1 "$work/$name.out")"
+	done
+	rss_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$fpid/status")
+	hwm_kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$fpid/status")
+	stop_bench
+	BENCH=("$work/ws_bench" --host 127.0.0.1 --port "$push_port" --token "$token")
+	line=$(tail -1 "$work/$name.out")
+	reached_all=true
+	while read -r l; do
+		[ "$(field "$l" drained)" = True ] || reached_all=false
+	done < "$work/$name.out"
+	printf '{"name":"%s","clients":%s,"live":%s,"rounds":%s,"all_reached":%s,"p50_ms":%s,"p99_ms":%s,"max_ms":%s,"n":%s,"push_rss_mb":%s,"push_hwm_mb":%s,"connect_s":%s}\n' \
+		"$name" "$fan_clients" "$(field "$line" live)" "$fan_rounds" "$reached_all" \
+		"$(field "$line" p50_ms)" "$(field "$line" p99_ms)" "$(field "$line" max_ms)" "$(field "$line" n)" \
+		"$(awk -v k="$rss_kb" 'BEGIN {printf "%.1f", k / 1024}')" \
+		"$(awk -v k="$hwm_kb" 'BEGIN {printf "%.1f", k / 1024}')" \
+		"$(field "$line" connect_s)"
+}
+
+if [ -z "$only" ] || [ "$only" = fanout ]; then
+fanout fanout "$push_port" "$push_pid" :
 # the server notices the closed sockets on its own; wait until it has
 wait_for '[ "$(status clients)" = 0 ]' 30 "the fan-out clients to be gone"
+fi
 
 # --- push throughput ----------------------------------------------------------
+if [ -z "$only" ]; then
 # A rate-limited stream of one-row transactions makes many small batches
 # (flush_interval 0); every batch goes to every client, so the push worker
 # is offered batches/s x clients messages/s and sends what it can (a client
@@ -332,6 +353,7 @@ log "throughput client: $line"
 fi
 
 # --- standby: a batch's arrival at a standby client minus at a primary client --
+if [ -z "$only" ] || [ "$only" = standby ] || [ "$only" = standby_fanout ]; then
 sb_port=$(free_port)
 sb_push_port=$(free_port)
 log "standby: pg_basebackup into $sbdir, port $sb_port, listener 127.0.0.1:$sb_push_port"
@@ -396,7 +418,19 @@ print(json.dumps({
 }))
 PY
 }
+if [ "$only" != standby_fanout ]; then
 standby_round standby_latency light "$sb_rate" "$sb_seconds"
 standby_round standby_latency_sat saturation 0 "$sb_sat_seconds"
+fi
+# fan-out of one standby: the same clients on the standby's listener; a
+# round waits for the standby to replay the batch before it is timed from
+# committed_at (so the figure includes replay)
+sb_push_pid=$("${SBPSQL[@]}" -c "SELECT push_pid FROM livekpi.status")
+standby_replayed() {
+	wait_for '[ "$("${SBPSQL[@]}" -c "SELECT last_seq FROM livekpi.status")" = "$(status last_seq)" ]' 30 \
+		"the standby to replay the batch"
+}
+fanout standby_fanout "$sb_push_port" "$sb_push_pid" standby_replayed
 cluster_stop "$sbdir"
+fi
 log "done in $(($(date +%s) - started)) s"

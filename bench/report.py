@@ -200,14 +200,17 @@ for name, flush, label in (("latency_flush0", 0, "flush_interval 0"),
         f"per delta (committed_at → receive): p50 {ms(m.get('delta_p50_ms'))}, p99 {ms(m.get('delta_p99_ms'))}"
         if m else "—",
         target, ok)
-m = P.get("fanout")
-row("fan-out: one batch to every open plain-ws client; push worker memory",
-    f"{m.get('live')} clients, p99 {ms(m.get('p99_ms'))} (p50 {ms(m.get('p50_ms'))}, max "
-    f"{ms(m.get('max_ms'))}); RSS {m.get('push_rss_mb')} MB (peak {m.get('push_hwm_mb')} MB)"
-    + ("" if m.get("all_reached") else "; not every client received every batch") if m else "—",
-    "—", "10,000 clients, p99 ≤ 250 ms, RSS ≤ 256 MB",
-    (m.get("live", 0) >= 10000 and m.get("p99_ms") is not None and m["p99_ms"] <= 250
-     and m.get("push_rss_mb", 1e9) <= 256 and bool(m.get("all_reached"))) if m else None)
+for name, label in (("fanout", "one batch to every open plain-ws client"),
+                    ("standby_fanout", "the same clients on one hot standby's listener (timed from the "
+                     "primary's commit, replay included)")):
+    m = P.get(name)
+    row(f"fan-out: {label}; push worker memory",
+        f"{m.get('live')} clients, p99 {ms(m.get('p99_ms'))} (p50 {ms(m.get('p50_ms'))}, max "
+        f"{ms(m.get('max_ms'))}); RSS {m.get('push_rss_mb')} MB (peak {m.get('push_hwm_mb')} MB)"
+        + ("" if m.get("all_reached") else "; not every client received every batch") if m else "—",
+        "—", "10,000 clients, p99 ≤ 250 ms, RSS ≤ 256 MB",
+        (m.get("live", 0) >= 10000 and m.get("p99_ms") is not None and m["p99_ms"] <= 250
+         and m.get("push_rss_mb", 1e9) <= 256 and bool(m.get("all_reached"))) if m else None)
 m = P.get("push_throughput")
 row("push throughput: delta messages sent per second by the push worker",
     f"{fmt(m.get('msgs_per_s'), 0)}/s to {m.get('clients')} clients "

@@ -303,7 +303,7 @@ push_callback(struct lws *wsi, enum lws_callback_reasons reason,
 }
 
 const struct lws_protocols push_protocols[] = {
-	{LK_SUBPROTOCOL, push_callback, sizeof(PushClient), LK_MAX_MESSAGE, 0, NULL, 0},
+	{LK_SUBPROTOCOL, push_callback, sizeof(PushClient), LK_RX_BUFFER, 0, NULL, LK_WRITE_CHUNK},
 	{NULL, NULL, 0, 0, 0, NULL, 0}
 };
 

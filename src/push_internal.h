@@ -39,6 +39,12 @@
 #define LK_HELLO_DEADLINE_MS	10000
 #define LK_TOKEN_RECHECK_MS		500
 #define LK_WRITE_CHUNK			(64 * 1024)
+/*
+ * libwebsockets' per-connection receive buffer: client messages are small
+ * and a longer one is assembled from pieces (ws_receive), so a connection
+ * costs 4 kB here instead of LK_MAX_MESSAGE
+ */
+#define LK_RX_BUFFER			4096
 #define LK_BATCHES_PER_READ		256
 /* rows of delta_log read (and held) at once; a read ends at a batch end */
 #define LK_ROWS_PER_READ		20000

@@ -58,6 +58,7 @@
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "postmaster/postmaster.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/pmsignal.h"
@@ -349,8 +350,11 @@ tick_cb(lws_sorted_usec_list_t *sul)
 
 /*
  * raise_fd_limit
- *		The postgres user's soft open-files limit is often 1024: raise it to
- *		the hard limit, and cap the clients we accept by what we got.
+ *		The postgres user's soft open-files limit is often 1024: set it to
+ *		what max_clients needs beside the server's own files (up to the hard
+ *		limit), and cap the clients we accept by what we got.  Not past what
+ *		is needed: libwebsockets sizes its fd table by this limit, and a hard
+ *		limit of "unlimited" would make that table absurd.
  */
 static int
 raise_fd_limit(void)
@@ -360,9 +364,13 @@ raise_fd_limit(void)
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
 	{
-		if (rl.rlim_cur < rl.rlim_max)
+		rlim_t		want = (rlim_t) livekpi_max_clients + 64 + max_files_per_process;
+
+		if (rl.rlim_max != RLIM_INFINITY && want > rl.rlim_max)
+			want = rl.rlim_max;
+		if (rl.rlim_cur != want)
 		{
-			rl.rlim_cur = rl.rlim_max;
+			rl.rlim_cur = want;
 			if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
 				getrlimit(RLIMIT_NOFILE, &rl);
 		}
@@ -570,7 +578,6 @@ create_listener(char *why, size_t whylen)
 	char	   *saveptr = NULL;
 	bool		tls = livekpi_ssl_cert_file && livekpi_ssl_cert_file[0] &&
 		livekpi_ssl_key_file && livekpi_ssl_key_file[0];
-	int			fds = max_clients_effective + 64;
 
 	lws_set_log_level(LLL_ERR | LLL_WARN, lws_log_to_elog);
 
@@ -579,7 +586,13 @@ create_listener(char *why, size_t whylen)
 	if (tls)
 		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
 	info.count_threads = 1;
-	info.fd_limit_per_thread = (unsigned int) fds;
+
+	/*
+	 * No fd_limit_per_thread: below the open-files limit it switches
+	 * libwebsockets 4.1 to a linear search of every connection for each
+	 * ready socket (wsi_from_fd), which made a fan-out to 10,000 clients
+	 * quadratic.  max_clients_effective is enforced on accept instead.
+	 */
 	info.pt_serv_buf_size = 32 * 1024;
 	info.max_http_header_data = 4096;
 	info.timeout_secs = 20;
