@@ -228,13 +228,17 @@ for name, label in (("standby_latency", "light load"), ("standby_latency_sat", "
 
 aw = apply_wal("apply_wal_bulk")
 row("apply worker WAL per change, bulk load (KPI tables + delta_log + progress)",
-    f"{aw[0]} B ({aw[1]} records, {aw[2]} transactions)" if aw else "—",
+    f"{aw[0]} B with full-page images, {aw[3] if len(aw) > 3 else '—'} B without "
+    f"({aw[1]} records, {aw[2]} transactions)" if aw else "—",
     f"all WAL between commit and sync(): {R.get('apply_wal_bulk_window', '—')} B per change",
-    "reported", True if aw else None)
+    "≤ 1 kB without full-page images",
+    (float(aw[3]) <= 1024) if aw and len(aw) > 3 else None)
 aw = apply_wal("apply_wal_oltp")
 row("apply worker WAL per change, pgbench mix (small transactions, flush_interval 500 ms)",
-    f"{aw[0]} B ({aw[3]} changes, {aw[1]} records, {aw[2]} transactions)" if aw else "—",
-    "—", "reported", True if aw else None)
+    f"{aw[0]} B with full-page images, {aw[4] if len(aw) > 4 else '—'} B without "
+    f"({aw[3]} changes, {aw[1]} records, {aw[2]} transactions)" if aw else "—",
+    "—", "≤ 1 kB without full-page images",
+    (float(aw[4]) <= 1024) if aw and len(aw) > 4 else None)
 vd = num("verify_differences")
 row("exactness after the whole run: rows returned by livekpi.verify()",
     fmt(vd, 0) if vd is not None else "—", "—", "0", vd == 0 if vd is not None else None)

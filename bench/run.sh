@@ -364,6 +364,7 @@ for r in $(seq 1 "$rounds"); do
 				a=$(sed -n 's/^lsn_a //p' "$work/timed.out")
 				b=$(sed -n 's/^lsn_b //p' "$work/timed.out")
 				res apply_wal_bulk "$(q "SELECT round(bytes / $bulk_rows, 1) || ' ' || records || ' ' || transactions
+				                         || ' ' || round((bytes - fpi_bytes) / $bulk_rows, 1)
 				                         FROM bench.livekpi_wal('$a', '$b')")"
 				res apply_wal_bulk_window "$(q "SELECT round(('$b'::pg_lsn - '$a'::pg_lsn) / $bulk_rows, 1)")"
 			fi
@@ -430,6 +431,7 @@ if [ $have_livekpi = 1 ]; then
 	after=$(status changes_applied)
 	changes=$([ -n "$before" ] && [ -n "$after" ] && echo $((after - before)) || echo $((clients * 1500)))
 	res apply_wal_oltp "$(q "SELECT round(bytes / $changes, 1) || ' ' || records || ' ' || transactions || ' $changes'
+	                         || ' ' || round((bytes - fpi_bytes) / $changes, 1)
 	                         FROM bench.livekpi_wal('$a', '$b')")"
 	res apply_status "$(q "SELECT to_jsonb(s) FROM livekpi.status s")"
 	log "verify()"

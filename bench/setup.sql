@@ -247,7 +247,7 @@ END $$;
 -- WAL of the transactions that wrote to schema livekpi between two LSNs
 -- (the apply worker's batches), whatever else ran at the same time.
 CREATE FUNCTION bench.livekpi_wal(a pg_lsn, b pg_lsn, OUT records bigint, OUT bytes numeric,
-                                  OUT transactions bigint)
+                                  OUT transactions bigint, OUT fpi_bytes numeric)
 LANGUAGE sql AS $$
 WITH r AS (SELECT * FROM pg_get_wal_records_info(a, b)),
 rels AS (
@@ -262,7 +262,8 @@ x AS (
 	SELECT DISTINCT r.xid
 	FROM r, LATERAL regexp_matches(r.block_ref, 'rel \d+/\d+/(\d+)', 'g') m
 	WHERE r.xid <> '0' AND m[1] IN (SELECT fn FROM rels))
-SELECT count(*), coalesce(sum(r.record_length), 0), (SELECT count(*) FROM x)
+SELECT count(*), coalesce(sum(r.record_length), 0), (SELECT count(*) FROM x),
+	   coalesce(sum(r.fpi_length), 0)
 FROM r WHERE r.xid IN (SELECT xid FROM x)
 $$;
 

@@ -324,6 +324,30 @@ views_object(ViewDelta *views, bool upserts)
 	return JsonbPGetDatum(JsonbValueToJsonb(res));
 }
 
+/*
+ * emit_part_if_full
+ *		Hand the rows built so far out as one part once they reach
+ *		DELTA_PART_ROWS (see apply_delta.h), and start the next part.
+ */
+static void
+emit_part_if_full(ViewDelta *views, ApplyDeltaEmit emit, void *emit_arg)
+{
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < V_COUNT; i++)
+		n += list_length(views[i].upserts) + list_length(views[i].deletes);
+	if (n < DELTA_PART_ROWS)
+		return;
+	emit(views_object(views, true), views_object(views, false), emit_arg);
+	for (i = 0; i < V_COUNT; i++)
+	{
+		list_free(views[i].upserts);
+		list_free(views[i].deletes);
+		views[i].upserts = views[i].deletes = NIL;
+	}
+}
+
 static void
 lookup_open(Lookup *l, Oid nspid, const char *name, int nkeys, Snapshot snapshot)
 {
@@ -611,6 +635,7 @@ apply_delta_build(char key_kind, Oid key_type,
 				  Datum *e_key, Datum *e_day, Datum *e_category, int ne,
 				  Datum *p_key, int np,
 				  ApplyMonthRow *m_rows, int nm,
+				  ApplyDeltaEmit emit, void *emit_arg,
 				  Datum *upserts, Datum *deletes)
 {
 	Oid			nspid = get_namespace_oid("livekpi", false);
@@ -668,6 +693,8 @@ apply_delta_build(char key_kind, Oid key_type,
 	{
 		Datum		k[2] = {b_key[i], b_day[i]};
 
+		emit_part_if_full(views, emit, emit_arg);
+
 		if (b_rows != NULL)
 		{
 			if (b_rows[i] != NULL)
@@ -701,6 +728,8 @@ apply_delta_build(char key_kind, Oid key_type,
 	for (i = 0; i < nkeys; i++)
 	{
 		Datum		k[3] = {keys[i].key, DateADTGetDatum(keys[i].month), keys[i].category};
+
+		emit_part_if_full(views, emit, emit_arg);
 
 		if (lookup(&em, k))
 			views[V_EXPENSE_MONTHLY].upserts =
@@ -778,6 +807,8 @@ apply_delta_build(char key_kind, Oid key_type,
 		int32		days = days_in_month(keys[i].month);
 		bool		isnull;
 		Datum		v;
+
+		emit_part_if_full(views, emit, emit_arg);
 
 		/*
 		 * The keys are sorted by property: its livekpi.properties row is
@@ -940,6 +971,8 @@ apply_delta_build(char key_kind, Oid key_type,
 			bool		updated_null;
 			bool		isnull;
 			Datum		v;
+
+			emit_part_if_full(views, emit, emit_arg);
 
 			if (!lookup(&pm, k))
 			{

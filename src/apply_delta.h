@@ -34,6 +34,17 @@ typedef struct ApplyMonthRow
 } ApplyMonthRow;
 
 /*
+ * A delta of more rows than this is handed out in parts: every time the
+ * rows built reach it, emit(upserts, deletes, emit_arg) gets them as one
+ * part (delta_log_parts), and *upserts / *deletes get the last part.  So
+ * no jsonb value grows with the batch (a jsonb is limited to 256 MB) and
+ * the push worker can read a batch in pieces.
+ */
+#define DELTA_PART_ROWS		20000
+
+typedef void (*ApplyDeltaEmit) (Datum upserts, Datum deletes, void *arg);
+
+/*
  * m_rows, when not NULL: the booking_monthly rows the batch wrote, which
  * are then not read back.
  *
@@ -46,6 +57,7 @@ extern void apply_delta_build(char key_kind, Oid key_type,
 							  Datum *e_key, Datum *e_day, Datum *e_category, int ne,
 							  Datum *p_key, int np,
 							  ApplyMonthRow *m_rows, int nm,
+							  ApplyDeltaEmit emit, void *emit_arg,
 							  Datum *upserts, Datum *deletes);
 
 extern Jsonb *apply_delta_slot_jsonb(TupleTableSlot *slot);

@@ -55,9 +55,6 @@
 #include "apply_kpi.h"
 #include "livekpi.h"
 
-/* Daily KPI rows a batch may touch and still be sent as a delta (protocol.md). */
-#define DELTA_MAX_DAILY_ROWS	20000
-
 #define MAX_KEYS		3
 #define MAX_MEASURES	7
 
@@ -143,7 +140,7 @@ typedef struct DeltaRow
 /* SQL of the delta_log side, prepared once per key kind. */
 static SPIPlanPtr seq_plan = NULL;
 static SPIPlanPtr insert_plan = NULL;
-static SPIPlanPtr barrier_plan = NULL;
+static SPIPlanPtr part_plan = NULL;
 static SPIPlanPtr retention_plan = NULL;
 static char plans_key_kind = '\0';
 
@@ -536,7 +533,7 @@ prepare_plans(char key_kind)
 {
 	Oid			insert_types[6] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, PG_LSNOID,
 		JSONBOID, JSONBOID};
-	Oid			barrier_types[4] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, PG_LSNOID};
+	Oid			part_types[4] = {INT8OID, INT4OID, JSONBOID, JSONBOID};
 	Oid			retention_types[4] = {INT8OID, INT4OID, TIMESTAMPTZOID, INT4OID};
 
 	apply_kpi_reset();
@@ -544,16 +541,17 @@ prepare_plans(char key_kind)
 						   0, NULL);
 	insert_plan = SPI_prepare("INSERT INTO livekpi.delta_log (seq, applied_at, committed_at, lsn, upserts, deletes) "
 							  "VALUES ($1, $2, $3, $4, $5, $6)", 6, insert_types);
-	barrier_plan = SPI_prepare("INSERT INTO livekpi.delta_log (seq, applied_at, committed_at, lsn, barrier) "
-							   "VALUES ($1, $2, $3, $4, true)", 4, barrier_types);
-	retention_plan = SPI_prepare("DELETE FROM livekpi.delta_log l WHERE l.seq <= $1 - $2 "
-								 "OR l.applied_at < $3 - make_interval(secs => $4)",
+	part_plan = SPI_prepare("INSERT INTO livekpi.delta_log_parts (seq, part, upserts, deletes) "
+							"VALUES ($1, $2, $3, $4)", 4, part_types);
+	retention_plan = SPI_prepare("WITH gone AS (DELETE FROM livekpi.delta_log l WHERE l.seq <= $1 - $2 "
+								 "OR l.applied_at < $3 - make_interval(secs => $4) RETURNING l.seq) "
+								 "DELETE FROM livekpi.delta_log_parts p USING gone WHERE p.seq = gone.seq",
 								 4, retention_types);
-	if (seq_plan == NULL || insert_plan == NULL || barrier_plan == NULL || retention_plan == NULL)
+	if (seq_plan == NULL || insert_plan == NULL || part_plan == NULL || retention_plan == NULL)
 		elog(ERROR, "livekpi: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 	SPI_keepplan(seq_plan);
 	SPI_keepplan(insert_plan);
-	SPI_keepplan(barrier_plan);
+	SPI_keepplan(part_plan);
 	SPI_keepplan(retention_plan);
 	plans_key_kind = key_kind;
 }
@@ -561,7 +559,7 @@ prepare_plans(char key_kind)
 void
 apply_kpi_reset(void)
 {
-	SPIPlanPtr *plans[4] = {&seq_plan, &insert_plan, &barrier_plan, &retention_plan};
+	SPIPlanPtr *plans[4] = {&seq_plan, &insert_plan, &part_plan, &retention_plan};
 	int			i;
 
 	for (i = 0; i < lengthof(plans); i++)
@@ -573,10 +571,34 @@ apply_kpi_reset(void)
 	plans_key_kind = '\0';
 }
 
+/* Where the parts of a large batch's delta go (delta_log_parts). */
+typedef struct DeltaPartWriter
+{
+	int64		seq;
+	int32		part;
+} DeltaPartWriter;
+
+static void
+write_delta_part(Datum upserts, Datum deletes, void *arg)
+{
+	DeltaPartWriter *w = (DeltaPartWriter *) arg;
+	Datum		values[4];
+
+	values[0] = Int64GetDatum(w->seq);
+	values[1] = Int32GetDatum(++w->part);
+	values[2] = upserts;
+	values[3] = deletes;
+	if (SPI_execute_plan(part_plan, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "livekpi: could not write delta_log_parts");
+	pfree(DatumGetPointer(upserts));
+	pfree(DatumGetPointer(deletes));
+}
+
 /*
  * write_delta_log
- *		The batch's seq and delta_log row (a barrier past the documented size),
- *		and delta_log's retention.  Returns the seq.
+ *		The batch's seq and delta_log row (and, for a delta of more than
+ *		DELTA_PART_ROWS rows, its earlier parts in delta_log_parts), and
+ *		delta_log's retention.  Returns the seq.
  */
 static int64
 write_delta_log(ApplyKpi *ak, KpiArrays *a, char key_kind, TimestampTz last_commit,
@@ -605,17 +627,6 @@ write_delta_log(ApplyKpi *ak, KpiArrays *a, char key_kind, TimestampTz last_comm
 	values[1] = TimestampTzGetDatum(ak->now);
 	values[2] = TimestampTzGetDatum(last_commit);
 	values[3] = LSNGetDatum(last_end);
-	if (a->nbooking + a->nexpense > DELTA_MAX_DAILY_ROWS)
-	{
-		/*
-		 * A batch that touched more daily rows than a delta should carry (a
-		 * bulk load) is written as a barrier: clients take a snapshot, which
-		 * is smaller and cheaper than such a delta.
-		 */
-		if (SPI_execute_plan(barrier_plan, values, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "livekpi: could not write delta_log");
-	}
-	else
 	{
 		Datum	   *b_key,
 				   *b_day,
@@ -625,6 +636,7 @@ write_delta_log(ApplyKpi *ak, KpiArrays *a, char key_kind, TimestampTz last_comm
 		int			nb,
 					ne,
 					n;
+		DeltaPartWriter parts = {seq, 0};
 
 		units = array_elements(a->u_key, ak->key_type, &nunits);
 		props = palloc(sizeof(Datum) * (nnew + nunits + 1));
@@ -637,7 +649,7 @@ write_delta_log(ApplyKpi *ak, KpiArrays *a, char key_kind, TimestampTz last_comm
 		e_category = array_elements(a->e_category, TEXTOID, &n);
 		apply_delta_build(key_kind, ak->key_type, b_key, b_day, ak->b_rows, nb,
 						  e_key, e_day, e_category, ne, props, nnew + nunits,
-						  ak->m_rows, ak->nm,
+						  ak->m_rows, ak->nm, write_delta_part, &parts,
 						  &values[4], &values[5]);
 		if (SPI_execute_plan(insert_plan, values, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "livekpi: could not write delta_log");

@@ -46,7 +46,13 @@
  */
 #define LK_RX_BUFFER			4096
 #define LK_BATCHES_PER_READ		256
-/* rows of delta_log read (and held) at once; a read ends at a batch end */
+/* rows of delta_log fetched (and held) at once, whatever the batch size */
+#define LK_FETCH_ROWS			1000
+/*
+ * a read of delta_log (one query) ends at the first batch end past this
+ * many rows: the executor keeps what it detoasted for a query's batches
+ * until the query ends
+ */
 #define LK_ROWS_PER_READ		20000
 /* hellos and subscribes checked in one round's transaction */
 #define LK_REQUESTS_PER_ROUND	256
@@ -142,6 +148,7 @@ typedef struct PushClient
 
 	/* stream position: everything in scope up to pos is queued */
 	int64		pos;
+	uint8		stream_mode;	/* for the batch being read (push_stream.c) */
 	TimestampTz last_heartbeat;
 
 	LkQueue		q;
@@ -172,23 +179,36 @@ typedef struct BatchRow
 	char	   *key;			/* the key object as text */
 } BatchRow;
 
+/* A batch of delta_log as it is read: the header, then its rows in pieces. */
 typedef struct Batch
 {
 	int64		seq;
 	bool		barrier;
 	char	   *applied_at;
 	char	   *committed_at;
-	int			nrows;
-	BatchRow   *rows;
 } Batch;
 
-/* A read of delta_log: batches (after, upto], bounded by LK_ROWS_PER_READ */
+/*
+ * Where a read of delta_log goes (push_stream.c).  A batch of any size is
+ * streamed: begin, then its rows LK_FETCH_ROWS at a time (in memory that is
+ * reset after each call), then end; rows come ordered by kind (upserts
+ * first) and view.  begin returns false to stop the read.
+ */
+typedef struct BatchSink
+{
+	bool		(*begin) (struct BatchSink *sink, const Batch *b);
+	void		(*rows) (struct BatchSink *sink, const Batch *b, const BatchRow *rows, int n);
+	void		(*end) (struct BatchSink *sink, const Batch *b);
+	void	   *arg;
+} BatchSink;
+
+/* A read of delta_log: batches (after, upto] */
 typedef struct BatchRead
 {
 	int64		after;
 	int64		upto;
-	int			nbatches;
-	Batch	   *batches;
+	int64		nbatches;		/* batches handed to the sink */
+	int64		last;			/* seq of the last of them */
 	int64		state_seq;
 	bool		state_ok;
 } BatchRead;
@@ -297,7 +317,7 @@ extern void snap_cache_clear(void);
 
 /* push_sql.c */
 extern bool sql_read_state(BatchRead *br);
-extern bool sql_read_batches(BatchRead *br);
+extern bool sql_read_batches(BatchRead *br, BatchSink *sink);
 extern bool sql_snapshot(SnapshotJob *job);
 extern bool sql_round_checks(RoundChecks *rc);
 extern void sql_session_setup(void);

@@ -214,38 +214,50 @@ static const char *batch_sql =
 "  FROM livekpi.delta_log d "
 "  LEFT JOIN LATERAL ( "
 "       SELECT 0 AS kind, u.key AS view, r.value AS elem "
-"         FROM jsonb_each(coalesce(d.upserts, '{}')) u, jsonb_array_elements(u.value) r "
+"         FROM (SELECT d.upserts AS j "
+"               UNION ALL SELECT p.upserts FROM livekpi.delta_log_parts p WHERE p.seq = d.seq) pu, "
+"              jsonb_each(pu.j) u, jsonb_array_elements(u.value) r "
 "       UNION ALL "
 "       SELECT 1, x.key, r.value "
-"         FROM jsonb_each(coalesce(d.deletes, '{}')) x, jsonb_array_elements(x.value) r "
+"         FROM (SELECT d.deletes AS j "
+"               UNION ALL SELECT p.deletes FROM livekpi.delta_log_parts p WHERE p.seq = d.seq) px, "
+"              jsonb_each(px.j) x, jsonb_array_elements(x.value) r "
 "  ) e ON true "
 " WHERE d.seq > $1 AND d.seq <= $2 "
 " ORDER BY d.seq, e.kind, e.view";
 
 static SPIPlanPtr batch_plan = NULL;
 
-/* rows fetched from the cursor at a time */
-#define LK_FETCH_ROWS	1000
+typedef struct BatchReadJob
+{
+	BatchRead  *br;
+	BatchSink  *sink;
+} BatchReadJob;
 
 /*
  * read_batches_step
- *		Read batches (after, upto] of delta_log into lk_stream_cxt through a
- *		cursor, LK_FETCH_ROWS rows at a time, and stop at the end of the
- *		first batch that brings the rows read to LK_ROWS_PER_READ: br->upto
- *		then says how far the read went.  So the memory of a read is
- *		bounded by the limit (or by one batch, which a delta message must
- *		hold anyway), not by LK_BATCHES_PER_READ large batches.
+ *		Stream batches (after, upto] of delta_log to the sink through a
+ *		cursor, LK_FETCH_ROWS rows at a time: a batch's header goes to
+ *		lk_stream_cxt, its rows to a context reset after every fetch.  So
+ *		the memory of a read is bounded by LK_FETCH_ROWS rows whatever the
+ *		size of a batch (the sink bounds what it keeps, see push_stream.c).
+ *		The read stops at the first batch end past LK_ROWS_PER_READ rows;
+ *		br->last says how far it went.
  */
 static void
 read_batches_step(void *arg)
 {
-	BatchRead  *br = (BatchRead *) arg;
+	BatchReadJob *job = (BatchReadJob *) arg;
+	BatchRead  *br = job->br;
+	BatchSink  *sink = job->sink;
+	MemoryContext rows_cxt;
 	Datum		values[2];
 	Portal		portal;
-	Batch	   *cur = NULL;
-	int			cap = 16;
-	int64		nrows = 0;
-	bool		done = false;
+	Batch		cur;
+	bool		open = false;
+	bool		stop = false;
+	int64		streamed = 0;
+	BatchRow   *rows;
 
 	if (batch_plan == NULL)
 	{
@@ -257,18 +269,22 @@ read_batches_step(void *arg)
 				 SPI_result_code_string(SPI_result));
 		SPI_keepplan(batch_plan);
 	}
+	rows_cxt = AllocSetContextCreate(CurrentMemoryContext, "livekpi push rows",
+									 ALLOCSET_DEFAULT_SIZES);
+	rows = MemoryContextAlloc(lk_stream_cxt, sizeof(BatchRow) * LK_FETCH_ROWS);
 	values[0] = Int64GetDatum(br->after);
 	values[1] = Int64GetDatum(br->upto);
 	portal = SPI_cursor_open(NULL, batch_plan, values, NULL, true);
-
-	br->batches = MemoryContextAlloc(lk_stream_cxt, sizeof(Batch) * cap);
 	br->nbatches = 0;
-	while (!done)
+	memset(&cur, 0, sizeof(cur));
+	while (!stop)
 	{
+		int			nrows = 0;
+
 		SPI_cursor_fetch(portal, true, LK_FETCH_ROWS);
 		if (SPI_processed == 0)
 			break;
-		for (uint64 i = 0; i < SPI_processed; i++)
+		for (uint64 i = 0; i < SPI_processed && !stop; i++)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[i];
 			TupleDesc	desc = SPI_tuptable->tupdesc;
@@ -277,64 +293,76 @@ read_batches_step(void *arg)
 			char	   *view;
 			int			bit;
 
-			if (cur == NULL || cur->seq != seq)
+			if (!open || cur.seq != seq)
 			{
-				if (cur != NULL && nrows >= LK_ROWS_PER_READ)
+				if (open)
 				{
-					/* enough for this piece: the rest is read next time */
-					br->upto = cur->seq;
-					done = true;
+					if (nrows > 0)
+						sink->rows(sink, &cur, rows, nrows);
+					nrows = 0;
+					sink->end(sink, &cur);
+					open = false;
+					if (streamed >= LK_ROWS_PER_READ)
+					{
+						/* enough for one query: the rest is read next time */
+						stop = true;
+						break;
+					}
+				}
+				cur.seq = seq;
+				cur.barrier = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull)) && !isnull;
+				cur.applied_at = spi_text(tup, desc, 3, lk_stream_cxt);
+				cur.committed_at = spi_text(tup, desc, 4, lk_stream_cxt);
+				open = true;
+				br->nbatches++;
+				br->last = seq;
+				if (!sink->begin(sink, &cur))
+				{
+					open = false;
+					stop = true;
 					break;
 				}
-				if (br->nbatches == cap)
-				{
-					cap *= 2;
-					br->batches = repalloc(br->batches, sizeof(Batch) * cap);
-				}
-				cur = &br->batches[br->nbatches++];
-				cur->seq = seq;
-				cur->barrier = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull)) && !isnull;
-				cur->applied_at = spi_text(tup, desc, 3, lk_stream_cxt);
-				cur->committed_at = spi_text(tup, desc, 4, lk_stream_cxt);
-				cur->nrows = 0;
-				cur->rows = NULL;
 			}
+			streamed++;
 			view = SPI_getvalue(tup, desc, 6);
 			if (view == NULL)
 				continue;
 			bit = lk_view_from_name(view, strlen(view));
 			if (bit == 0)
 				continue;		/* a view this server does not stream */
-			if (cur->rows == NULL)
-				cur->rows = MemoryContextAlloc(lk_stream_cxt, sizeof(BatchRow) * 8);
-			else if ((cur->nrows & (cur->nrows - 1)) == 0 && cur->nrows >= 8)
-				cur->rows = repalloc(cur->rows, sizeof(BatchRow) * cur->nrows * 2);
 			{
-				BatchRow   *r = &cur->rows[cur->nrows++];
+				BatchRow   *r = &rows[nrows++];
 
 				r->view = (uint8) (pg_rightmost_one_pos32((uint32) bit));
 				r->is_delete = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull)) == 1;
-				r->json = spi_text(tup, desc, 7, lk_stream_cxt);
-				r->prop = spi_text(tup, desc, 8, lk_stream_cxt);
-				r->day = spi_text(tup, desc, 9, lk_stream_cxt);
-				r->key = spi_text(tup, desc, 10, lk_stream_cxt);
+				r->json = spi_text(tup, desc, 7, rows_cxt);
+				r->prop = spi_text(tup, desc, 8, rows_cxt);
+				r->day = spi_text(tup, desc, 9, rows_cxt);
+				r->key = spi_text(tup, desc, 10, rows_cxt);
 			}
-			nrows++;
 		}
+		if (open && nrows > 0)
+			sink->rows(sink, &cur, rows, nrows);
 		SPI_freetuptable(SPI_tuptable);
+		MemoryContextReset(rows_cxt);
 	}
+	if (open)
+		sink->end(sink, &cur);
 	SPI_cursor_close(portal);
+	MemoryContextDelete(rows_cxt);
 }
 
 /*
  * sql_read_batches
- *		Batches (br->after, br->upto] of delta_log, possibly fewer (see
- *		read_batches_step).
+ *		Stream batches (after, upto] of delta_log to the sink, in one
+ *		short transaction (see read_batches_step).
  */
 bool
-sql_read_batches(BatchRead *br)
+sql_read_batches(BatchRead *br, BatchSink *sink)
 {
-	return run_step("reading livekpi.delta_log", read_batches_step, br, false);
+	BatchReadJob job = {br, sink};
+
+	return run_step("reading livekpi.delta_log", read_batches_step, &job, false);
 }
 
 /* ----------------------------------------------------------------

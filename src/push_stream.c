@@ -6,12 +6,14 @@
  *
  * This file owns: the broadcast position (the newest batch handed to live
  * clients) and the epoch it belongs to; filtering a batch by a client's
- * scope and serialising it once per distinct scope; backpressure (a
- * client's rows are coalesced past half of client_buffer_limit and it is
- * resynced past the limit, see push_queue.c); catch-up replay; and
- * snapshots, built once per distinct scope and cached until the next
- * batch.  The SQL behind it is in push_sql.c; what it reads lives in
- * lk_stream_cxt, reset after each piece (LK_ROWS_PER_READ rows).
+ * scope and serialising it once per distinct scope, as its rows stream by
+ * (a batch of any size: the message is dropped past client_buffer_limit
+ * and its clients resync); backpressure (a client's rows are coalesced
+ * past half of client_buffer_limit and it is resynced past the limit, see
+ * push_queue.c); catch-up replay; and snapshots, built once per distinct
+ * scope and cached until the next batch.  The SQL behind it is in
+ * push_sql.c, which hands rows over LK_FETCH_ROWS at a time; what a read
+ * keeps lives in lk_stream_cxt, reset after each read.
  *
  * Copyright (c) 2026, livekpi authors
  *
@@ -55,102 +57,292 @@ row_in_scope(const ClientScope *s, const BatchRow *r)
 	return true;
 }
 
-/*
- * build_delta
- *		The delta message of one batch for one scope, or NULL when nothing
- *		in the batch is in scope (the client then just advances).
- */
-static OutMsg *
-build_delta(const Batch *b, const ClientScope *s)
+/* What a client does with the batch being read. */
+enum
 {
-	StringInfoData buf;
-	bool		any = false;
-	OutMsg	   *m;
-
-	initStringInfo(&buf);
-	appendStringInfo(&buf, "{\"type\":\"delta\",\"seq\":" INT64_FORMAT
-					 ",\"applied_at\":\"%s\",\"committed_at\":\"%s\"",
-					 b->seq, b->applied_at ? b->applied_at : "",
-					 b->committed_at ? b->committed_at : "");
-	for (int kind = 0; kind < 2; kind++)
-	{
-		int			open_view = -1;
-
-		appendStringInfoString(&buf, kind == 0 ? ",\"upserts\":{" : ",\"deletes\":{");
-		for (int i = 0; i < b->nrows; i++)
-		{
-			const BatchRow *r = &b->rows[i];
-
-			if (r->is_delete != (kind == 1) || !row_in_scope(s, r))
-				continue;
-			if (open_view != r->view)
-			{
-				if (open_view >= 0)
-					appendStringInfoString(&buf, "],");
-				appendStringInfo(&buf, "\"%s\":[", lk_view_names[r->view]);
-				open_view = r->view;
-			}
-			else
-				appendStringInfoChar(&buf, ',');
-			appendStringInfoString(&buf, r->json);
-			any = true;
-		}
-		if (open_view >= 0)
-			appendStringInfoChar(&buf, ']');
-		appendStringInfoChar(&buf, '}');
-	}
-	appendStringInfoChar(&buf, '}');
-	if (!any)
-	{
-		pfree(buf.data);
-		return NULL;
-	}
-	m = outmsg_new(OUT_DELTA, buf.data, buf.len);
-	pfree(buf.data);
-	return m;
-}
-
+	MODE_NONE,					/* not at this batch (behind, ahead, not live) */
+	MODE_MESSAGE,				/* takes its scope group's delta message */
+	MODE_COALESCE,				/* a slow reader: the rows are coalesced */
+	MODE_RESYNC					/* gets a resync at the batch's end */
+};
 
 /*
- * deliver_batch
- *		Give one batch to one client (whose position is just before it).
- *		Backpressure: once a client's queued deltas pass half of
- *		client_buffer_limit, later batches are coalesced by key into one
- *		pending delta, queued when the queue drains; past client_buffer_limit
- *		of pending deltas the client gets a resync and, once drained, a new
- *		snapshot.  Memory per client is so bounded by the limit.
+ * The clients of one scope, and the delta message of the batch being read,
+ * built as its rows stream by.  The message never holds more than
+ * client_buffer_limit: a delta that grows past it would put every client
+ * that takes it past its own limit, so they get a resync instead.
+ */
+typedef struct ScopeGroup
+{
+	PushClient **clients;
+	int			nclients;
+	bool		building;		/* some client takes the message */
+	bool		overflow;		/* the message passed client_buffer_limit */
+	bool		any;			/* a row was in scope */
+	int			kind;			/* section open: -1 none, 0 upserts, 1 deletes */
+	int			open_view;
+	StringInfoData buf;
+} ScopeGroup;
+
+typedef struct Dispatch
+{
+	ScopeGroup *groups;
+	int			ngroups;
+	size_t		limit;
+	bool		gap;			/* the first batch read was not after+1 */
+	int64		expect;			/* the seq the first batch must have */
+} Dispatch;
+
+/*
+ * delta_section
+ *		Close the open section of the message and open kind's (upserts
+ *		then deletes; an empty section is written as {}).
  */
 static void
-deliver_batch(PushClient *c, const Batch *b, OutMsg *m)
+delta_section(ScopeGroup *g, int kind)
 {
-	size_t		limit = (size_t) livekpi_client_buffer_limit * 1024;
-	bool		ok = true;
+	while (g->kind < kind)
+	{
+		if (g->kind >= 0)
+			appendStringInfoString(&g->buf, g->open_view >= 0 ? "]}" : "}");
+		g->kind++;
+		appendStringInfoString(&g->buf, g->kind == 0 ? ",\"upserts\":{" : ",\"deletes\":{");
+		g->open_view = -1;
+	}
+}
 
-	if (b->barrier)
+static void
+delta_add(ScopeGroup *g, const BatchRow *r)
+{
+	delta_section(g, r->is_delete ? 1 : 0);
+	if (g->open_view != r->view)
 	{
-		send_resync(c, b->seq);
-		c->pos = b->seq;
-		return;
+		appendStringInfo(&g->buf, "%s\"%s\":[", g->open_view >= 0 ? "]," : "",
+						 lk_view_names[r->view]);
+		g->open_view = r->view;
 	}
-	c->pos = b->seq;
-	if (m == NULL)
-		return;
-	if (!queue_should_coalesce(&c->q, m->len, limit))
-	{
-		client_enqueue(c, m);
-		return;
-	}
-	for (int i = 0; i < b->nrows && ok; i++)
-	{
-		const BatchRow *r = &b->rows[i];
+	else
+		appendStringInfoChar(&g->buf, ',');
+	appendStringInfoString(&g->buf, r->json);
+	g->any = true;
+}
 
-		if (row_in_scope(&c->scope, r))
-			ok = queue_coalesce_row(&c->q, r->view, r->is_delete, r->key, r->json);
+static bool
+dispatch_begin(BatchSink *sink, const Batch *b)
+{
+	Dispatch   *d = (Dispatch *) sink->arg;
+	MemoryContext old;
+
+	if (d->expect >= 0)
+	{
+		if (b->seq != d->expect)
+		{
+			/* retention passed us by */
+			d->gap = true;
+			return false;
+		}
+		d->expect = -1;
 	}
-	if (ok)
-		queue_coalesce_mark(&c->q, b->seq, b->applied_at, b->committed_at);
-	if (!ok || queue_over_limit(&c->q, limit))
-		send_resync(c, b->seq);
+	old = MemoryContextSwitchTo(lk_stream_cxt);
+	for (int gi = 0; gi < d->ngroups; gi++)
+	{
+		ScopeGroup *g = &d->groups[gi];
+
+		g->building = g->overflow = g->any = false;
+		for (int k = 0; k < g->nclients; k++)
+		{
+			PushClient *c = g->clients[k];
+
+			if (c->state != SESS_LIVE || c->pos != b->seq - 1)
+				c->stream_mode = MODE_NONE;
+			else if (b->barrier)
+				c->stream_mode = MODE_RESYNC;
+			else if (queue_should_coalesce(&c->q, 0, d->limit))
+				c->stream_mode = MODE_COALESCE;
+			else
+			{
+				c->stream_mode = MODE_MESSAGE;
+				g->building = true;
+			}
+		}
+		if (g->building)
+		{
+			if (g->buf.data == NULL)
+				initStringInfo(&g->buf);
+			resetStringInfo(&g->buf);
+			appendStringInfo(&g->buf, "{\"type\":\"delta\",\"seq\":" INT64_FORMAT
+							 ",\"applied_at\":\"%s\",\"committed_at\":\"%s\"",
+							 b->seq, b->applied_at ? b->applied_at : "",
+							 b->committed_at ? b->committed_at : "");
+			g->kind = -1;
+			g->open_view = -1;
+		}
+	}
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+static void
+dispatch_rows(BatchSink *sink, const Batch *b, const BatchRow *rows, int n)
+{
+	Dispatch   *d = (Dispatch *) sink->arg;
+	MemoryContext old = MemoryContextSwitchTo(lk_stream_cxt);
+
+	for (int gi = 0; gi < d->ngroups; gi++)
+	{
+		ScopeGroup *g = &d->groups[gi];
+		const ClientScope *scope = &g->clients[0]->scope;
+
+		if (g->building && !g->overflow)
+		{
+			for (int i = 0; i < n; i++)
+				if (row_in_scope(scope, &rows[i]))
+					delta_add(g, &rows[i]);
+			if ((size_t) g->buf.len > d->limit)
+			{
+				g->overflow = true;
+				pfree(g->buf.data);
+				g->buf.data = NULL;
+			}
+		}
+		for (int k = 0; k < g->nclients; k++)
+		{
+			PushClient *c = g->clients[k];
+
+			if (c->stream_mode != MODE_COALESCE)
+				continue;
+			for (int i = 0; i < n; i++)
+			{
+				if (row_in_scope(scope, &rows[i]) &&
+					!queue_coalesce_row(&c->q, rows[i].view, rows[i].is_delete,
+										rows[i].key, rows[i].json))
+				{
+					c->stream_mode = MODE_RESYNC;
+					break;
+				}
+			}
+			if (c->stream_mode == MODE_COALESCE && queue_over_limit(&c->q, d->limit))
+				c->stream_mode = MODE_RESYNC;
+		}
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * dispatch_end
+ *		The batch's message to the clients that take it, and every other
+ *		client at the batch to its place: a slow reader's coalesced rows
+ *		are marked with the batch, and a client past client_buffer_limit
+ *		(or at a barrier) gets a resync.
+ */
+static void
+dispatch_end(BatchSink *sink, const Batch *b)
+{
+	Dispatch   *d = (Dispatch *) sink->arg;
+
+	for (int gi = 0; gi < d->ngroups; gi++)
+	{
+		ScopeGroup *g = &d->groups[gi];
+		OutMsg	   *m = NULL;
+
+		if (g->building && !g->overflow && g->any)
+		{
+			delta_section(g, 1);
+			appendStringInfoString(&g->buf, g->open_view >= 0 ? "]}}" : "}}");
+			m = outmsg_new(OUT_DELTA, g->buf.data, g->buf.len);
+			outmsg_hold(m);
+		}
+		if (g->buf.data != NULL)
+		{
+			pfree(g->buf.data);
+			g->buf.data = NULL;
+		}
+		for (int k = 0; k < g->nclients; k++)
+		{
+			PushClient *c = g->clients[k];
+			int			mode = c->stream_mode;
+
+			c->stream_mode = MODE_NONE;
+			if (mode == MODE_NONE)
+				continue;
+			c->pos = b->seq;
+			if (mode == MODE_COALESCE)
+			{
+				queue_coalesce_mark(&c->q, b->seq, b->applied_at, b->committed_at);
+				continue;
+			}
+			if (mode == MODE_MESSAGE && g->building && !g->overflow && !g->any)
+				continue;		/* nothing in scope: the client just advances */
+			if (mode == MODE_MESSAGE && m == NULL)
+			{
+				/* out of memory or over the limit */
+				send_resync(c, b->seq);
+				continue;
+			}
+			/*
+			 * A message that takes a client's pending deltas past the limit
+			 * means a resync; past half of it, the client's later batches are
+			 * coalesced (dispatch_begin).
+			 */
+			if (mode == MODE_RESYNC || c->q.queued_delta_bytes + m->len > d->limit)
+				send_resync(c, b->seq);
+			else
+				client_enqueue(c, m);
+		}
+		outmsg_release(m);
+	}
+}
+
+static int
+cmp_client_sig(const void *a, const void *b)
+{
+	const PushClient *ca = *(PushClient *const *) a;
+	const PushClient *cb = *(PushClient *const *) b;
+
+	return strcmp(ca->scope.signature, cb->scope.signature);
+}
+
+/*
+ * read_and_dispatch
+ *		Stream batches (after, upto] to the given clients (sorted by scope
+ *		signature, so that each run of one scope shares one message per
+ *		batch).  Returns false when the read failed; *gap is set when the
+ *		first batch is no longer retained.  The memory it holds is one
+ *		fetch of rows plus, per scope, a message of at most
+ *		client_buffer_limit.
+ */
+static bool
+read_and_dispatch(PushClient **clients, int n, int64 after, int64 upto,
+				  BatchRead *rd, bool *gap)
+{
+	Dispatch	d;
+	BatchSink	sink = {dispatch_begin, dispatch_rows, dispatch_end, &d};
+	bool		ok;
+
+	memset(&d, 0, sizeof(d));
+	d.limit = (size_t) livekpi_client_buffer_limit * 1024;
+	d.expect = after + 1;
+	d.groups = MemoryContextAllocZero(lk_stream_cxt, sizeof(ScopeGroup) * Max(n, 1));
+	for (int start = 0; start < n;)
+	{
+		int			end = start + 1;
+
+		while (end < n && strcmp(clients[end]->scope.signature, clients[start]->scope.signature) == 0)
+			end++;
+		d.groups[d.ngroups].clients = clients + start;
+		d.groups[d.ngroups].nclients = end - start;
+		d.ngroups++;
+		start = end;
+	}
+	memset(rd, 0, sizeof(*rd));
+	rd->after = after;
+	rd->upto = upto;
+	ok = sql_read_batches(rd, &sink);
+	/* a failed read leaves no client in a batch's mode */
+	for (int i = 0; i < n; i++)
+		clients[i]->stream_mode = MODE_NONE;
+	*gap = d.gap || (ok && rd->nbatches == 0);
+	return ok;
 }
 
 /*
@@ -185,81 +377,12 @@ flush_all_coalesced(void)
 	}
 }
 
-static int
-cmp_client_sig(const void *a, const void *b)
-{
-	const PushClient *ca = *(PushClient *const *) a;
-	const PushClient *cb = *(PushClient *const *) b;
-
-	return strcmp(ca->scope.signature, cb->scope.signature);
-}
-
-/*
- * dispatch_batches
- *		Hand batches read from delta_log to every live client whose position
- *		is just before each batch.  A batch is serialised once per distinct
- *		scope: clients are sorted by scope signature and each run shares
- *		the message.
- */
-static void
-dispatch_batches(BatchRead *br)
-{
-	PushClient **live;
-	int			nlive = 0;
-	dlist_iter	it;
-
-	if (br->nbatches == 0)
-		return;
-	live = palloc(sizeof(PushClient *) * Max(nclients, 1));
-	dlist_foreach(it, &all_clients)
-	{
-		PushClient *c = dlist_container(PushClient, node, it.cur);
-
-		if (c->state == SESS_LIVE)
-			live[nlive++] = c;
-	}
-	qsort(live, nlive, sizeof(PushClient *), cmp_client_sig);
-
-	for (int start = 0; start < nlive;)
-	{
-		int			end = start + 1;
-
-		while (end < nlive &&
-			   strcmp(live[end]->scope.signature, live[start]->scope.signature) == 0)
-			end++;
-		for (int bi = 0; bi < br->nbatches; bi++)
-		{
-			Batch	   *b = &br->batches[bi];
-			OutMsg	   *m = NULL;
-			bool		built = false;
-
-			for (int k = start; k < end; k++)
-			{
-				PushClient *c = live[k];
-
-				if (c->pos != b->seq - 1 || c->state != SESS_LIVE)
-					continue;
-				if (!built && !b->barrier)
-				{
-					m = build_delta(b, &c->scope);
-					outmsg_hold(m);
-					built = true;
-				}
-				deliver_batch(c, b, m);
-			}
-			outmsg_release(m);
-		}
-		start = end;
-	}
-	pfree(live);
-}
-
 /*
  * poll_batches
  *		Read what the apply worker committed since we last looked and
- *		dispatch it, in pieces of at most LK_ROWS_PER_READ rows.  Also
- *		notices a new epoch (a renumbering rebuild or a recreated
- *		extension): then every client gets a resync.
+ *		stream it to the live clients, LK_BATCHES_PER_READ batches per
+ *		read.  Also notices a new epoch (a renumbering rebuild or a
+ *		recreated extension): then every client gets a resync.
  */
 void
 poll_batches(void)
@@ -298,33 +421,40 @@ poll_batches(void)
 	while (broadcast_seq < br.state_seq)
 	{
 		BatchRead	rd;
+		PushClient **live;
+		int			nlive = 0;
+		int64		upto = Min(br.state_seq, broadcast_seq + LK_BATCHES_PER_READ);
+		bool		gap;
+		dlist_iter	it;
 
-		memset(&rd, 0, sizeof(rd));
-		rd.after = broadcast_seq;
-		rd.upto = Min(br.state_seq, broadcast_seq + LK_BATCHES_PER_READ);
-		if (!sql_read_batches(&rd))
+		live = MemoryContextAlloc(lk_stream_cxt, sizeof(PushClient *) * Max(nclients, 1));
+		dlist_foreach(it, &all_clients)
+		{
+			PushClient *c = dlist_container(PushClient, node, it.cur);
+
+			if (c->state == SESS_LIVE)
+				live[nlive++] = c;
+		}
+		qsort(live, nlive, sizeof(PushClient *), cmp_client_sig);
+		if (!read_and_dispatch(live, nlive, broadcast_seq, upto, &rd, &gap))
 		{
 			MemoryContextReset(lk_stream_cxt);
 			return;
 		}
-		if (rd.nbatches == 0 || rd.batches[0].seq != broadcast_seq + 1)
+		if (gap)
 		{
 			/* a gap: retention passed us by; live clients must resync */
-			dlist_iter	it;
-
-			dlist_foreach(it, &all_clients)
+			for (int i = 0; i < nlive; i++)
 			{
-				PushClient *c = dlist_container(PushClient, node, it.cur);
+				PushClient *c = live[i];
 
-				if (c->state == SESS_LIVE && c->pos <= rd.upto)
-					send_resync(c, rd.upto);
+				if (c->state == SESS_LIVE && c->pos <= upto)
+					send_resync(c, upto);
 			}
-			broadcast_seq = rd.upto;
-			MemoryContextReset(lk_stream_cxt);
-			continue;
+			broadcast_seq = upto;
 		}
-		dispatch_batches(&rd);
-		broadcast_seq = rd.batches[rd.nbatches - 1].seq;
+		else
+			broadcast_seq = rd.last;
 		MemoryContextReset(lk_stream_cxt);
 	}
 }
@@ -347,35 +477,21 @@ catch_up(void)
 	{
 		PushClient *c = dlist_container(PushClient, node, it.cur);
 		BatchRead	rd;
+		bool		gap;
 
 		if (c->state != SESS_LIVE || c->pos >= broadcast_seq)
 			continue;
 		if (c->q.queued_delta_bytes > limit / 2)
 			continue;
-		memset(&rd, 0, sizeof(rd));
-		rd.after = c->pos;
-		rd.upto = Min(broadcast_seq, c->pos + LK_BATCHES_PER_READ);
-		if (!sql_read_batches(&rd))
+		if (!read_and_dispatch(&c, 1, c->pos, Min(broadcast_seq, c->pos + LK_BATCHES_PER_READ),
+							   &rd, &gap))
 		{
 			MemoryContextReset(lk_stream_cxt);
 			return;
 		}
-		if (rd.nbatches == 0 || rd.batches[0].seq != c->pos + 1)
-		{
-			/* no longer retained */
-			send_resync(c, broadcast_seq);
-			MemoryContextReset(lk_stream_cxt);
-			continue;
-		}
-		for (int i = 0; i < rd.nbatches && c->state == SESS_LIVE; i++)
-		{
-			OutMsg	   *m = rd.batches[i].barrier ? NULL : build_delta(&rd.batches[i], &c->scope);
-
-			outmsg_hold(m);
-			deliver_batch(c, &rd.batches[i], m);
-			outmsg_release(m);
-		}
-		if (c->pos < broadcast_seq)
+		if (gap)
+			send_resync(c, broadcast_seq);	/* no longer retained */
+		if (c->state == SESS_LIVE && c->pos < broadcast_seq)
 			catchup_pending = true;
 		MemoryContextReset(lk_stream_cxt);
 	}

@@ -26,7 +26,9 @@
  * reset after each piece.  What outlives a round is malloc'd and owned
  * by a connection (its queue, scope and token: see push_queue.c), so the
  * worker's memory is bounded by clients x client_buffer_limit plus a
- * fixed working set (LK_ROWS_PER_READ rows, one snapshot per scope).
+ * fixed working set (LK_FETCH_ROWS rows, one delta message of at most
+ * client_buffer_limit per scope while a batch is read, one snapshot per
+ * scope).
  *
  * Copyright (c) 2026, livekpi authors
  *

@@ -110,12 +110,24 @@ CREATE TABLE livekpi.delta_log (
 	deletes		jsonb NOT NULL DEFAULT '{}'
 );
 CREATE INDEX delta_log_applied_at ON livekpi.delta_log (applied_at);
+-- A batch whose delta has more than DELTA_PART_ROWS rows (src/apply_kpi.c)
+-- is stored in parts: the delta_log row holds the last part, this table the
+-- earlier ones, written by the same transaction and trimmed with it.
+CREATE TABLE livekpi.delta_log_parts (
+	seq			bigint NOT NULL,
+	part		int NOT NULL,
+	upserts		jsonb NOT NULL DEFAULT '{}',
+	deletes		jsonb NOT NULL DEFAULT '{}',
+	PRIMARY KEY (seq, part)
+);
 -- A batch's rows are compressed as they are written: lz4 costs a fraction
 -- of pglz on the apply worker's critical path (when the server has it).
 DO $$
 BEGIN
 	ALTER TABLE livekpi.delta_log ALTER COLUMN upserts SET COMPRESSION lz4;
 	ALTER TABLE livekpi.delta_log ALTER COLUMN deletes SET COMPRESSION lz4;
+	ALTER TABLE livekpi.delta_log_parts ALTER COLUMN upserts SET COMPRESSION lz4;
+	ALTER TABLE livekpi.delta_log_parts ALTER COLUMN deletes SET COMPRESSION lz4;
 EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN
 	NULL;
 END

@@ -123,9 +123,9 @@ while (!$reached && time() < $deadline)
 	usleep(20_000);
 }
 ok($reached, 'the reading client reached the last batch');
-# bound: 2 clients x 256 kB, plus the fixed working set: LK_ROWS_PER_READ
-# rows read at once (about 20,000 x 0.4 kB), one batch's messages, and
-# malloc's slack: 32 MB.  The landed code read up to 256 batches at once
+# bound: 2 clients x 256 kB, plus the fixed working set: LK_FETCH_ROWS
+# rows read at once, one message per scope of at most 256 kB while a batch
+# is read, and malloc's slack: 32 MB.  The landed code read up to 256 batches at once
 # and went to about 150 MB.
 note("RssAnon: $base kB before the load, peak $peak kB");
 cmp_ok($peak - $base, '<=', 32 * 1024,
