@@ -207,6 +207,7 @@ typedef struct BatchRead
 {
 	int64		after;
 	int64		upto;
+	uint32		views;			/* LK_VIEW_* bits: the rows of other views are not read */
 	int64		nbatches;		/* batches handed to the sink */
 	int64		last;			/* seq of the last of them */
 	int64		state_seq;

@@ -217,11 +217,13 @@ static const char *batch_sql =
 "         FROM (SELECT d.upserts AS j "
 "               UNION ALL SELECT p.upserts FROM livekpi.delta_log_parts p WHERE p.seq = d.seq) pu, "
 "              jsonb_each(pu.j) u, jsonb_array_elements(u.value) r "
+"        WHERE u.key = ANY ($3) "
 "       UNION ALL "
 "       SELECT 1, x.key, r.value "
 "         FROM (SELECT d.deletes AS j "
 "               UNION ALL SELECT p.deletes FROM livekpi.delta_log_parts p WHERE p.seq = d.seq) px, "
 "              jsonb_each(px.j) x, jsonb_array_elements(x.value) r "
+"        WHERE x.key = ANY ($3) "
 "  ) e ON true "
 " WHERE d.seq > $1 AND d.seq <= $2 "
 " ORDER BY d.seq, e.kind, e.view";
@@ -251,7 +253,9 @@ read_batches_step(void *arg)
 	BatchRead  *br = job->br;
 	BatchSink  *sink = job->sink;
 	MemoryContext rows_cxt;
-	Datum		values[2];
+	Datum		values[3];
+	Datum		names[LK_NUM_VIEWS];
+	int			nnames = 0;
 	Portal		portal;
 	Batch		cur;
 	bool		open = false;
@@ -261,9 +265,9 @@ read_batches_step(void *arg)
 
 	if (batch_plan == NULL)
 	{
-		Oid			types[2] = {INT8OID, INT8OID};
+		Oid			types[3] = {INT8OID, INT8OID, TEXTARRAYOID};
 
-		batch_plan = SPI_prepare(batch_sql, 2, types);
+		batch_plan = SPI_prepare(batch_sql, 3, types);
 		if (batch_plan == NULL)
 			elog(ERROR, "could not prepare the delta_log query: %s",
 				 SPI_result_code_string(SPI_result));
@@ -274,6 +278,10 @@ read_batches_step(void *arg)
 	rows = MemoryContextAlloc(lk_stream_cxt, sizeof(BatchRow) * LK_FETCH_ROWS);
 	values[0] = Int64GetDatum(br->after);
 	values[1] = Int64GetDatum(br->upto);
+	for (int v = 0; v < LK_NUM_VIEWS; v++)
+		if (br->views & (1u << v))
+			names[nnames++] = CStringGetTextDatum(lk_view_names[v]);
+	values[2] = PointerGetDatum(construct_array(names, nnames, TEXTOID, -1, false, TYPALIGN_INT));
 	portal = SPI_cursor_open(NULL, batch_plan, values, NULL, true);
 	br->nbatches = 0;
 	memset(&cur, 0, sizeof(cur));

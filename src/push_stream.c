@@ -337,6 +337,8 @@ read_and_dispatch(PushClient **clients, int n, int64 after, int64 upto,
 	memset(rd, 0, sizeof(*rd));
 	rd->after = after;
 	rd->upto = upto;
+	for (int i = 0; i < n; i++)
+		rd->views |= clients[i]->scope.views;
 	ok = sql_read_batches(rd, &sink);
 	/* a failed read leaves no client in a batch's mode */
 	for (int i = 0; i < n; i++)
@@ -377,11 +379,25 @@ flush_all_coalesced(void)
 	}
 }
 
+static bool
+any_live_client(void)
+{
+	dlist_iter	it;
+
+	dlist_foreach(it, &all_clients)
+	{
+		if (dlist_container(PushClient, node, it.cur)->state == SESS_LIVE)
+			return true;
+	}
+	return false;
+}
+
 /*
  * poll_batches
  *		Read what the apply worker committed since we last looked and
  *		stream it to the live clients, LK_BATCHES_PER_READ batches per
- *		read.  Also notices a new epoch (a renumbering rebuild or a
+ *		read, only the rows of views some live client has; with no live
+ *		client nothing is read.  Also notices a new epoch (a renumbering rebuild or a
  *		recreated extension): then every client gets a resync.
  */
 void
@@ -418,6 +434,12 @@ poll_batches(void)
 
 	if (broadcast_seq < br.state_seq)
 		snap_cache_clear();
+	if (!any_live_client())
+	{
+		/* nobody to send to: a client that comes takes a snapshot */
+		broadcast_seq = br.state_seq;
+		return;
+	}
 	while (broadcast_seq < br.state_seq)
 	{
 		BatchRead	rd;

@@ -177,4 +177,5 @@ ok((grep { ($_->{type} // '') eq 'delta' && $_->{seq} == $seq } @r)
 	'resumer: both large batches replayed as deltas');
 
 check_verify($node, 'at the end');
+ws_close($_) for ($resumer, values %client);
 done_testing();
