@@ -54,13 +54,22 @@ SELECT livekpi.sync('30s');
 SELECT upserts ? 'property_kpis' AS upserted, deletes FROM livekpi.delta_log
 WHERE seq = (SELECT last_seq FROM livekpi.state);
 
--- a bulk load that touches more than 20,000 daily rows is published as a
--- barrier (clients take a snapshot) instead of a delta of that size
+-- a bulk load that touches more than 20,000 daily rows is a delta like any
+-- other batch, never a barrier: stored in parts of at most 20,000 rows
+-- (the earlier ones in delta_log_parts), every row once
 INSERT INTO bookings (id, property_id, check_in, check_out, total_amount)
 SELECT 1000 + i, 100 + i % 100, DATE '2026-01-01' + i / 100, DATE '2026-01-01' + i / 100 + 1, 1
 FROM generate_series(0, 20999) AS i;
 SELECT livekpi.sync('60s');
-SELECT barrier, upserts, deletes FROM livekpi.delta_log WHERE seq = (SELECT last_seq FROM livekpi.state);
+SELECT l.barrier,
+	   (SELECT count(*) FROM livekpi.delta_log_parts p WHERE p.seq = l.seq) AS parts,
+	   (SELECT sum(jsonb_array_length(x.u -> 'booking_daily'))
+		FROM (SELECT l.upserts AS u
+			  UNION ALL SELECT p.upserts FROM livekpi.delta_log_parts p WHERE p.seq = l.seq) x) AS booking_daily_rows,
+	   (SELECT sum(jsonb_array_length(x.u -> 'property_kpis'))
+		FROM (SELECT l.upserts AS u
+			  UNION ALL SELECT p.upserts FROM livekpi.delta_log_parts p WHERE p.seq = l.seq) x) AS property_kpis_rows
+FROM livekpi.delta_log l WHERE l.seq = (SELECT last_seq FROM livekpi.state);
 SELECT count(*) AS daily_rows FROM livekpi.booking_daily WHERE property_id >= 100;
 SELECT count(*) AS differences FROM livekpi.verify();
 DELETE FROM bookings WHERE id >= 1000;
