@@ -966,15 +966,25 @@ apply_delta_build(char key_kind, Oid key_type,
 
 	/*
 	 * property_kpis: the (property, month) keys of the batch, and every
-	 * month of the properties that appeared or whose units changed.
+	 * month of the properties that appeared or whose units changed.  The
+	 * booking_monthly rows the batch wrote are those of its booking keys,
+	 * sorted and distinct already.
 	 */
 	nkeys = 0;
-	for (i = 0; i < nb; i++)
-	{
-		keys[nkeys].key = b_key[i];
-		keys[nkeys].month = first_of_month(DatumGetDateADT(b_day[i]));
-		keys[nkeys++].category = (Datum) 0;
-	}
+	if (m_rows != NULL)
+		for (i = 0; i < nm; i++)
+		{
+			keys[nkeys].key = m_rows[i].key;
+			keys[nkeys].month = m_rows[i].month;
+			keys[nkeys++].category = (Datum) 0;
+		}
+	else
+		for (i = 0; i < nb; i++)
+		{
+			keys[nkeys].key = b_key[i];
+			keys[nkeys].month = first_of_month(DatumGetDateADT(b_day[i]));
+			keys[nkeys++].category = (Datum) 0;
+		}
 	for (i = 0; i < ne; i++)
 	{
 		keys[nkeys].key = e_key[i];
@@ -1004,7 +1014,8 @@ apply_delta_build(char key_kind, Oid key_type,
 			}
 		}
 	}
-	nkeys = unique_month_keys(keys, nkeys);
+	if (m_rows == NULL || ne > 0 || np > 0)
+		nkeys = unique_month_keys(keys, nkeys);
 
 	pk_view = relation_open(get_relname_relid("property_kpis", nspid), AccessShareLock);
 	row_init(&row, RelationGetDescr(pk_view));
@@ -1142,8 +1153,12 @@ apply_delta_build(char key_kind, Oid key_type,
 	capacity = Max(nb + ne, 16);
 	months = palloc(sizeof(DateADT) * capacity);
 	nmonths = 0;
-	for (i = 0; i < nb; i++)
-		months[nmonths++] = first_of_month(DatumGetDateADT(b_day[i]));
+	if (m_rows != NULL)
+		for (i = 0; i < nm; i++)
+			months[nmonths++] = m_rows[i].month;
+	else
+		for (i = 0; i < nb; i++)
+			months[nmonths++] = first_of_month(DatumGetDateADT(b_day[i]));
 	for (i = 0; i < ne; i++)
 		months[nmonths++] = first_of_month(DatumGetDateADT(e_day[i]));
 	if (np > 0)

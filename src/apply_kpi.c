@@ -340,7 +340,8 @@ open_table(ApplyKpi *ak, KpiTable *t, Oid nspid, Index rti, List **rtable)
 		Oid			ge = get_opfamily_member(opfamily, intype, intype, BTGreaterEqualStrategyNumber);
 		Oid			le = get_opfamily_member(opfamily, intype, intype, BTLessEqualStrategyNumber);
 
-		if (intype != DATEOID)
+		/* walk_find takes the dates in ascending order */
+		if (intype != DATEOID || (t->index->rd_indoption[1] & INDOPTION_DESC) != 0)
 			elog(ERROR, "livekpi: the primary key of livekpi.%s is not the expected one", t->name);
 		t->range_key[0] = t->skey[0];
 		ScanKeyEntryInitialize(&t->range_key[1], 0, 2, BTGreaterEqualStrategyNumber, intype,
@@ -668,6 +669,20 @@ daily_order_cmp(const void *pa, const void *pb)
 	return a->day < b->day ? -1 : (a->day > b->day ? 1 : 0);
 }
 
+/* daily_order_cmp for integer keys, the common case, without key_compare */
+static int
+daily_order_cmp_int(const void *pa, const void *pb)
+{
+	const DailyOrder *a = pa;
+	const DailyOrder *b = pb;
+	int64		x = DatumGetInt64(a->key);
+	int64		y = DatumGetInt64(b->key);
+
+	if (x != y)
+		return x < y ? -1 : 1;
+	return a->day < b->day ? -1 : (a->day > b->day ? 1 : 0);
+}
+
 /*
  * portfolio_add
  *		Adds a property-month's deltas to its month's row of the portfolio
@@ -961,7 +976,8 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 		order[i].index = i;
 	}
 	if (nb > 1)
-		qsort(order, nb, sizeof(DailyOrder), daily_order_cmp);
+		qsort(order, nb, sizeof(DailyOrder),
+			  key_kind == KEY_INT ? daily_order_cmp_int : daily_order_cmp);
 	rows = palloc(sizeof(DeltaRow) * Max(nb, 1));
 	for (i = 0; i < nb; i++)
 	{
