@@ -167,6 +167,33 @@ encode_timestamptz(Datum value, JsonbValue *jv)
 }
 
 /*
+ * integer_numeric
+ *		int64_to_numeric, with the small values (the counts of a daily row)
+ *		made once: JSON of a batch's rows asks for them again and again.
+ *		The numerics are only read (copied into jsonb values).
+ */
+#define SMALL_NUMERICS	64
+
+static Numeric
+integer_numeric(int64 v)
+{
+	static Numeric small[SMALL_NUMERICS];
+
+	if (v >= 0 && v < SMALL_NUMERICS)
+	{
+		if (small[v] == NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			small[v] = int64_to_numeric(v);
+			MemoryContextSwitchTo(old);
+		}
+		return small[v];
+	}
+	return int64_to_numeric(v);
+}
+
+/*
  * jsonb_scalar_of
  *		The JsonbValue to_jsonb gives a value of the types the KPI tables and
  *		views have, built without to_jsonb's per-call type lookups and text
@@ -183,15 +210,15 @@ jsonb_scalar_of(Oid type, Datum value, JsonbValue *jv)
 	{
 		case INT2OID:
 			jv->type = jbvNumeric;
-			jv->val.numeric = int64_to_numeric(DatumGetInt16(value));
+			jv->val.numeric = integer_numeric(DatumGetInt16(value));
 			return true;
 		case INT4OID:
 			jv->type = jbvNumeric;
-			jv->val.numeric = int64_to_numeric(DatumGetInt32(value));
+			jv->val.numeric = integer_numeric(DatumGetInt32(value));
 			return true;
 		case INT8OID:
 			jv->type = jbvNumeric;
-			jv->val.numeric = int64_to_numeric(DatumGetInt64(value));
+			jv->val.numeric = integer_numeric(DatumGetInt64(value));
 			return true;
 		case NUMERICOID:
 			{
