@@ -374,6 +374,17 @@ apply_delta_format_jsonb(ApplyJsonFormat *f, TupleTableSlot *slot)
 	return values_to_jsonb(f, slot->tts_values, slot->tts_isnull);
 }
 
+/*
+ * apply_delta_slot_jsonb
+ *		to_jsonb of the row in a slot, its format prepared for this row
+ *		alone (apply_delta_format_jsonb is the one for many rows).
+ */
+Jsonb *
+apply_delta_slot_jsonb(TupleTableSlot *slot)
+{
+	return apply_delta_format_jsonb(apply_delta_json_format(slot->tts_tupleDescriptor), slot);
+}
+
 static void
 push_binary(JsonbParseState **st, JsonbIteratorToken tok, Jsonb *jb)
 {
@@ -419,31 +430,7 @@ key_object(int n, const char *const *names, const Oid *types, const Datum *value
 	return JsonbValueToJsonb(res);
 }
 
-/* views_object the general way: pushJsonbValue unpacks every row. */
-static Datum
-views_object_pushed(ViewDelta *views, bool upserts)
-{
-	JsonbParseState *st = NULL;
-	JsonbValue *res;
-	int			i;
-
-	(void) pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
-	for (i = 0; i < V_COUNT; i++)
-	{
-		List	   *rows = upserts ? views[i].upserts : views[i].deletes;
-		ListCell   *lc;
-
-		if (rows == NIL)
-			continue;
-		push_key(&st, views[i].name);
-		(void) pushJsonbValue(&st, WJB_BEGIN_ARRAY, NULL);
-		foreach(lc, rows)
-			push_binary(&st, WJB_ELEM, lfirst(lc));
-		(void) pushJsonbValue(&st, WJB_END_ARRAY, NULL);
-	}
-	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
-	return JsonbPGetDatum(JsonbValueToJsonb(res));
-}
+static Datum views_object_pushed(ViewDelta *views, bool upserts);
 
 static int
 view_name_cmp(const void *pa, const void *pb)
@@ -598,6 +585,32 @@ views_object(ViewDelta *views, bool upserts)
 	}
 #endif
 	return PointerGetDatum(buf);
+}
+
+/* views_object the general way: pushJsonbValue unpacks every row. */
+static Datum
+views_object_pushed(ViewDelta *views, bool upserts)
+{
+	JsonbParseState *st = NULL;
+	JsonbValue *res;
+	int			i;
+
+	(void) pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	for (i = 0; i < V_COUNT; i++)
+	{
+		List	   *rows = upserts ? views[i].upserts : views[i].deletes;
+		ListCell   *lc;
+
+		if (rows == NIL)
+			continue;
+		push_key(&st, views[i].name);
+		(void) pushJsonbValue(&st, WJB_BEGIN_ARRAY, NULL);
+		foreach(lc, rows)
+			push_binary(&st, WJB_ELEM, lfirst(lc));
+		(void) pushJsonbValue(&st, WJB_END_ARRAY, NULL);
+	}
+	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	return JsonbPGetDatum(JsonbValueToJsonb(res));
 }
 
 static void

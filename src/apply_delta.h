@@ -34,8 +34,8 @@ typedef struct ApplyMonthRow
 } ApplyMonthRow;
 
 /*
- * m_rows, when not NULL: the booking_monthly rows the batch wrote, one per
- * (key, month) of its booking_daily keys, which are then not read back.
+ * m_rows, when not NULL: the booking_monthly rows the batch wrote, which
+ * are then not read back.
  *
  * b_rows, when not NULL: for each booking_daily key, to_jsonb of the row
  * the batch left (apply_delta_format_jsonb of the slot it wrote), or NULL
@@ -47,6 +47,8 @@ extern void apply_delta_build(char key_kind, Oid key_type,
 							  Datum *p_key, int np,
 							  ApplyMonthRow *m_rows, int nm,
 							  Datum *upserts, Datum *deletes);
+
+extern Jsonb *apply_delta_slot_jsonb(TupleTableSlot *slot);
 
 /* to_jsonb of rows of one descriptor, its keys prepared once */
 typedef struct ApplyJsonFormat ApplyJsonFormat;
