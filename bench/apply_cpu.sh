@@ -8,7 +8,11 @@
 # 2,000 properties (tracked), runs pgbench -M prepared for the given time and
 # reads the worker's utime+stime from /proc/<pid>/stat before and after
 # (after sync()), divided by the changes applied meanwhile
-# (livekpi.status.changes_applied).  Run it as a user that may run postgres.
+# (livekpi.status.changes_applied).  It also prints the batches applied
+# meanwhile and how many of them were written as barriers (a barrier builds
+# no delta, so the figure depends on the batch sizes the load produced).
+# FLUSH_INTERVAL (ms, default 500) sets livekpi.flush_interval: a shorter
+# one makes smaller batches.  Run it as a user that may run postgres.
 set -euo pipefail
 secs=${1:-20}
 clients=${2:-4}
@@ -22,7 +26,7 @@ cat "$top/test/livekpi.conf" >> "$dir/d/postgresql.conf"
 cat >> "$dir/d/postgresql.conf" <<CONF
 port = $port
 unix_socket_directories = '$dir'
-livekpi.flush_interval = 500
+livekpi.flush_interval = ${FLUSH_INTERVAL:-500}
 shared_buffers = 256MB
 CONF
 "$bin/pg_ctl" -D "$dir/d" -l "$dir/log" -w start >/dev/null
@@ -47,6 +51,7 @@ sed "s/@TABLE@/bench.w_tracked/g" "$top/bench/write_mix.sql" > "$dir/mix.sql"
 pid=$(q "SELECT apply_pid FROM livekpi.status")
 ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 c0=$(q "SELECT changes_applied FROM livekpi.status"); t0=$(ticks)
+s0=$(q "SELECT last_seq FROM livekpi.state")
 if [ -n "$perfout" ]; then
 	perf record -g -o "$perfout" -p "$pid" -- sleep "$secs" >/dev/null 2>&1 &
 	perfpid=$!
@@ -56,6 +61,10 @@ fi
 q "SELECT livekpi.sync('120s')" >/dev/null
 [ -n "$perfout" ] && wait $perfpid
 c1=$(q "SELECT changes_applied FROM livekpi.status"); t1=$(ticks)
+s1=$(q "SELECT last_seq FROM livekpi.state")
+barriers=$(q "SELECT count(*) FROM livekpi.delta_log WHERE seq > $s0 AND barrier")
+echo "batches: $((s1 - s0)), of them barriers: $barriers"
+
 hz=$(getconf CLK_TCK)
 awk -v c=$((c1 - c0)) -v t=$((t1 - t0)) -v hz="$hz" 'BEGIN {
 	printf "changes applied: %d, apply worker CPU: %.2f s, per change: %.1f us\n", c, t / hz, c ? t / hz / c * 1e6 : 0 }'

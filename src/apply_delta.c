@@ -32,6 +32,7 @@
 #include "catalog/pg_type.h"
 #include "executor/tuptable.h"
 #include "nodes/makefuncs.h"
+#include "pgtime.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
 #include "utils/datum.h"
@@ -58,6 +59,7 @@ typedef struct Lookup
 	ScanKeyData skey[3];
 	int			nkeys;
 	TupleTableSlot *slot;
+	ApplyJsonFormat *format;	/* of the table's rows */
 } Lookup;
 
 /* The rows of one view for the delta. */
@@ -127,6 +129,71 @@ to_jsonb_of(Oid type, Datum value)
 }
 
 /*
+ * encode_timestamptz
+ *		JsonEncodeDateTime of a timestamptz, remembering the last one: every
+ *		row a batch writes has the same updated_at.  The text depends on the
+ *		session's time zone, which is part of the cache key.
+ */
+static void
+encode_timestamptz(Datum value, JsonbValue *jv)
+{
+	static char last_text[MAXDATELEN + 1];
+	static int	last_len = -1;
+	static Datum last_value;
+	static pg_tz *last_zone;
+	char	   *text;
+
+	if (last_len >= 0 && last_value == value && last_zone == session_timezone)
+	{
+		text = palloc(last_len + 1);
+		memcpy(text, last_text, last_len + 1);
+		jv->type = jbvString;
+		jv->val.string.val = text;
+		jv->val.string.len = last_len;
+		return;
+	}
+	text = JsonEncodeDateTime(NULL, value, TIMESTAMPTZOID, NULL);
+	jv->type = jbvString;
+	jv->val.string.val = text;
+	jv->val.string.len = strlen(text);
+	last_len = -1;
+	if (jv->val.string.len < sizeof(last_text))
+	{
+		memcpy(last_text, text, jv->val.string.len + 1);
+		last_value = value;
+		last_zone = session_timezone;
+		last_len = jv->val.string.len;
+	}
+}
+
+/*
+ * integer_numeric
+ *		int64_to_numeric, with the small values (the counts of a daily row)
+ *		made once: JSON of a batch's rows asks for them again and again.
+ *		The numerics are only read (copied into jsonb values).
+ */
+#define SMALL_NUMERICS	64
+
+static Numeric
+integer_numeric(int64 v)
+{
+	static Numeric small[SMALL_NUMERICS];
+
+	if (v >= 0 && v < SMALL_NUMERICS)
+	{
+		if (small[v] == NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			small[v] = int64_to_numeric(v);
+			MemoryContextSwitchTo(old);
+		}
+		return small[v];
+	}
+	return int64_to_numeric(v);
+}
+
+/*
  * jsonb_scalar_of
  *		The JsonbValue to_jsonb gives a value of the types the KPI tables and
  *		views have, built without to_jsonb's per-call type lookups and text
@@ -143,15 +210,15 @@ jsonb_scalar_of(Oid type, Datum value, JsonbValue *jv)
 	{
 		case INT2OID:
 			jv->type = jbvNumeric;
-			jv->val.numeric = int64_to_numeric(DatumGetInt16(value));
+			jv->val.numeric = integer_numeric(DatumGetInt16(value));
 			return true;
 		case INT4OID:
 			jv->type = jbvNumeric;
-			jv->val.numeric = int64_to_numeric(DatumGetInt32(value));
+			jv->val.numeric = integer_numeric(DatumGetInt32(value));
 			return true;
 		case INT8OID:
 			jv->type = jbvNumeric;
-			jv->val.numeric = int64_to_numeric(DatumGetInt64(value));
+			jv->val.numeric = integer_numeric(DatumGetInt64(value));
 			return true;
 		case NUMERICOID:
 			{
@@ -165,10 +232,12 @@ jsonb_scalar_of(Oid type, Datum value, JsonbValue *jv)
 			}
 		case DATEOID:
 		case TIMESTAMPOID:
-		case TIMESTAMPTZOID:
 			jv->type = jbvString;
 			jv->val.string.val = JsonEncodeDateTime(NULL, value, type, NULL);
 			jv->val.string.len = strlen(jv->val.string.val);
+			return true;
+		case TIMESTAMPTZOID:
+			encode_timestamptz(value, jv);
 			return true;
 		case TEXTOID:
 			{
@@ -185,72 +254,135 @@ jsonb_scalar_of(Oid type, Datum value, JsonbValue *jv)
 }
 
 /*
- * values_to_jsonb
- *		to_jsonb of a row of the given descriptor, from its values, built
- *		directly when every column has a type jsonb_scalar_of knows (the
- *		object's keys are sorted by jsonb itself, as for to_jsonb).
+ * The object keys of a row type's JSON, prepared once for many rows: its
+ * columns (not dropped) in the order a jsonb object keeps its keys (shorter
+ * first, then bytewise; uniqueifyJsonbObject), so that values_to_jsonb
+ * hands JsonbValueToJsonb an object already in that order.
  */
-static Jsonb *
-values_to_jsonb(TupleDesc desc, Datum *values, bool *nulls)
+struct ApplyJsonFormat
 {
-	JsonbParseState *st = NULL;
-	JsonbValue *res;
-	JsonbValue *vals = palloc(sizeof(JsonbValue) * Max(desc->natts, 1));
+	TupleDesc	desc;
+	int			n;
+	int		   *att;			/* the columns' indexes, in key order */
+	JsonbValue *keys;			/* their names */
+};
+
+static int
+json_key_cmp(const void *pa, const void *pb)
+{
+	const JsonbValue *a = pa;
+	const JsonbValue *b = pb;
+
+	if (a->val.string.len != b->val.string.len)
+		return a->val.string.len < b->val.string.len ? -1 : 1;
+	return memcmp(a->val.string.val, b->val.string.val, a->val.string.len);
+}
+
+/*
+ * apply_delta_json_format
+ *		The keys of to_jsonb of rows of the descriptor, which must outlive
+ *		the format.
+ */
+ApplyJsonFormat *
+apply_delta_json_format(TupleDesc desc)
+{
+	ApplyJsonFormat *f = palloc(sizeof(ApplyJsonFormat));
 	int			i;
 
+	f->desc = desc;
+	f->n = 0;
+	f->att = palloc(sizeof(int) * Max(desc->natts, 1));
+	f->keys = palloc(sizeof(JsonbValue) * Max(desc->natts, 1));
 	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
+		JsonbValue *k;
 
 		if (att->attisdropped)
 			continue;
+		k = &f->keys[f->n++];
+		k->type = jbvString;
+		k->val.string.val = NameStr(att->attname);
+		k->val.string.len = strlen(NameStr(att->attname));
+	}
+	if (f->n > 1)
+		qsort(f->keys, f->n, sizeof(JsonbValue), json_key_cmp);
+	for (i = 0; i < f->n; i++)
+	{
+		int			a;
+
+		/* the column of each key: names point into the descriptor */
+		for (a = 0; a < desc->natts; a++)
+			if (NameStr(TupleDescAttr(desc, a)->attname) == f->keys[i].val.string.val)
+				break;
+		Assert(a < desc->natts);
+		f->att[i] = a;
+	}
+	return f;
+}
+
+/*
+ * values_to_jsonb
+ *		to_jsonb of a row of the format's descriptor, from its values, built
+ *		directly when every column has a type jsonb_scalar_of knows: an
+ *		object of pairs already in jsonb's key order (which is what
+ *		pushJsonbValue would sort them into), converted once.
+ */
+static Jsonb *
+values_to_jsonb(ApplyJsonFormat *f, Datum *values, bool *nulls)
+{
+	TupleDesc	desc = f->desc;
+	JsonbPair  *pairs = palloc(sizeof(JsonbPair) * Max(f->n, 1));
+	JsonbValue	object;
+	Jsonb	   *res;
+	int			k;
+
+	for (k = 0; k < f->n; k++)
+	{
+		int			i = f->att[k];
+
+		pairs[k].key = f->keys[k];
+		pairs[k].order = k;
 		if (nulls[i])
-			vals[i].type = jbvNull;
-		else if (!jsonb_scalar_of(att->atttypid, values[i], &vals[i]))
+			pairs[k].value.type = jbvNull;
+		else if (!jsonb_scalar_of(TupleDescAttr(desc, i)->atttypid, values[i], &pairs[k].value))
 		{
 			HeapTuple	tuple = heap_form_tuple(desc, values, nulls);
 
-			pfree(vals);
+			pfree(pairs);
 			return to_jsonb_of(desc->tdtypeid, heap_copy_tuple_as_datum(tuple, desc));
 		}
 	}
-	(void) pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
-	for (i = 0; i < desc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-		JsonbValue	k;
-
-		if (att->attisdropped)
-			continue;
-		k.type = jbvString;
-		k.val.string.val = NameStr(att->attname);
-		k.val.string.len = strlen(NameStr(att->attname));
-		(void) pushJsonbValue(&st, WJB_KEY, &k);
-		(void) pushJsonbValue(&st, WJB_VALUE, &vals[i]);
-	}
-	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
-	pfree(vals);
-	return JsonbValueToJsonb(res);
+	object.type = jbvObject;
+	object.val.object.nPairs = f->n;
+	object.val.object.pairs = pairs;
+	res = JsonbValueToJsonb(&object);
+	pfree(pairs);
+	return res;
 }
 
-/* to_jsonb of the row a slot holds. */
-static Jsonb *
-slot_to_jsonb(TupleTableSlot *slot)
+/*
+ * apply_delta_format_jsonb
+ *		to_jsonb of the row in a slot of the format's descriptor:
+ *		apply_kpi.c calls it with each booking_daily row it writes, so that
+ *		the delta does not read it back.
+ */
+Jsonb *
+apply_delta_format_jsonb(ApplyJsonFormat *f, TupleTableSlot *slot)
 {
-	return apply_delta_slot_jsonb(slot);
+	slot_getallattrs(slot);
+	return values_to_jsonb(f, slot->tts_values, slot->tts_isnull);
 }
 
 /*
  * apply_delta_slot_jsonb
- *		to_jsonb of the row in a slot: apply_kpi.c calls it with the
- *		booking_daily row it just wrote, so that the delta does not read it
- *		back.
+ *		to_jsonb of the row in a slot, its format prepared for this row
+ *		alone (apply_delta_format_jsonb is the one for many rows).
  */
 Jsonb *
 apply_delta_slot_jsonb(TupleTableSlot *slot)
 {
-	slot_getallattrs(slot);
-	return values_to_jsonb(slot->tts_tupleDescriptor, slot->tts_values, slot->tts_isnull);
+	return apply_delta_format_jsonb(apply_delta_json_format(slot->tts_tupleDescriptor), slot);
 }
 
 static void
@@ -298,9 +430,166 @@ key_object(int n, const char *const *names, const Oid *types, const Datum *value
 	return JsonbValueToJsonb(res);
 }
 
-/* {"view": [row, ...], ...} of the views with something to say. */
+static Datum views_object_pushed(ViewDelta *views, bool upserts);
+
+static int
+view_name_cmp(const void *pa, const void *pb)
+{
+	const char *a = (*(ViewDelta *const *) pa)->name;
+	const char *b = (*(ViewDelta *const *) pb)->name;
+	size_t		la = strlen(a);
+	size_t		lb = strlen(b);
+
+	if (la != lb)
+		return la < lb ? -1 : 1;
+	return memcmp(a, b, la);
+}
+
+static void
+pad_to_int(char *buf, Size *len)
+{
+	while (*len % sizeof(uint32) != 0)
+		buf[(*len)++] = '\0';
+}
+
+static void
+check_jsonb_length(Size len)
+{
+	if (len > JENTRY_OFFLENMASK)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("total size of jsonb array elements exceeds the maximum of %u bytes",
+						JENTRY_OFFLENMASK)));
+}
+
+/*
+ * views_object
+ *		{"view": [row, ...], ...} of the views with something to say,
+ *		written in jsonb's binary form directly: the rows are jsonb objects
+ *		already, and a container inside another is the same bytes as on its
+ *		own (aligned to 4 bytes, as convertJsonbArray aligns it), so each row
+ *		is copied as it is, where pushJsonbValue would unpack every row into
+ *		values and convert them all again (byte for byte the same result,
+ *		the code below follows convertJsonbObject and convertJsonbArray).
+ */
 static Datum
 views_object(ViewDelta *views, bool upserts)
+{
+	ViewDelta  *present[V_COUNT];
+	int			npairs = 0;
+	Size		bound = VARHDRSZ + sizeof(uint32);
+	Size		len;
+	char	   *buf;
+	uint32		header;
+	Size		jentries;
+	Size		totallen;
+	int			i;
+
+	for (i = 0; i < V_COUNT; i++)
+	{
+		List	   *rows = upserts ? views[i].upserts : views[i].deletes;
+		ListCell   *lc;
+
+		if (rows == NIL)
+			continue;
+		present[npairs++] = &views[i];
+		bound += 2 * sizeof(JEntry) + strlen(views[i].name) +
+			3 + sizeof(uint32) + sizeof(JEntry) * list_length(rows);
+		foreach(lc, rows)
+		{
+			Jsonb	   *jb = lfirst(lc);
+
+			if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
+				return views_object_pushed(views, upserts);
+			bound += 3 + VARSIZE(jb) - VARHDRSZ;
+			check_jsonb_length(bound);
+		}
+	}
+	if (npairs > 1)
+		qsort(present, npairs, sizeof(ViewDelta *), view_name_cmp);
+
+	buf = palloc(bound);
+	len = VARHDRSZ;
+	header = npairs | JB_FOBJECT;
+	memcpy(buf + len, &header, sizeof(uint32));
+	len += sizeof(uint32);
+	jentries = len;
+	len += sizeof(JEntry) * npairs * 2;
+
+	/* the keys */
+	totallen = 0;
+	for (i = 0; i < npairs; i++)
+	{
+		Size		klen = strlen(present[i]->name);
+		JEntry		meta;
+
+		memcpy(buf + len, present[i]->name, klen);
+		len += klen;
+		totallen += klen;
+		meta = JENTRY_ISSTRING | klen;
+		if (i % JB_OFFSET_STRIDE == 0)
+			meta = JENTRY_ISSTRING | totallen | JENTRY_HAS_OFF;
+		memcpy(buf + jentries + sizeof(JEntry) * i, &meta, sizeof(JEntry));
+	}
+
+	/* the arrays of rows */
+	for (i = 0; i < npairs; i++)
+	{
+		List	   *rows = upserts ? present[i]->upserts : present[i]->deletes;
+		Size		base = len;
+		Size		elem_jentries;
+		Size		elems_len = 0;
+		JEntry		meta;
+		ListCell   *lc;
+
+		pad_to_int(buf, &len);
+		header = list_length(rows) | JB_FARRAY;
+		memcpy(buf + len, &header, sizeof(uint32));
+		len += sizeof(uint32);
+		elem_jentries = len;
+		len += sizeof(JEntry) * list_length(rows);
+		foreach(lc, rows)
+		{
+			Jsonb	   *jb = lfirst(lc);
+			int			e = foreach_current_index(lc);
+			Size		start = len;
+			JEntry		emeta;
+
+			pad_to_int(buf, &len);
+			memcpy(buf + len, &jb->root, VARSIZE(jb) - VARHDRSZ);
+			len += VARSIZE(jb) - VARHDRSZ;
+			elems_len += len - start;
+			check_jsonb_length(elems_len);
+			emeta = JENTRY_ISCONTAINER | (len - start);
+			if (e % JB_OFFSET_STRIDE == 0)
+				emeta = JENTRY_ISCONTAINER | elems_len | JENTRY_HAS_OFF;
+			memcpy(buf + elem_jentries + sizeof(JEntry) * e, &emeta, sizeof(JEntry));
+		}
+		check_jsonb_length(len - base);
+		totallen += len - base;
+		check_jsonb_length(totallen);
+		meta = JENTRY_ISCONTAINER | (len - base);
+		if ((i + npairs) % JB_OFFSET_STRIDE == 0)
+			meta = JENTRY_ISCONTAINER | totallen | JENTRY_HAS_OFF;
+		memcpy(buf + jentries + sizeof(JEntry) * (i + npairs), &meta, sizeof(JEntry));
+	}
+	Assert(len <= bound);
+	SET_VARSIZE(buf, len);
+#ifdef LIVEKPI_CHECK_VIEWS_OBJECT
+	{
+		Jsonb	   *other = DatumGetJsonbP(views_object_pushed(views, upserts));
+
+		if (VARSIZE(other) != len || memcmp(other, buf, len) != 0)
+			elog(ERROR, "livekpi: views_object differs: %u vs %zu bytes", VARSIZE(other), len);
+		elog(LOG, "livekpi: views_object same: %zu bytes", len);
+	}
+#endif
+	return PointerGetDatum(buf);
+}
+
+/* views_object the general way: pushJsonbValue unpacks every row. */
+static Datum
+views_object_pushed(ViewDelta *views, bool upserts)
 {
 	JsonbParseState *st = NULL;
 	JsonbValue *res;
@@ -370,6 +659,7 @@ lookup_open(Lookup *l, Oid nspid, const char *name, int nkeys, Snapshot snapshot
 	}
 	l->scan = index_beginscan(l->rel, l->index, snapshot, nkeys, 0);
 	l->slot = table_slot_create(l->rel, NULL);
+	l->format = apply_delta_json_format(RelationGetDescr(l->rel));
 }
 
 static void
@@ -555,6 +845,7 @@ greatest(Datum *result, bool *result_null, Datum v, bool v_null)
 typedef struct ViewRow
 {
 	TupleDesc	desc;
+	ApplyJsonFormat *format;
 	Datum	   *values;
 	bool	   *nulls;
 	bool	   *set;
@@ -564,6 +855,7 @@ static void
 row_init(ViewRow *r, TupleDesc desc)
 {
 	r->desc = desc;
+	r->format = apply_delta_json_format(desc);
 	r->values = palloc(sizeof(Datum) * desc->natts);
 	r->nulls = palloc(sizeof(bool) * desc->natts);
 	r->set = palloc(sizeof(bool) * desc->natts);
@@ -600,7 +892,7 @@ row_to_jsonb(ViewRow *r)
 		if (!r->set[i] && !TupleDescAttr(r->desc, i)->attisdropped)
 			elog(ERROR, "livekpi: view column %s is not computed by the apply worker",
 				 NameStr(TupleDescAttr(r->desc, i)->attname));
-	return values_to_jsonb(r->desc, r->values, r->nulls);
+	return values_to_jsonb(r->format, r->values, r->nulls);
 }
 
 /* The booking_monthly row the batch wrote for (key, month), if any. */
@@ -708,7 +1000,7 @@ apply_delta_build(char key_kind, Oid key_type,
 		else if (lookup(&bd, k))
 			views[V_BOOKING_DAILY].upserts =
 				lappend(views[V_BOOKING_DAILY].upserts,
-						slot_to_jsonb(bd.slot));
+						apply_delta_format_jsonb(bd.format, bd.slot));
 		else
 			views[V_BOOKING_DAILY].deletes =
 				lappend(views[V_BOOKING_DAILY].deletes,
@@ -734,7 +1026,7 @@ apply_delta_build(char key_kind, Oid key_type,
 		if (lookup(&em, k))
 			views[V_EXPENSE_MONTHLY].upserts =
 				lappend(views[V_EXPENSE_MONTHLY].upserts,
-						slot_to_jsonb(em.slot));
+						apply_delta_format_jsonb(em.format, em.slot));
 		else
 			views[V_EXPENSE_MONTHLY].deletes =
 				lappend(views[V_EXPENSE_MONTHLY].deletes,
@@ -743,15 +1035,25 @@ apply_delta_build(char key_kind, Oid key_type,
 
 	/*
 	 * property_kpis: the (property, month) keys of the batch, and every
-	 * month of the properties that appeared or whose units changed.
+	 * month of the properties that appeared or whose units changed.  The
+	 * booking_monthly rows the batch wrote are those of its booking keys,
+	 * sorted and distinct already.
 	 */
 	nkeys = 0;
-	for (i = 0; i < nb; i++)
-	{
-		keys[nkeys].key = b_key[i];
-		keys[nkeys].month = first_of_month(DatumGetDateADT(b_day[i]));
-		keys[nkeys++].category = (Datum) 0;
-	}
+	if (m_rows != NULL)
+		for (i = 0; i < nm; i++)
+		{
+			keys[nkeys].key = m_rows[i].key;
+			keys[nkeys].month = m_rows[i].month;
+			keys[nkeys++].category = (Datum) 0;
+		}
+	else
+		for (i = 0; i < nb; i++)
+		{
+			keys[nkeys].key = b_key[i];
+			keys[nkeys].month = first_of_month(DatumGetDateADT(b_day[i]));
+			keys[nkeys++].category = (Datum) 0;
+		}
 	for (i = 0; i < ne; i++)
 	{
 		keys[nkeys].key = e_key[i];
@@ -781,7 +1083,8 @@ apply_delta_build(char key_kind, Oid key_type,
 			}
 		}
 	}
-	nkeys = unique_month_keys(keys, nkeys);
+	if (m_rows == NULL || ne > 0 || np > 0)
+		nkeys = unique_month_keys(keys, nkeys);
 
 	pk_view = relation_open(get_relname_relid("property_kpis", nspid), AccessShareLock);
 	row_init(&row, RelationGetDescr(pk_view));
@@ -921,8 +1224,12 @@ apply_delta_build(char key_kind, Oid key_type,
 	capacity = Max(nb + ne, 16);
 	months = palloc(sizeof(DateADT) * capacity);
 	nmonths = 0;
-	for (i = 0; i < nb; i++)
-		months[nmonths++] = first_of_month(DatumGetDateADT(b_day[i]));
+	if (m_rows != NULL)
+		for (i = 0; i < nm; i++)
+			months[nmonths++] = m_rows[i].month;
+	else
+		for (i = 0; i < nb; i++)
+			months[nmonths++] = first_of_month(DatumGetDateADT(b_day[i]));
 	for (i = 0; i < ne; i++)
 		months[nmonths++] = first_of_month(DatumGetDateADT(e_day[i]));
 	if (np > 0)

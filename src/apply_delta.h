@@ -49,7 +49,7 @@ typedef void (*ApplyDeltaEmit) (Datum upserts, Datum deletes, void *arg);
  * are then not read back.
  *
  * b_rows, when not NULL: for each booking_daily key, to_jsonb of the row
- * the batch left (apply_delta_slot_jsonb of the slot it wrote), or NULL
+ * the batch left (apply_delta_format_jsonb of the slot it wrote), or NULL
  * when no row is left; the rows are then not read back.
  */
 extern void apply_delta_build(char key_kind, Oid key_type,
@@ -61,5 +61,11 @@ extern void apply_delta_build(char key_kind, Oid key_type,
 							  Datum *upserts, Datum *deletes);
 
 extern Jsonb *apply_delta_slot_jsonb(TupleTableSlot *slot);
+
+/* to_jsonb of rows of one descriptor, its keys prepared once */
+typedef struct ApplyJsonFormat ApplyJsonFormat;
+
+extern ApplyJsonFormat *apply_delta_json_format(TupleDesc desc);
+extern Jsonb *apply_delta_format_jsonb(ApplyJsonFormat *format, TupleTableSlot *slot);
 
 #endif							/* LIVEKPI_APPLY_DELTA_H */

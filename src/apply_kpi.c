@@ -15,7 +15,11 @@
  *
  *	  The apply worker is the only writer of these tables while it holds
  *	  the livekpi.state row lock, so rows are found with one index scan per
- *	  table per batch, rescanned per key, without tuple locks.
+ *	  table per batch, rescanned per key, without tuple locks.  The rows of
+ *	  booking_daily and booking_monthly are written in (key, date) order,
+ *	  and the nearby dates of one key (a stay's nights, a property's months)
+ *	  are found by one range scan walked along their index entries, rather
+ *	  than one B-tree descent per row (walk_find).
  *
  * Copyright (c) 2026, livekpi authors
  *
@@ -58,6 +62,15 @@
 #define MAX_KEYS		3
 #define MAX_MEASURES	7
 
+/*
+ * The rows of a (key, date) table that one range scan finds: dates of one
+ * key up to this many days apart share the scan (a descent of the B-tree
+ * costs about as much as walking a dozen index entries).  Index entries in
+ * a gap are skipped without reading the heap.
+ */
+#define WALK_GAP_DAILY_DAYS		16
+#define WALK_GAP_MONTHLY_DAYS	400
+
 /* One KPI table of the batch: relation, index scan and column numbers. */
 typedef struct KpiTable
 {
@@ -67,6 +80,7 @@ typedef struct KpiTable
 	int			nmeasures;
 	const char *measures[MAX_MEASURES];
 	bool		is_count[MAX_MEASURES]; /* bigint counts; else numeric sums */
+	int			walk_gap;		/* > 0: a (key, date) table read by walk_find */
 
 	Index		rti;
 	Relation	rel;
@@ -81,6 +95,13 @@ typedef struct KpiTable
 	AttrNumber	updated_att;
 	AttrNumber	first_seen_att; /* properties */
 	ExprState **defaults;		/* per attribute, for columns we do not set */
+
+	/* walk_find's range scan: key = $1 AND date >= $2 AND date <= $3 */
+	ScanKeyData range_key[3];
+	int			walk_end;		/* rows before this one belong to the scan */
+	bool		walk_done;		/* the scan has no more entries */
+	bool		walk_ahead;		/* the entry read last lies past the row sought */
+	DateADT		walk_day;		/* that entry's date */
 } KpiTable;
 
 enum
@@ -96,9 +117,11 @@ enum
 
 static const KpiTable table_defs[T_COUNT] = {
 	{"booking_daily", 2, {"property_id", "day"}, 4,
-	{"nights_sold", "room_revenue", "arrivals", "cancelled_arrivals"}, {true, false, true, true}},
+		{"nights_sold", "room_revenue", "arrivals", "cancelled_arrivals"}, {true, false, true, true},
+	WALK_GAP_DAILY_DAYS},
 	{"booking_monthly", 2, {"property_id", "month"}, 4,
-	{"nights_sold", "room_revenue", "arrivals", "cancelled_arrivals"}, {true, false, true, true}},
+		{"nights_sold", "room_revenue", "arrivals", "cancelled_arrivals"}, {true, false, true, true},
+	WALK_GAP_MONTHLY_DAYS},
 	{"expense_daily", 3, {"property_id", "day", "category"}, 4,
 	{"approved_amount", "pending_amount", "rejected_amount", "expense_count"}, {false, false, false, true}},
 	{"expense_monthly", 3, {"property_id", "month", "category"}, 4,
@@ -252,16 +275,6 @@ expense_month_cmp(const void *pa, const void *pb)
 }
 
 static int
-month_cmp(const void *pa, const void *pb)
-{
-	const DeltaRow *a = pa;
-	const DeltaRow *b = pb;
-
-	return DatumGetDateADT(a->keys[0]) < DatumGetDateADT(b->keys[0]) ? -1 :
-		(DatumGetDateADT(a->keys[0]) > DatumGetDateADT(b->keys[0]) ? 1 : 0);
-}
-
-static int
 key_cmp(const void *pa, const void *pb)
 {
 	return key_compare(*(const Datum *) pa, *(const Datum *) pb);
@@ -316,6 +329,22 @@ open_table(ApplyKpi *ak, KpiTable *t, Oid nspid, Index rti, List **rtable)
 			elog(ERROR, "livekpi: the primary key of livekpi.%s is not the expected one", t->name);
 		ScanKeyEntryInitialize(&t->skey[i], 0, i + 1, BTEqualStrategyNumber, intype,
 							   t->index->rd_indcollation[i], get_opcode(op), (Datum) 0);
+	}
+	if (t->walk_gap > 0)
+	{
+		Oid			opfamily = t->index->rd_opfamily[1];
+		Oid			intype = t->index->rd_opcintype[1];
+		Oid			ge = get_opfamily_member(opfamily, intype, intype, BTGreaterEqualStrategyNumber);
+		Oid			le = get_opfamily_member(opfamily, intype, intype, BTLessEqualStrategyNumber);
+
+		/* walk_find takes the dates in ascending order */
+		if (intype != DATEOID || (t->index->rd_indoption[1] & INDOPTION_DESC) != 0)
+			elog(ERROR, "livekpi: the primary key of livekpi.%s is not the expected one", t->name);
+		t->range_key[0] = t->skey[0];
+		ScanKeyEntryInitialize(&t->range_key[1], 0, 2, BTGreaterEqualStrategyNumber, intype,
+							   t->index->rd_indcollation[1], get_opcode(ge), (Datum) 0);
+		ScanKeyEntryInitialize(&t->range_key[2], 0, 2, BTLessEqualStrategyNumber, intype,
+							   t->index->rd_indcollation[1], get_opcode(le), (Datum) 0);
 	}
 	for (i = 0; i < t->nmeasures; i++)
 		t->measure_att[i] = attnum_of(t->rel, t->measures[i]);
@@ -417,23 +446,87 @@ fill_new_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
 }
 
 /*
- * add_row
- *		Adds a row of deltas to its KPI row: updates it, inserts it, or
- *		deletes it when its counts reach zero (SPEC section 3: a row exists
- *		exactly when something contributes to it).  A missing row whose
- *		deltas count nothing is not made, as the SQL upsert-then-delete
- *		did not keep it either.
+ * walk_find
+ *		lookup() for the rows of a (key, date) table sorted by key and date
+ *		and taken in that order (rows[i], of n): finds rows[i] in t->found.
+ *		The first row of a run of one key's dates at most t->walk_gap days
+ *		apart starts one range scan over the run; the rows after it
+ *		continue that scan, skipping the entries between them by the date
+ *		in the index tuple, without reading the heap.  The batch's own
+ *		writes are not seen by the scan (they are after its snapshot's
+ *		command), and an entry read past the row sought waits for the next.
+ */
+static bool
+walk_find(KpiTable *t, const DeltaRow *rows, int i, int n)
+{
+	IndexScanDesc scan = t->scan;
+	DateADT		want = DatumGetDateADT(rows[i].keys[1]);
+
+	if (i >= t->walk_end)
+	{
+		int			j = i;
+
+		while (j + 1 < n &&
+			   (int64) DatumGetDateADT(rows[j + 1].keys[1]) -
+			   DatumGetDateADT(rows[j].keys[1]) <= t->walk_gap &&
+			   key_compare(rows[j + 1].keys[0], rows[i].keys[0]) == 0)
+			j++;
+		t->range_key[0].sk_argument = rows[i].keys[0];
+		t->range_key[1].sk_argument = rows[i].keys[1];
+		t->range_key[2].sk_argument = rows[j].keys[1];
+		index_rescan(scan, t->range_key, 3, NULL, 0);
+		t->walk_end = j + 1;
+		t->walk_done = false;
+		t->walk_ahead = false;
+	}
+	for (;;)
+	{
+		if (!t->walk_ahead)
+		{
+			bool		isnull;
+
+			if (t->walk_done || index_getnext_tid(scan, ForwardScanDirection) == NULL)
+			{
+				t->walk_done = true;
+				return false;
+			}
+			t->walk_day = DatumGetDateADT(index_getattr(scan->xs_itup, 2,
+														scan->xs_itupdesc, &isnull));
+			if (isnull)
+				elog(ERROR, "livekpi: NULL key in livekpi.%s", t->name);
+		}
+		t->walk_ahead = false;
+		if (t->walk_day < want)
+			continue;
+		if (t->walk_day > want)
+		{
+			t->walk_ahead = true;
+			return false;
+		}
+		/* a dead version's entry is followed by the live one's */
+		if (index_fetch_heap(scan, t->found))
+			return true;
+	}
+}
+
+/*
+ * write_row
+ *		Adds a row of deltas to its KPI row (in t->found when found):
+ *		updates it, inserts it, or deletes it when its counts reach zero
+ *		(SPEC section 3: a row exists exactly when something contributes to
+ *		it).  A missing row whose deltas count nothing is not made, as the
+ *		SQL upsert-then-delete did not keep it either.  Returns the row
+ *		written (in per-tuple memory), or NULL.
  */
 static TupleTableSlot *
-add_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
+write_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row, bool found)
 {
 	EState	   *estate = ak->estate;
 	bool		zero = true;
 	int			i;
 
-	ResetPerTupleExprContext(estate);
 	ak->rows_written++;
-	if (lookup(t, row->keys))
+	if (found)
 	{
 		TupleTableSlot *slot = t->newslot;
 		TupleDesc	desc = RelationGetDescr(t->rel);
@@ -483,6 +576,22 @@ add_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
 	}
 }
 
+/* write_row of a row found by its key. */
+static TupleTableSlot *
+add_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row)
+{
+	ResetPerTupleExprContext(ak->estate);
+	return write_row(ak, t, row, lookup(t, row->keys));
+}
+
+/* write_row of rows[i] of a (key, date) table's rows in order (walk_find). */
+static TupleTableSlot *
+add_sorted_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *rows, int i, int n)
+{
+	ResetPerTupleExprContext(ak->estate);
+	return write_row(ak, t, &rows[i], walk_find(t, rows, i, n));
+}
+
 /* Elements of a one-dimensional array of the given type. */
 static Datum *
 array_elements(ArrayType *a, Oid type, int *n)
@@ -498,13 +607,13 @@ array_elements(ArrayType *a, Oid type, int *n)
 }
 
 /*
- * rollup
- *		Sorts rows by the table's key and sums runs of equal keys in place;
+ * rollup_sorted
+ *		Sums runs of equal keys of rows sorted by the table's key in place;
  *		returns the number of rows left.
  */
 static int
-rollup(DeltaRow *rows, int n, const KpiTable *t,
-	   int (*cmp) (const void *, const void *))
+rollup_sorted(DeltaRow *rows, int n, const KpiTable *t,
+			  int (*cmp) (const void *, const void *))
 {
 	int			out = 0;
 	int			i,
@@ -512,7 +621,6 @@ rollup(DeltaRow *rows, int n, const KpiTable *t,
 
 	if (n == 0)
 		return 0;
-	qsort(rows, n, sizeof(DeltaRow), cmp);
 	for (i = 1; i < n; i++)
 	{
 		if (cmp(&rows[out], &rows[i]) == 0)
@@ -526,6 +634,87 @@ rollup(DeltaRow *rows, int n, const KpiTable *t,
 			rows[++out] = rows[i];
 	}
 	return out + 1;
+}
+
+/* rollup_sorted after sorting the rows by the table's key. */
+static int
+rollup(DeltaRow *rows, int n, const KpiTable *t,
+	   int (*cmp) (const void *, const void *))
+{
+	if (n > 1)
+		qsort(rows, n, sizeof(DeltaRow), cmp);
+	return rollup_sorted(rows, n, t, cmp);
+}
+
+/* A booking_daily row of the batch, for sorting them by (key, day). */
+typedef struct DailyOrder
+{
+	Datum		key;
+	DateADT		day;
+	int			index;			/* in the batch's arrays */
+} DailyOrder;
+
+static int
+daily_order_cmp(const void *pa, const void *pb)
+{
+	const DailyOrder *a = pa;
+	const DailyOrder *b = pb;
+	int			c = key_compare(a->key, b->key);
+
+	if (c != 0)
+		return c;
+	return a->day < b->day ? -1 : (a->day > b->day ? 1 : 0);
+}
+
+/* daily_order_cmp for integer keys, the common case, without key_compare */
+static int
+daily_order_cmp_int(const void *pa, const void *pb)
+{
+	const DailyOrder *a = pa;
+	const DailyOrder *b = pb;
+	int64		x = DatumGetInt64(a->key);
+	int64		y = DatumGetInt64(b->key);
+
+	if (x != y)
+		return x < y ? -1 : 1;
+	return a->day < b->day ? -1 : (a->day > b->day ? 1 : 0);
+}
+
+/*
+ * portfolio_add
+ *		Adds a property-month's deltas to its month's row of the portfolio
+ *		(rows, *n of them, kept sorted by month): a batch spans few months,
+ *		so a binary search beats sorting a row per property-month.
+ */
+static void
+portfolio_add(DeltaRow *rows, int *n, const KpiTable *t, DateADT month,
+			  const Datum *values)
+{
+	int			lo = 0,
+				hi = *n;
+	int			m;
+
+	while (lo < hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (DatumGetDateADT(rows[mid].keys[0]) < month)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < *n && DatumGetDateADT(rows[lo].keys[0]) == month)
+	{
+		for (m = 0; m < t->nmeasures; m++)
+			rows[lo].values[m] = t->is_count[m] ?
+				add_count(rows[lo].values[m], values[m]) :
+				add_sum(rows[lo].values[m], values[m]);
+		return;
+	}
+	memmove(&rows[lo + 1], &rows[lo], sizeof(DeltaRow) * (*n - lo));
+	rows[lo].keys[0] = DateADTGetDatum(month);
+	memcpy(rows[lo].values, values, sizeof(Datum) * t->nmeasures);
+	(*n)++;
 }
 
 static void
@@ -699,6 +888,8 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 			   *e_rejected,
 			   *e_count;
 	DeltaRow   *rows;
+	DailyOrder *order;
+	ApplyJsonFormat *b_format = NULL;
 	DeltaRow   *months;
 	DeltaRow   *portfolio;
 	int			nmonths,
@@ -763,56 +954,88 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 		ak.estate->es_opened_result_relations =
 			lappend(ak.estate->es_opened_result_relations, t->rri);
 		ExecOpenIndices(t->rri, false);
-		t->scan = index_beginscan(t->rel, t->index, snapshot, t->nkeys, 0);
+		t->scan = index_beginscan(t->rel, t->index, snapshot,
+								  t->walk_gap > 0 ? 3 : t->nkeys, 0);
+		/* walk_find reads the dates of the entries it skips */
+		if (t->walk_gap > 0)
+			t->scan->xs_want_itup = true;
 	}
 	EvalPlanQualInit(&ak.epqstate, ak.estate, NULL, NIL, -1);
 	AfterTriggerBeginQuery();
 
 	/*
-	 * booking_daily, then its month roll-up.  The rows written are kept as
-	 * the delta's JSON, unless a trigger of the user's may change what is
-	 * stored (then apply_delta reads them back).
+	 * booking_daily in (key, day) order, so that a stay's nights are found
+	 * by one range scan, then its month roll-up, which that order leaves
+	 * sorted by (key, month).  The rows written are kept as the delta's
+	 * JSON (indexed as in the batch's arrays, which write_delta_log passes
+	 * on), unless a trigger of the user's may change what is stored (then
+	 * apply_delta reads them back).
 	 */
 	{
 		TriggerDesc *trig = ak.t[T_BOOKING_DAILY].rri->ri_TrigDesc;
 
 		if (trig == NULL || (!trig->trig_insert_before_row && !trig->trig_update_before_row))
+		{
 			ak.b_rows = palloc0(sizeof(Jsonb *) * Max(nb, 1));
+			b_format = apply_delta_json_format(RelationGetDescr(ak.t[T_BOOKING_DAILY].rel));
+		}
 	}
+	order = palloc(sizeof(DailyOrder) * Max(nb, 1));
+	for (i = 0; i < nb; i++)
+	{
+		order[i].key = b_key[i];
+		order[i].day = DatumGetDateADT(b_day[i]);
+		order[i].index = i;
+	}
+	if (nb > 1)
+		qsort(order, nb, sizeof(DailyOrder),
+			  key_kind == KEY_INT ? daily_order_cmp_int : daily_order_cmp);
 	rows = palloc(sizeof(DeltaRow) * Max(nb, 1));
 	for (i = 0; i < nb; i++)
 	{
-		TupleTableSlot *written;
+		int			k = order[i].index;
 
-		rows[i].keys[0] = b_key[i];
-		rows[i].keys[1] = b_day[i];
-		rows[i].values[0] = b_nights[i];
-		rows[i].values[1] = b_revenue[i];
-		rows[i].values[2] = b_arrivals[i];
-		rows[i].values[3] = b_cancelled[i];
-		written = add_row(&ak, &ak.t[T_BOOKING_DAILY], &rows[i]);
+		rows[i].keys[0] = b_key[k];
+		rows[i].keys[1] = b_day[k];
+		rows[i].values[0] = b_nights[k];
+		rows[i].values[1] = b_revenue[k];
+		rows[i].values[2] = b_arrivals[k];
+		rows[i].values[3] = b_cancelled[k];
+	}
+	for (i = 0; i < nb; i++)
+	{
+		TupleTableSlot *written = add_sorted_row(&ak, &ak.t[T_BOOKING_DAILY], rows, i, nb);
 
 		if (ak.b_rows != NULL && written != NULL)
-			ak.b_rows[i] = apply_delta_slot_jsonb(written);
+			ak.b_rows[order[i].index] = apply_delta_format_jsonb(b_format, written);
 	}
 	months = palloc(sizeof(DeltaRow) * Max(nb + ne, 1));
-	portfolio = palloc(sizeof(DeltaRow) * Max(nb + ne, 1));
-	nportfolio = 0;
 	for (i = 0; i < nb; i++)
 	{
 		months[i] = rows[i];
-		months[i].keys[1] = DateADTGetDatum(month_of(DatumGetDateADT(b_day[i])));
-		portfolio[nportfolio].keys[0] = months[i].keys[1];
-		portfolio[nportfolio].values[0] = b_nights[i];
-		portfolio[nportfolio].values[1] = b_revenue[i];
-		portfolio[nportfolio].values[2] = b_arrivals[i];
-		portfolio[nportfolio].values[3] = b_cancelled[i];
-		portfolio[nportfolio].values[4] = numeric_zero;
-		portfolio[nportfolio].values[5] = numeric_zero;
-		portfolio[nportfolio].values[6] = Int64GetDatum(0);
-		nportfolio++;
+		months[i].keys[1] = DateADTGetDatum(month_of(DatumGetDateADT(rows[i].keys[1])));
 	}
-	nmonths = rollup(months, nb, &ak.t[T_BOOKING_MONTHLY], booking_month_cmp);
+	nmonths = rollup_sorted(months, nb, &ak.t[T_BOOKING_MONTHLY], booking_month_cmp);
+
+	/*
+	 * The portfolio's months, from the property-months, and the batch's
+	 * properties (the property-months are sorted by property).
+	 */
+	portfolio = palloc(sizeof(DeltaRow) * Max(nb + ne, 1));
+	nportfolio = 0;
+	keys = palloc(sizeof(Datum) * Max(nb + ne, 1));
+	nkeys = 0;
+	for (i = 0; i < nmonths; i++)
+	{
+		Datum		v[MAX_MEASURES] = {months[i].values[0], months[i].values[1],
+			months[i].values[2], months[i].values[3],
+		numeric_zero, numeric_zero, Int64GetDatum(0)};
+
+		portfolio_add(portfolio, &nportfolio, &ak.t[T_PORTFOLIO],
+					  DatumGetDateADT(months[i].keys[1]), v);
+		if (nkeys == 0 || key_compare(keys[nkeys - 1], months[i].keys[0]) != 0)
+			keys[nkeys++] = months[i].keys[0];
+	}
 	{
 		TriggerDesc *trig = ak.t[T_BOOKING_MONTHLY].rri->ri_TrigDesc;
 
@@ -822,7 +1045,7 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 	for (i = 0; i < nmonths; i++)
 	{
 		KpiTable   *t = &ak.t[T_BOOKING_MONTHLY];
-		TupleTableSlot *written = add_row(&ak, t, &months[i]);
+		TupleTableSlot *written = add_sorted_row(&ak, t, months, i, nmonths);
 
 		if (ak.m_rows != NULL)
 		{
@@ -860,31 +1083,31 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 	{
 		months[i] = rows[i];
 		months[i].keys[1] = DateADTGetDatum(month_of(DatumGetDateADT(e_day[i])));
-		portfolio[nportfolio].keys[0] = months[i].keys[1];
-		portfolio[nportfolio].values[0] = Int64GetDatum(0);
-		portfolio[nportfolio].values[1] = numeric_zero;
-		portfolio[nportfolio].values[2] = Int64GetDatum(0);
-		portfolio[nportfolio].values[3] = Int64GetDatum(0);
-		portfolio[nportfolio].values[4] = e_approved[i];
-		portfolio[nportfolio].values[5] = e_pending[i];
-		portfolio[nportfolio].values[6] = e_count[i];
-		nportfolio++;
 	}
 	nmonths = rollup(months, ne, &ak.t[T_EXPENSE_MONTHLY], expense_month_cmp);
+	for (i = 0; i < nmonths; i++)
+	{
+		Datum		v[MAX_MEASURES] = {Int64GetDatum(0), numeric_zero,
+			Int64GetDatum(0), Int64GetDatum(0),
+		months[i].values[0], months[i].values[1], months[i].values[3]};
+
+		portfolio_add(portfolio, &nportfolio, &ak.t[T_PORTFOLIO],
+					  DatumGetDateADT(months[i].keys[1]), v);
+	}
 	for (i = 0; i < nmonths; i++)
 		(void) add_row(&ak, &ak.t[T_EXPENSE_MONTHLY], &months[i]);
 
 	/* portfolio */
-	nportfolio = rollup(portfolio, nportfolio, &ak.t[T_PORTFOLIO], month_cmp);
 	for (i = 0; i < nportfolio; i++)
 		(void) add_row(&ak, &ak.t[T_PORTFOLIO], &portfolio[i]);
 
-	/* properties appear when first seen */
-	keys = palloc(sizeof(Datum) * Max(nb + ne, 1));
-	memcpy(keys, b_key, sizeof(Datum) * nb);
-	memcpy(keys + nb, e_key, sizeof(Datum) * ne);
-	nkeys = nb + ne;
-	if (nkeys > 0)
+	/*
+	 * properties appear when first seen: the batch's properties in key
+	 * order (the booking ones are in order already)
+	 */
+	memcpy(keys + nkeys, e_key, sizeof(Datum) * ne);
+	nkeys += ne;
+	if (ne > 0)
 	{
 		int			out = 0;
 
