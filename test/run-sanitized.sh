@@ -13,8 +13,10 @@ cd "$top"
 
 logs=$(mktemp -d /tmp/livekpi-ubsan.XXXXXX)
 chmod 777 "$logs"
-# report, don't abort: one report must not hide the next
-ubsan_c="-fsanitize=undefined -fno-omit-frame-pointer"
+# report, don't abort: one report must not hide the next; and every jsonb
+# delta object the apply worker writes directly in binary form is compared
+# byte for byte with PostgreSQL's own builder (an ERROR fails the batch)
+ubsan_c="-fsanitize=undefined -fno-omit-frame-pointer -DLIVEKPI_CHECK_VIEWS_OBJECT"
 
 make -s clean
 make -s LIVEKPI_SANITIZE_CFLAGS="$ubsan_c" LIVEKPI_SANITIZE_LDFLAGS="-fsanitize=undefined" all install
