@@ -795,6 +795,58 @@ END
 $$;
 
 /*
+ * _settle_mapping(rel, key_attnum, property_column, problems, fn, key_detail)
+ *		The end of every track_*() mapping check (_track and
+ *		track_properties): the property column's key type must be the one
+ *		the tracked tables share; every problem found is raised in one
+ *		error; then the first tracked table sets the KPI tables' key type
+ *		(a NOTICE says so, with key_detail when given).  Returns whether it
+ *		did, which asks the caller for a rebuild.
+ */
+CREATE FUNCTION livekpi._settle_mapping(rel regclass, key_attnum int2, property_column name,
+										problems text[], fn text, key_detail text)
+RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	new_key regtype;
+	cur_key regtype;
+BEGIN
+	IF key_attnum IS NOT NULL THEN
+		new_key := livekpi._key_type_of((SELECT atttypid FROM pg_attribute
+										  WHERE attrelid = rel AND attnum = key_attnum)::regtype);
+		SELECT key_type INTO cur_key FROM livekpi.state;
+		IF new_key <> cur_key AND EXISTS (SELECT FROM livekpi.tracked_tables) THEN
+			problems := problems || format('property_column: column "%s" has key type %s, but the tracked tables use %s; all tracked tables share one property key type.',
+										   property_column, new_key, cur_key);
+		END IF;
+	END IF;
+
+	problems := array_remove(problems, NULL);
+	IF cardinality(problems) > 0 THEN
+		PERFORM livekpi._raise_error(
+			CASE WHEN problems[1] LIKE '%does not exist%' THEN '42703' ELSE '42804' END,
+			format('cannot track table %s: %s', rel,
+				   CASE cardinality(problems) WHEN 1 THEN '1 problem with the mapping'
+						ELSE cardinality(problems) || ' problems with the mapping' END),
+			array_to_string(problems, E'\n'),
+			format('Fix them all in one call of %s; named arguments are the simplest.', fn));
+	END IF;
+
+	IF new_key <> cur_key THEN
+		PERFORM livekpi._install_key_type(new_key);
+		IF key_detail IS NULL THEN
+			RAISE NOTICE 'livekpi''s property key type is now % (it was %)', new_key, cur_key;
+		ELSE
+			RAISE NOTICE 'livekpi''s property key type is now % (it was %)', new_key, cur_key
+				USING DETAIL = key_detail;
+		END IF;
+		RETURN true;
+	END IF;
+	RETURN false;
+END
+$$;
+
+/*
  * _track(...)
  *		What track_bookings and track_expenses share: checks (every mapping
  *		problem of the call in one error, without internal CONTEXT), the
@@ -816,8 +868,7 @@ DECLARE
 	status int2;
 	category int2;
 	problems text[] := '{}';
-	new_key regtype;
-	cur_key regtype;
+	key_changed boolean;
 	other regclass;
 	fn text := format('livekpi.track_%s()', kind);
 	tz_cols text;
@@ -900,32 +951,8 @@ BEGIN
 									   property_column);
 	END IF;
 
-	IF key_attnum IS NOT NULL THEN
-		new_key := livekpi._key_type_of((SELECT atttypid FROM pg_attribute
-										  WHERE attrelid = rel AND attnum = key_attnum)::regtype);
-		SELECT key_type INTO cur_key FROM livekpi.state;
-		IF new_key <> cur_key AND EXISTS (SELECT FROM livekpi.tracked_tables) THEN
-			problems := problems || format('property_column: column "%s" has key type %s, but the tracked tables use %s; all tracked tables share one property key type.',
-										   property_column, new_key, cur_key);
-		END IF;
-	END IF;
-
-	problems := array_remove(problems, NULL);
-	IF cardinality(problems) > 0 THEN
-		PERFORM livekpi._raise_error(
-			CASE WHEN problems[1] LIKE '%does not exist%' THEN '42703' ELSE '42804' END,
-			format('cannot track table %s: %s', rel,
-				   CASE cardinality(problems) WHEN 1 THEN '1 problem with the mapping'
-						ELSE cardinality(problems) || ' problems with the mapping' END),
-			array_to_string(problems, E'\n'),
-			format('Fix them all in one call of %s; named arguments are the simplest.', fn));
-	END IF;
-
-	IF new_key <> cur_key THEN
-		PERFORM livekpi._install_key_type(new_key);
-		RAISE NOTICE 'livekpi''s property key type is now % (it was %)', new_key, cur_key
-			USING DETAIL = format('%s is the first tracked table; its column "%s" sets the key type of the KPI tables.', rel, property_column);
-	END IF;
+	key_changed := livekpi._settle_mapping(rel, key_attnum, property_column, problems, fn,
+		format('%s is the first tracked table; its column "%s" sets the key type of the KPI tables.', rel, property_column));
 
 	zone := coalesce(zone, current_setting('livekpi.timezone'));
 	INSERT INTO livekpi.tracked_tables
@@ -947,7 +974,7 @@ BEGIN
 	PERFORM livekpi._create_capture_triggers(rel);
 	-- A new key type needs a rebuild: it moves rebuild_lsn past records of
 	-- the old key kind still in the stream (units of deleted properties).
-	IF new_key <> cur_key THEN
+	IF key_changed THEN
 		PERFORM livekpi._rebuild(false);
 	ELSE
 		PERFORM livekpi._backfill(rel);

@@ -261,8 +261,6 @@ DECLARE
 	units_attnum int2;
 	name_attnum int2;
 	problems text[] := '{}';
-	new_key regtype;
-	cur_key regtype;
 	other regclass;
 	tg oid;
 	n bigint;
@@ -313,29 +311,8 @@ BEGIN
 		name_attnum := m.attnum;
 		problems := problems || replace(m.problem, 'a status or category column', 'a name column');
 	END IF;
-	IF key_attnum IS NOT NULL THEN
-		new_key := livekpi._key_type_of((SELECT atttypid FROM pg_attribute
-										  WHERE attrelid = rel AND attnum = key_attnum)::regtype);
-		SELECT key_type INTO cur_key FROM livekpi.state;
-		IF new_key <> cur_key AND EXISTS (SELECT FROM livekpi.tracked_tables) THEN
-			problems := problems || format('property_column: column "%s" has key type %s, but the tracked tables use %s; all tracked tables share one property key type.',
-										   property_column, new_key, cur_key);
-		END IF;
-	END IF;
-	problems := array_remove(problems, NULL);
-	IF cardinality(problems) > 0 THEN
-		PERFORM livekpi._raise_error(
-			CASE WHEN problems[1] LIKE '%does not exist%' THEN '42703' ELSE '42804' END,
-			format('cannot track table %s: %s', rel,
-				   CASE cardinality(problems) WHEN 1 THEN '1 problem with the mapping'
-						ELSE cardinality(problems) || ' problems with the mapping' END),
-			array_to_string(problems, E'\n'),
-			'Fix them all in one call of livekpi.track_properties(); named arguments are the simplest.');
-	END IF;
-	IF new_key <> cur_key THEN
-		PERFORM livekpi._install_key_type(new_key);
-		RAISE NOTICE 'livekpi''s property key type is now % (it was %)', new_key, cur_key;
-	END IF;
+	PERFORM livekpi._settle_mapping(rel, key_attnum, property_column, problems,
+									'livekpi.track_properties()', NULL);
 
 	INSERT INTO livekpi.tracked_properties (relid, property_attnum, units_attnum, name_attnum)
 	VALUES (rel, key_attnum, units_attnum, name_attnum);
