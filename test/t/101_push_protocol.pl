@@ -123,6 +123,14 @@ my $c = ws_open($node, name => 'c',
 	hello => { type => 'hello', token => $p13, properties => [3] });
 $w = ws_expect($c, 'welcome');
 is_deeply($w->{scope}{properties}, [3], 'properties narrow the token scope');
+# a hello longer than libwebsockets' 4 kB receive buffer (LK_RX_BUFFER) is
+# assembled from its pieces: 3,000 properties, about 17 kB
+my $long = ws_open($node, name => 'long',
+	hello => { type => 'hello', token => $all, properties => [ 100_000 .. 102_999 ] });
+$w = ws_expect($long, 'welcome');
+is(scalar @{ $w ? $w->{scope}{properties} // [] : [] }, 3000,
+	'a 17 kB hello (several receive buffers) is read whole');
+ws_close($long);
 $c = ws_open($node, name => 'c2',
 	hello => { type => 'hello', token => $p1, properties => [ 1, 2 ] });
 my $e = ws_expect($c, 'error');
