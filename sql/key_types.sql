@@ -55,6 +55,16 @@ INSERT INTO uuid_bookings VALUES ('00000000-0000-0000-0000-0000000000a2', '2026-
 SELECT livekpi.sync('30s');
 SELECT property_id, day, nights_sold, room_revenue FROM livekpi.booking_daily ORDER BY 1, 2;
 SELECT to_jsonb(k) -> 'property_id' AS json_key FROM livekpi.property_kpis k ORDER BY 1;
+-- the batch as clients get it: each upsert is to_jsonb of its view row
+SET TimeZone = 'UTC';
+SELECT count(*) AS upserts,
+	   count(*) FILTER (WHERE NOT EXISTS (
+		   SELECT FROM livekpi.property_kpis v WHERE to_jsonb(v) = d.data
+		   UNION ALL SELECT FROM livekpi.portfolio_kpis v WHERE to_jsonb(v) = d.data
+		   UNION ALL SELECT FROM livekpi.booking_daily v WHERE to_jsonb(v) = d.data
+		   UNION ALL SELECT FROM livekpi.expense_monthly v WHERE to_jsonb(v) = d.data)) AS not_in_views
+FROM livekpi.delta_rows((SELECT last_seq FROM livekpi.state)) d WHERE d.op = 'upsert';
+RESET TimeZone;
 SELECT properties, nights_sold FROM livekpi.kpis('2026-09-01', '2026-09-30',
 	ARRAY['00000000-0000-0000-0000-0000000000a2']::uuid[]);
 SELECT count(*) AS differences FROM livekpi.verify();
@@ -68,6 +78,16 @@ INSERT INTO text_expenses VALUES ('villa-7', '2026-09-01', 300, 'pool', 'approve
 SELECT livekpi.sync('30s');
 SELECT property_id, day, category, approved_amount FROM livekpi.expense_daily;
 SELECT to_jsonb(k) -> 'property_id' AS json_key FROM livekpi.property_kpis k;
+-- the batch as clients get it: each upsert is to_jsonb of its view row
+SET TimeZone = 'UTC';
+SELECT count(*) AS upserts,
+	   count(*) FILTER (WHERE NOT EXISTS (
+		   SELECT FROM livekpi.property_kpis v WHERE to_jsonb(v) = d.data
+		   UNION ALL SELECT FROM livekpi.portfolio_kpis v WHERE to_jsonb(v) = d.data
+		   UNION ALL SELECT FROM livekpi.booking_daily v WHERE to_jsonb(v) = d.data
+		   UNION ALL SELECT FROM livekpi.expense_monthly v WHERE to_jsonb(v) = d.data)) AS not_in_views
+FROM livekpi.delta_rows((SELECT last_seq FROM livekpi.state)) d WHERE d.op = 'upsert';
+RESET TimeZone;
 SELECT count(*) AS differences FROM livekpi.verify();
 SELECT livekpi.untrack('text_expenses');
 DROP TABLE text_expenses;

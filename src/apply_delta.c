@@ -321,12 +321,36 @@ apply_delta_json_format(TupleDesc desc)
 	return f;
 }
 
+static void
+push_binary(JsonbParseState **st, JsonbIteratorToken tok, Jsonb *jb)
+{
+	JsonbValue	v;
+
+	v.type = jbvBinary;
+	v.val.binary.data = &jb->root;
+	v.val.binary.len = VARSIZE(jb) - VARHDRSZ;
+	(void) pushJsonbValue(st, tok, &v);
+}
+
+static void
+push_key(JsonbParseState **st, const char *name)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = (char *) name;
+	v.val.string.len = strlen(name);
+	(void) pushJsonbValue(st, WJB_KEY, &v);
+}
+
 /*
  * values_to_jsonb
- *		to_jsonb of a row of the format's descriptor, from its values, built
- *		directly when every column has a type jsonb_scalar_of knows: an
- *		object of pairs already in jsonb's key order (which is what
- *		pushJsonbValue would sort them into), converted once.
+ *		to_jsonb of the format's columns of a row of its descriptor, from
+ *		its values, built directly when every column has a type
+ *		jsonb_scalar_of knows: an object of pairs already in jsonb's key
+ *		order (which is what pushJsonbValue would sort them into), converted
+ *		once.  A column of another type (a uuid key, a column a user added)
+ *		is to_jsonb of its value, as to_jsonb of the row has it.
  */
 static Jsonb *
 values_to_jsonb(ApplyJsonFormat *f, Datum *values, bool *nulls)
@@ -347,10 +371,28 @@ values_to_jsonb(ApplyJsonFormat *f, Datum *values, bool *nulls)
 			pairs[k].value.type = jbvNull;
 		else if (!jsonb_scalar_of(TupleDescAttr(desc, i)->atttypid, values[i], &pairs[k].value))
 		{
-			HeapTuple	tuple = heap_form_tuple(desc, values, nulls);
+			JsonbParseState *st = NULL;
 
 			pfree(pairs);
-			return to_jsonb_of(desc->tdtypeid, heap_copy_tuple_as_datum(tuple, desc));
+			(void) pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+			for (k = 0; k < f->n; k++)
+			{
+				JsonbValue	v;
+
+				i = f->att[k];
+				(void) pushJsonbValue(&st, WJB_KEY, &f->keys[k]);
+				if (nulls[i])
+				{
+					v.type = jbvNull;
+					(void) pushJsonbValue(&st, WJB_VALUE, &v);
+				}
+				else if (jsonb_scalar_of(TupleDescAttr(desc, i)->atttypid, values[i], &v))
+					(void) pushJsonbValue(&st, WJB_VALUE, &v);
+				else
+					push_binary(&st, WJB_VALUE,
+								to_jsonb_of(TupleDescAttr(desc, i)->atttypid, values[i]));
+			}
+			return JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL));
 		}
 	}
 	object.type = jbvObject;
@@ -383,28 +425,6 @@ Jsonb *
 apply_delta_slot_jsonb(TupleTableSlot *slot)
 {
 	return apply_delta_format_jsonb(apply_delta_json_format(slot->tts_tupleDescriptor), slot);
-}
-
-static void
-push_binary(JsonbParseState **st, JsonbIteratorToken tok, Jsonb *jb)
-{
-	JsonbValue	v;
-
-	v.type = jbvBinary;
-	v.val.binary.data = &jb->root;
-	v.val.binary.len = VARSIZE(jb) - VARHDRSZ;
-	(void) pushJsonbValue(st, tok, &v);
-}
-
-static void
-push_key(JsonbParseState **st, const char *name)
-{
-	JsonbValue	v;
-
-	v.type = jbvString;
-	v.val.string.val = (char *) name;
-	v.val.string.len = strlen(name);
-	(void) pushJsonbValue(st, WJB_KEY, &v);
 }
 
 /* A key object such as {"property_id": 1, "month": "2026-01-01"}. */
@@ -811,23 +831,6 @@ days_in_month(DateADT month)
 	return date2j(m == 12 ? y + 1 : y, m == 12 ? 1 : m + 1, 1) - date2j(y, m, 1);
 }
 
-/* round(num / nullif(den, 0), scale), den already numeric; NULL when den is NULL or 0 */
-static Datum
-ratio(Datum num, Datum den, bool den_null, int scale, bool *isnull)
-{
-	Datum		zero = DirectFunctionCall1(int4_numeric, Int32GetDatum(0));
-
-	if (den_null || DatumGetBool(DirectFunctionCall2(numeric_eq, den, zero)))
-	{
-		*isnull = true;
-		return (Datum) 0;
-	}
-	*isnull = false;
-	return DirectFunctionCall2(numeric_round,
-							   DirectFunctionCall2(numeric_div, num, den),
-							   Int32GetDatum(scale));
-}
-
 /* greatest() of timestamptz values, NULLs ignored */
 static void
 greatest(Datum *result, bool *result_null, Datum v, bool v_null)
@@ -851,11 +854,27 @@ typedef struct ViewRow
 	bool	   *set;
 } ViewRow;
 
+/*
+ * row_init
+ *		A row of property_kpis or portfolio_kpis as delta_log stores it: the
+ *		view's columns but those computed from the others, which the push
+ *		worker renders (delta_render.c).
+ */
 static void
 row_init(ViewRow *r, TupleDesc desc)
 {
+	int			kept = 0;
+
 	r->desc = desc;
 	r->format = apply_delta_json_format(desc);
+	for (int k = 0; k < r->format->n; k++)
+		if (!delta_column_is_computed(r->format->keys[k].val.string.val,
+									  r->format->keys[k].val.string.len))
+		{
+			r->format->keys[kept] = r->format->keys[k];
+			r->format->att[kept++] = r->format->att[k];
+		}
+	r->format->n = kept;
 	r->values = palloc(sizeof(Datum) * desc->natts);
 	r->nulls = palloc(sizeof(bool) * desc->natts);
 	r->set = palloc(sizeof(bool) * desc->natts);
@@ -889,7 +908,9 @@ row_to_jsonb(ViewRow *r)
 	int			i;
 
 	for (i = 0; i < r->desc->natts; i++)
-		if (!r->set[i] && !TupleDescAttr(r->desc, i)->attisdropped)
+		if (!r->set[i] && !TupleDescAttr(r->desc, i)->attisdropped &&
+			!delta_column_is_computed(NameStr(TupleDescAttr(r->desc, i)->attname),
+									  strlen(NameStr(TupleDescAttr(r->desc, i)->attname))))
 			elog(ERROR, "livekpi: view column %s is not computed by the apply worker",
 				 NameStr(TupleDescAttr(r->desc, i)->attname));
 	return values_to_jsonb(r->format, r->values, r->nulls);
@@ -1193,26 +1214,11 @@ apply_delta_build(char key_kind, Oid key_type,
 		row_put(&row, "available_nights",
 				units_null ? (Datum) 0 : DirectFunctionCall1(int48, avail), units_null);
 		row_put(&row, "nights_sold", nights, false);
-		v = ratio(DirectFunctionCall1(int8_numeric, nights),
-				  units_null ? (Datum) 0 : DirectFunctionCall1(int4_numeric, avail),
-				  units_null, 6, &isnull);
-		row_put(&row, "occupancy", v, isnull);
 		row_put(&row, "room_revenue", revenue, false);
-		v = ratio(revenue, DirectFunctionCall1(int8_numeric, nights), false, 2, &isnull);
-		row_put(&row, "adr", v, isnull);
-		v = ratio(revenue, units_null ? (Datum) 0 : DirectFunctionCall1(int4_numeric, avail),
-				  units_null, 2, &isnull);
-		row_put(&row, "revpar", v, isnull);
 		row_put(&row, "arrivals", arrivals, false);
 		row_put(&row, "cancelled_arrivals", cancelled, false);
-		v = ratio(DirectFunctionCall1(int8_numeric, cancelled),
-				  DirectFunctionCall1(int8_numeric,
-									  DirectFunctionCall2(int8pl, arrivals, cancelled)),
-				  false, 6, &isnull);
-		row_put(&row, "cancellation_rate", v, isnull);
 		row_put(&row, "approved_expenses", approved, false);
 		row_put(&row, "pending_expenses", pending, false);
-		row_put(&row, "noi", DirectFunctionCall2(numeric_sub, revenue, approved), false);
 		row_put(&row, "updated_at", updated, updated_null);
 		row_put(&row, "name", name, name_null);
 		views[V_PROPERTY_KPIS].upserts = lappend(views[V_PROPERTY_KPIS].upserts,
@@ -1331,24 +1337,11 @@ apply_delta_build(char key_kind, Oid key_type,
 			row_put(&row, "properties", Int64GetDatum(nprops), false);
 			row_put(&row, "available_nights", avail, false);
 			row_put(&row, "nights_sold", nights, false);
-			v = ratio(DirectFunctionCall1(int8_numeric, nights),
-					  DirectFunctionCall1(int8_numeric, avail), false, 6, &isnull);
-			row_put(&row, "occupancy", v, isnull);
 			row_put(&row, "room_revenue", revenue, false);
-			v = ratio(revenue, DirectFunctionCall1(int8_numeric, nights), false, 2, &isnull);
-			row_put(&row, "adr", v, isnull);
-			v = ratio(revenue, DirectFunctionCall1(int8_numeric, avail), false, 2, &isnull);
-			row_put(&row, "revpar", v, isnull);
 			row_put(&row, "arrivals", arrivals, false);
 			row_put(&row, "cancelled_arrivals", cancelled, false);
-			v = ratio(DirectFunctionCall1(int8_numeric, cancelled),
-					  DirectFunctionCall1(int8_numeric,
-										  DirectFunctionCall2(int8pl, arrivals, cancelled)),
-					  false, 6, &isnull);
-			row_put(&row, "cancellation_rate", v, isnull);
 			row_put(&row, "approved_expenses", approved, false);
 			row_put(&row, "pending_expenses", col_notnull(&pm, "pending_expenses"), false);
-			row_put(&row, "noi", DirectFunctionCall2(numeric_sub, revenue, approved), false);
 			row_put(&row, "updated_at", updated, updated_null);
 			views[V_PORTFOLIO_KPIS].upserts = lappend(views[V_PORTFOLIO_KPIS].upserts,
 													  row_to_jsonb(&row));

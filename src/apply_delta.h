@@ -68,4 +68,13 @@ typedef struct ApplyJsonFormat ApplyJsonFormat;
 extern ApplyJsonFormat *apply_delta_json_format(TupleDesc desc);
 extern Jsonb *apply_delta_format_jsonb(ApplyJsonFormat *format, TupleTableSlot *slot);
 
+/*
+ * delta_render.c: delta_log stores the rows of property_kpis and
+ * portfolio_kpis without the columns the views compute from the others;
+ * delta_render_row renders a stored row as the view's row.
+ */
+extern bool delta_column_is_computed(const char *name, int len);
+extern bool delta_view_has_computed_columns(const char *view, int len);
+extern Jsonb *delta_render_row(const char *view, int view_len, Jsonb *row);
+
 #endif							/* LIVEKPI_APPLY_DELTA_H */

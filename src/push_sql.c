@@ -201,6 +201,12 @@ sql_read_state(BatchRead *br)
  * Batches
  * ----------------------------------------------------------------
  */
+/*
+ * The rows of the batches (after, upto], of the views in $3 only, each
+ * rendered as the view's row by livekpi._delta_render (delta_render.c: the
+ * columns delta_log leaves out are computed here, for the views some live
+ * client has), with the key that identifies it.
+ */
 static const char *batch_sql =
 "SELECT d.seq, d.barrier, to_json(d.applied_at) #>> '{}', "
 "       to_json(d.committed_at) #>> '{}', e.kind, e.view, e.elem::text, "
@@ -213,7 +219,7 @@ static const char *batch_sql =
 "       END::text "
 "  FROM livekpi.delta_log d "
 "  LEFT JOIN LATERAL ( "
-"       SELECT 0 AS kind, u.key AS view, r.value AS elem "
+"       SELECT 0 AS kind, u.key AS view, livekpi._delta_render(u.key, r.value) AS elem "
 "         FROM (SELECT d.upserts AS j "
 "               UNION ALL SELECT p.upserts FROM livekpi.delta_log_parts p WHERE p.seq = d.seq) pu, "
 "              jsonb_each(pu.j) u, jsonb_array_elements(u.value) r "

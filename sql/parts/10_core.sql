@@ -133,6 +133,38 @@ EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN
 END
 $$;
 
+/*
+ * _delta_render(view, row)
+ *		A row of delta_log as the view's row: rows of property_kpis and
+ *		portfolio_kpis are stored without occupancy, adr, revpar,
+ *		cancellation_rate and noi, which this computes as the views do
+ *		(src/delta_render.c); other rows are returned as they are.
+ */
+CREATE FUNCTION livekpi._delta_render(view text, row_stored jsonb) RETURNS jsonb
+	AS 'MODULE_PATHNAME', 'livekpi_delta_render' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+
+/*
+ * delta_rows(seq)
+ *		The rows of one batch of delta_log, its parts included, as clients
+ *		get them: op 'upsert' with to_jsonb of the view row, or 'delete'
+ *		with the key of a row that no longer exists.
+ */
+CREATE FUNCTION livekpi.delta_rows(seq bigint)
+RETURNS TABLE (view text, op text, data jsonb)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT v.key, 'upsert', livekpi._delta_render(v.key, r.value)
+	FROM (SELECT d.upserts AS j FROM livekpi.delta_log d WHERE d.seq = delta_rows.seq
+		  UNION ALL
+		  SELECT p.upserts FROM livekpi.delta_log_parts p WHERE p.seq = delta_rows.seq) x,
+		 jsonb_each(x.j) v, jsonb_array_elements(v.value) r
+	UNION ALL
+	SELECT v.key, 'delete', r.value
+	FROM (SELECT d.deletes AS j FROM livekpi.delta_log d WHERE d.seq = delta_rows.seq
+		  UNION ALL
+		  SELECT p.deletes FROM livekpi.delta_log_parts p WHERE p.seq = delta_rows.seq) x,
+		 jsonb_each(x.j) v, jsonb_array_elements(v.value) r
+$$;
+
 -- ---------------------------------------------------------------------
 -- KPI tables (property_id takes the key type in _install_key_type).
 -- The apply worker updates their rows in place batch after batch: the

@@ -2,9 +2,10 @@
 # Copyright (c) 2026, livekpi authors
 #
 # test/t/011_delta_sql.pl
-#	  The delta_log rows the apply worker builds in C (apply_delta.c) against
-#	  SQL, over random batches: every upsert is exactly to_jsonb of the view
-#	  row in SQL at that batch (same keys, same numeric text, same rounding),
+#	  The delta_log rows the apply worker builds in C (apply_delta.c), as
+#	  livekpi.delta_rows() renders them (delta_render.c computes the columns
+#	  delta_log leaves out), against SQL, over random batches: every upsert
+#	  is exactly to_jsonb of the view row in SQL at that batch (same keys, same numeric text, same rounding),
 #	  every deleted key has no view row, and every view row the batch
 #	  touched (updated_at = the batch's applied_at) is among the upserts.
 #	  Batches mix inserts, updates and deletes of bookings and expenses, and
@@ -91,6 +92,21 @@ sub round_sql
 	return $sql . "COMMIT;\n";
 }
 
+# A batch of delta_log as clients get it: rows rendered by
+# livekpi.delta_rows() (delta_log stores property_kpis and portfolio_kpis rows
+# without their computed columns), gathered back into {view: [row, ...]}.
+sub delta_cte
+{
+	my ($seq) = @_;
+	my $agg = sub {
+		my ($op) = @_;
+		return "coalesce((SELECT jsonb_object_agg(r.view, r.rows) FROM (SELECT view, jsonb_agg(data) AS rows "
+		  . "FROM livekpi.delta_rows(l.seq) WHERE op = '$op' GROUP BY view) r), '{}')";
+	};
+	return "d AS (SELECT l.seq, l.applied_at, " . $agg->('upsert') . " AS upserts, "
+	  . $agg->('delete') . " AS deletes FROM livekpi.delta_log l WHERE l.seq = $seq)";
+}
+
 my ($bad_upserts, $bad_deletes, $missing, $batches) = (0, 0, 0, 0);
 my ($units_rounds, $units_missing) = (0, 0);
 for my $round (1 .. 40)
@@ -119,7 +135,7 @@ for my $round (1 .. 40)
 		$units_rounds++;
 		my $m = try_query(
 			$node, qq{
-WITH d AS (SELECT * FROM livekpi.delta_log WHERE seq = $seq)
+WITH ${\ delta_cte($seq)}
 SELECT (SELECT count(*) FROM d, livekpi.property_kpis v
 		WHERE v.property_id IN ($props)
 		  AND NOT coalesce(d.upserts -> 'property_kpis', '[]') \@> jsonb_build_array(to_jsonb(v)))
@@ -139,7 +155,7 @@ SELECT (SELECT count(*) FROM d, livekpi.property_kpis v
 			  @{ $keycols{$view} });
 		my $r = try_query(
 			$node, qq{
-WITH d AS (SELECT * FROM livekpi.delta_log WHERE seq = $seq)
+WITH ${\ delta_cte($seq)}
 SELECT (SELECT count(*) FROM d, jsonb_array_elements(coalesce(d.upserts -> '$view', '[]')) u
 		WHERE NOT EXISTS (SELECT FROM livekpi.$view v WHERE to_jsonb(v) = u.value)),
 	   (SELECT count(*) FROM d, jsonb_array_elements(coalesce(d.deletes -> '$view', '[]')) k
@@ -151,7 +167,7 @@ SELECT (SELECT count(*) FROM d, jsonb_array_elements(coalesce(d.upserts -> '$vie
 		if ($u ne '0' || $del ne '0' || $m ne '0')
 		{
 			diag("round $round, seq $seq, $view: $u upserts differ from SQL, $del deleted keys exist, $m touched rows missing");
-			diag(try_query($node, "SELECT upserts, deletes FROM livekpi.delta_log WHERE seq = $seq"));
+			diag(try_query($node, "SELECT view, op, data FROM livekpi.delta_rows($seq)"));
 		}
 		$bad_upserts++ if $u ne '0';
 		$bad_deletes++ if $del ne '0';
@@ -164,6 +180,15 @@ is($bad_deletes, 0, 'every deleted key is gone from the view');
 is($missing, 0, 'every touched view row is in the upserts');
 cmp_ok($units_rounds, '>=', 1, "batches with a units change: $units_rounds");
 is($units_missing, 0, 'a units change resends every month of the property and the portfolio');
+# The stored rows are the compact ones: no computed column is stored.
+my ($stored, $with_computed) = split /\|/, try_query(
+	$node, q{
+SELECT count(*), count(*) FILTER (WHERE r.value ?| ARRAY['occupancy', 'adr', 'revpar', 'cancellation_rate', 'noi'])
+FROM (SELECT upserts AS j FROM livekpi.delta_log UNION ALL SELECT upserts FROM livekpi.delta_log_parts) x,
+	 jsonb_each(x.j) v, jsonb_array_elements(v.value) r
+WHERE v.key IN ('property_kpis', 'portfolio_kpis')});
+cmp_ok($stored, '>', 0, "stored property_kpis and portfolio_kpis rows: $stored");
+is($with_computed, 0, 'delta_log stores no computed column');
 check_verify($node, 'after the rounds');
 
 $node->stop;
