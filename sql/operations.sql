@@ -19,7 +19,10 @@ SELECT count(*) AS applied_after_resume FROM livekpi.booking_daily WHERE propert
 
 -- rebuild(): a barrier batch, same epoch, still exact
 SELECT livekpi.epoch() AS epoch_before \gset
+SELECT pg_stat_get_last_analyze_time('livekpi.booking_daily'::regclass) AS analyzed_before \gset
 SELECT livekpi.rebuild();
+-- the KPI tables were analyzed when first filled; a rebuild keeps their statistics
+SELECT pg_stat_get_last_analyze_time('livekpi.booking_daily'::regclass) = :'analyzed_before'::timestamptz AS statistics_kept;
 SELECT barrier, upserts, deletes FROM livekpi.delta_log WHERE seq = (SELECT last_seq FROM livekpi.state);
 SELECT livekpi.epoch() = :'epoch_before' AS same_epoch;
 SELECT count(*) AS differences FROM livekpi.verify();
