@@ -433,6 +433,7 @@ if [ $have_livekpi = 1 ]; then
 	res apply_wal_oltp "$(q "SELECT round(bytes / $changes, 1) || ' ' || records || ' ' || transactions || ' $changes'
 	                         || ' ' || round((bytes - fpi_bytes) / $changes, 1)
 	                         FROM bench.livekpi_wal('$a', '$b')")"
+	res apply_wal_oltp_by_table "$(q "SELECT json_object_agg(tbl, round(bytes / $changes, 1) ORDER BY bytes DESC) FROM bench.livekpi_wal_by_table('$a', '$b')")"
 	res apply_status "$(q "SELECT to_jsonb(s) FROM livekpi.status s")"
 	log "verify()"
 	res verify_differences "$(q "SELECT count(*) FROM livekpi.verify()")"

@@ -267,6 +267,39 @@ SELECT count(*), coalesce(sum(r.record_length), 0), (SELECT count(*) FROM x),
 FROM r WHERE r.xid IN (SELECT xid FROM x)
 $$;
 
+-- The same WAL by what it changed: each livekpi table with its indexes and
+-- TOAST, the rest (commit records, other relations) as "other"; bytes
+-- without full-page images.
+CREATE FUNCTION bench.livekpi_wal_by_table(a pg_lsn, b pg_lsn)
+RETURNS TABLE (tbl text, records bigint, bytes numeric)
+LANGUAGE sql AS $$
+WITH r AS (SELECT * FROM pg_get_wal_records_info(a, b)),
+owner AS (
+	SELECT pg_relation_filenode(c.oid)::text AS fn, c.relname::text AS tbl
+	FROM pg_class c WHERE c.relnamespace = 'livekpi'::regnamespace AND c.relkind IN ('r', 'p')
+	UNION ALL
+	SELECT pg_relation_filenode(i.indexrelid)::text, c.relname::text
+	FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+	WHERE c.relnamespace = 'livekpi'::regnamespace
+	UNION ALL
+	SELECT pg_relation_filenode(t.oid)::text, c.relname::text
+	FROM pg_class c JOIN pg_class t ON t.oid = c.reltoastrelid
+	WHERE c.relnamespace = 'livekpi'::regnamespace
+	UNION ALL
+	SELECT pg_relation_filenode(i.indexrelid)::text, c.relname::text
+	FROM pg_class c JOIN pg_index i ON i.indrelid = c.reltoastrelid
+	WHERE c.relnamespace = 'livekpi'::regnamespace),
+rr AS (
+	SELECT r.xid, r.record_length - r.fpi_length AS len,
+		   (regexp_match(r.block_ref, 'rel \d+/\d+/(\d+)'))[1] AS fn
+	FROM r),
+x AS (SELECT DISTINCT xid FROM rr WHERE xid <> '0' AND fn IN (SELECT fn FROM owner))
+SELECT coalesce(o.tbl, 'other'), count(*), sum(rr.len)
+FROM rr LEFT JOIN owner o ON o.fn = rr.fn
+WHERE rr.xid IN (SELECT xid FROM x)
+GROUP BY 1 ORDER BY 3 DESC
+$$;
+
 -- Server-side execution time of one query in ms (EXPLAIN ANALYZE without
 -- per-node timing: no planning, no client round trip).
 CREATE FUNCTION bench.execution_ms(query text) RETURNS float8 LANGUAGE plpgsql AS $$

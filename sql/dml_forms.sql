@@ -53,6 +53,20 @@ SELECT (SELECT data FROM livekpi.delta_rows(:seq_before + 1) WHERE view = 'prope
 		WHERE l.seq = :seq_before + 1 AND NOT (l.upserts -> 'property_kpis' -> 0) ? c) AS not_stored
 FROM livekpi.property_kpis k WHERE property_id = 66;
 RESET TimeZone;
+-- _delta_render computes the five columns as the views do (hand-checked:
+-- 3 of 30 nights, 300.00 of revenue, 2 arrivals and 1 cancellation, 50
+-- approved), replaces any stored under those names, leaves other views'
+-- rows as they are, and refuses a row that lacks a number it needs
+SELECT livekpi._delta_render('property_kpis',
+	'{"property_id": 1, "month": "2026-01-01", "units": 1, "available_nights": 30, "nights_sold": 3,
+	  "room_revenue": 300.00, "arrivals": 2, "cancelled_arrivals": 1, "approved_expenses": 50,
+	  "pending_expenses": 0, "updated_at": null, "name": null, "adr": 1}') AS rendered;
+SELECT livekpi._delta_render('portfolio_kpis',
+	'{"month": "2026-01-01", "properties": 0, "available_nights": 0, "nights_sold": 0,
+	  "room_revenue": 0, "arrivals": 0, "cancelled_arrivals": 0, "approved_expenses": 0,
+	  "pending_expenses": 0, "updated_at": null}') AS rendered_empty;
+SELECT livekpi._delta_render('booking_daily', '{"day": "2026-01-01", "adr": 1}') AS unchanged;
+SELECT livekpi._delta_render('property_kpis', '{"nights_sold": "3"}');
 DELETE FROM bookings WHERE id = 8;
 SELECT livekpi.sync('30s');
 SELECT upserts ? 'property_kpis' AS upserted, deletes FROM livekpi.delta_log
