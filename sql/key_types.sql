@@ -43,6 +43,18 @@ SELECT livekpi.untrack('bookings');
 SELECT livekpi.untrack('expenses');
 -- views over the KPI tables pin the key type; so do properties left behind
 DROP VIEW bd, ed;
+-- the newest batch as clients get it (delta_rows), against the views (a
+-- function: the views are made anew with each key type)
+CREATE FUNCTION pg_temp.last_delta_vs_views(OUT upserts bigint, OUT not_in_views bigint)
+LANGUAGE sql AS $$
+SELECT count(*),
+	   count(*) FILTER (WHERE NOT EXISTS (
+		   SELECT FROM livekpi.property_kpis v WHERE to_jsonb(v) = d.data
+		   UNION ALL SELECT FROM livekpi.portfolio_kpis v WHERE to_jsonb(v) = d.data
+		   UNION ALL SELECT FROM livekpi.booking_daily v WHERE to_jsonb(v) = d.data
+		   UNION ALL SELECT FROM livekpi.expense_monthly v WHERE to_jsonb(v) = d.data))
+FROM livekpi.delta_rows((SELECT last_seq FROM livekpi.state)) d WHERE d.op = 'upsert'
+$$;
 CREATE TABLE uuid_bookings (property_id uuid, check_in date, check_out date, total_amount integer, status text);
 INSERT INTO uuid_bookings VALUES ('00000000-0000-0000-0000-0000000000a1', '2026-09-01', '2026-09-03', 101, NULL);
 SELECT livekpi.track_bookings('uuid_bookings');
@@ -57,13 +69,7 @@ SELECT property_id, day, nights_sold, room_revenue FROM livekpi.booking_daily OR
 SELECT to_jsonb(k) -> 'property_id' AS json_key FROM livekpi.property_kpis k ORDER BY 1;
 -- the batch as clients get it: each upsert is to_jsonb of its view row
 SET TimeZone = 'UTC';
-SELECT count(*) AS upserts,
-	   count(*) FILTER (WHERE NOT EXISTS (
-		   SELECT FROM livekpi.property_kpis v WHERE to_jsonb(v) = d.data
-		   UNION ALL SELECT FROM livekpi.portfolio_kpis v WHERE to_jsonb(v) = d.data
-		   UNION ALL SELECT FROM livekpi.booking_daily v WHERE to_jsonb(v) = d.data
-		   UNION ALL SELECT FROM livekpi.expense_monthly v WHERE to_jsonb(v) = d.data)) AS not_in_views
-FROM livekpi.delta_rows((SELECT last_seq FROM livekpi.state)) d WHERE d.op = 'upsert';
+SELECT * FROM pg_temp.last_delta_vs_views();
 RESET TimeZone;
 SELECT properties, nights_sold FROM livekpi.kpis('2026-09-01', '2026-09-30',
 	ARRAY['00000000-0000-0000-0000-0000000000a2']::uuid[]);
@@ -80,13 +86,7 @@ SELECT property_id, day, category, approved_amount FROM livekpi.expense_daily;
 SELECT to_jsonb(k) -> 'property_id' AS json_key FROM livekpi.property_kpis k;
 -- the batch as clients get it: each upsert is to_jsonb of its view row
 SET TimeZone = 'UTC';
-SELECT count(*) AS upserts,
-	   count(*) FILTER (WHERE NOT EXISTS (
-		   SELECT FROM livekpi.property_kpis v WHERE to_jsonb(v) = d.data
-		   UNION ALL SELECT FROM livekpi.portfolio_kpis v WHERE to_jsonb(v) = d.data
-		   UNION ALL SELECT FROM livekpi.booking_daily v WHERE to_jsonb(v) = d.data
-		   UNION ALL SELECT FROM livekpi.expense_monthly v WHERE to_jsonb(v) = d.data)) AS not_in_views
-FROM livekpi.delta_rows((SELECT last_seq FROM livekpi.state)) d WHERE d.op = 'upsert';
+SELECT * FROM pg_temp.last_delta_vs_views();
 RESET TimeZone;
 SELECT count(*) AS differences FROM livekpi.verify();
 SELECT livekpi.untrack('text_expenses');
