@@ -45,9 +45,9 @@ SELECT livekpi.untrack('expenses');
 DROP VIEW bd, ed;
 -- the newest batch as clients get it (delta_rows), against the views (a
 -- function: the views are made anew with each key type)
-CREATE FUNCTION pg_temp.last_delta_vs_views(OUT upserts bigint, OUT not_in_views bigint)
+CREATE FUNCTION pg_temp.last_delta_vs_views(OUT has_upserts boolean, OUT not_in_views bigint)
 LANGUAGE sql AS $$
-SELECT count(*),
+SELECT count(*) > 0,
 	   count(*) FILTER (WHERE NOT EXISTS (
 		   SELECT FROM livekpi.property_kpis v WHERE to_jsonb(v) = d.data
 		   UNION ALL SELECT FROM livekpi.portfolio_kpis v WHERE to_jsonb(v) = d.data
