@@ -510,6 +510,24 @@ walk_find(KpiTable *t, const DeltaRow *rows, int i, int n)
 }
 
 /*
+ * simple_insert
+ *		ExecSimpleRelationInsert of t->newslot in per-tuple memory, which the
+ *		caller resets for every row: what the executor allocates for one
+ *		row (index tuples, insertion scan keys, TOAST work) would otherwise
+ *		stay in the SPI context until the batch ends, hundreds of megabytes
+ *		for a bulk load.  Index scans stay in the longer-lived context (an
+ *		index AM may allocate scan state lazily, e.g. nbtree's killed items).
+ */
+static void
+simple_insert(ApplyKpi *ak, KpiTable *t)
+{
+	MemoryContext old = MemoryContextSwitchTo(GetPerTupleMemoryContext(ak->estate));
+
+	ExecSimpleRelationInsert(t->rri, ak->estate, t->newslot);
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * write_row
  *		Adds a row of deltas to its KPI row (in t->found when found):
  *		updates it, inserts it, or deletes it when its counts reach zero
@@ -551,15 +569,16 @@ write_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row, bool found)
 		}
 		slot->tts_values[t->updated_att - 1] = TimestampTzGetDatum(ak->now);
 		ExecStoreVirtualTuple(slot);
-		MemoryContextSwitchTo(old);
 
 		if (zero)
 		{
 			ExecSimpleRelationDelete(t->rri, estate, &ak->epqstate, t->found);
+			MemoryContextSwitchTo(old);
 			ak->rows_added_or_deleted++;
 			return NULL;
 		}
 		ExecSimpleRelationUpdate(t->rri, estate, &ak->epqstate, t->found, slot);
+		MemoryContextSwitchTo(old);
 		return slot;
 	}
 	else
@@ -570,7 +589,7 @@ write_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row, bool found)
 		if (zero)
 			return NULL;
 		fill_new_row(ak, t, row);
-		ExecSimpleRelationInsert(t->rri, estate, t->newslot);
+		simple_insert(ak, t);
 		ak->rows_added_or_deleted++;
 		return t->newslot;
 	}
@@ -590,20 +609,6 @@ add_sorted_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *rows, int i, int n)
 {
 	ResetPerTupleExprContext(ak->estate);
 	return write_row(ak, t, &rows[i], walk_find(t, rows, i, n));
-}
-
-/* Elements of a one-dimensional array of the given type. */
-static Datum *
-array_elements(ArrayType *a, Oid type, int *n)
-{
-	int16		len;
-	bool		byval;
-	char		align;
-	Datum	   *elems;
-
-	get_typlenbyvalalign(type, &len, &byval, &align);
-	deconstruct_array(a, type, len, byval, align, &elems, NULL, n);
-	return elems;
 }
 
 /*
@@ -799,7 +804,6 @@ write_delta_log(ApplyKpi *ak, KpiArrays *a, char key_kind, TimestampTz last_comm
 	int			nnew = ak->nnew;
 	int			nunits;
 	Datum	   *props;
-	Datum	   *units;
 
 	if (plans_key_kind != key_kind || seq_plan == NULL)
 		prepare_plans(key_kind);
@@ -817,27 +821,14 @@ write_delta_log(ApplyKpi *ak, KpiArrays *a, char key_kind, TimestampTz last_comm
 	values[2] = TimestampTzGetDatum(last_commit);
 	values[3] = LSNGetDatum(last_end);
 	{
-		Datum	   *b_key,
-				   *b_day,
-				   *e_key,
-				   *e_day,
-				   *e_category;
-		int			nb,
-					ne,
-					n;
 		DeltaPartWriter parts = {seq, 0};
 
-		units = array_elements(a->u_key, ak->key_type, &nunits);
+		nunits = a->nunits;
 		props = palloc(sizeof(Datum) * (nnew + nunits + 1));
 		memcpy(props, ak->new_properties, sizeof(Datum) * nnew);
-		memcpy(props + nnew, units, sizeof(Datum) * nunits);
-		b_key = array_elements(a->b_key, ak->key_type, &nb);
-		b_day = array_elements(a->b_day, DATEOID, &n);
-		e_key = array_elements(a->e_key, ak->key_type, &ne);
-		e_day = array_elements(a->e_day, DATEOID, &n);
-		e_category = array_elements(a->e_category, TEXTOID, &n);
-		apply_delta_build(key_kind, ak->key_type, b_key, b_day, ak->b_rows, nb,
-						  e_key, e_day, e_category, ne, props, nnew + nunits,
+		memcpy(props + nnew, a->u_key, sizeof(Datum) * nunits);
+		apply_delta_build(key_kind, ak->key_type, a->b_key, a->b_day, ak->b_rows, a->nbooking,
+						  a->e_key, a->e_day, a->e_category, a->nexpense, props, nnew + nunits,
 						  ak->m_rows, ak->nm, write_delta_part, &parts,
 						  &values[4], &values[5]);
 		if (SPI_execute_plan(insert_plan, values, NULL, false, 0) != SPI_OK_INSERT)
@@ -872,8 +863,7 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 	Snapshot	snapshot;
 	int			i,
 				nb,
-				ne,
-				n;
+				ne;
 	Datum	   *b_key,
 			   *b_day,
 			   *b_nights,
@@ -913,20 +903,22 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 		MemoryContextSwitchTo(old);
 	}
 
-	b_key = array_elements(a.b_key, ak.key_type, &nb);
-	b_day = array_elements(a.b_day, DATEOID, &n);
-	b_nights = array_elements(a.b_nights, INT8OID, &n);
-	b_revenue = array_elements(a.b_revenue, NUMERICOID, &n);
-	b_arrivals = array_elements(a.b_arrivals, INT8OID, &n);
-	b_cancelled = array_elements(a.b_cancelled, INT8OID, &n);
-	e_key = array_elements(a.e_key, ak.key_type, &ne);
-	e_day = array_elements(a.e_day, DATEOID, &n);
-	e_category = array_elements(a.e_category, TEXTOID, &n);
-	e_approved = array_elements(a.e_approved, NUMERICOID, &n);
-	e_pending = array_elements(a.e_pending, NUMERICOID, &n);
-	e_rejected = array_elements(a.e_rejected, NUMERICOID, &n);
-	e_count = array_elements(a.e_count, INT8OID, &n);
-	(void) array_elements(a.u_key, ak.key_type, &nunits);
+	nb = a.nbooking;
+	b_key = a.b_key;
+	b_day = a.b_day;
+	b_nights = a.b_nights;
+	b_revenue = a.b_revenue;
+	b_arrivals = a.b_arrivals;
+	b_cancelled = a.b_cancelled;
+	ne = a.nexpense;
+	e_key = a.e_key;
+	e_day = a.e_day;
+	e_category = a.e_category;
+	e_approved = a.e_approved;
+	e_pending = a.e_pending;
+	e_rejected = a.e_rejected;
+	e_count = a.e_count;
+	nunits = a.nunits;
 
 	/*
 	 * Every batch (and, in careful mode, every change) sees what the ones
@@ -1128,7 +1120,7 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 		if (lookup(t, row.keys))
 			continue;
 		fill_new_row(&ak, t, &row);
-		ExecSimpleRelationInsert(t->rri, ak.estate, t->newslot);
+		simple_insert(&ak, t);
 		ak.new_properties[ak.nnew++] = keys[i];
 	}
 

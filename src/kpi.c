@@ -657,17 +657,6 @@ kpi_key_type(char key_kind)
 	}
 }
 
-static ArrayType *
-make_array(Datum *values, int n, Oid elemtype)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	return construct_array(values, n, elemtype, typlen, typbyval, typalign);
-}
-
 static bool
 numeric_is_zero(Numeric n)
 {
@@ -684,22 +673,20 @@ void
 kpi_batch_arrays(KpiBatch *batch, KpiArrays *a)
 {
 	MemoryContext old = MemoryContextSwitchTo(batch->context);
-	Oid			keytype = kpi_key_type(batch->key_kind);
 	long		nb = hash_get_num_entries(batch->booking_daily);
 	long		ne = hash_get_num_entries(batch->expense_daily);
 	long		nu = hash_get_num_entries(batch->units_changed);
-	Datum	   *key = palloc(sizeof(Datum) * Max(Max(nb, ne), Max(nu, 1)));
-	Datum	   *day = palloc(sizeof(Datum) * Max(Max(nb, ne), 1));
-	Datum	   *c1 = palloc(sizeof(Datum) * Max(Max(nb, ne), 1));
-	Datum	   *c2 = palloc(sizeof(Datum) * Max(Max(nb, ne), 1));
-	Datum	   *c3 = palloc(sizeof(Datum) * Max(Max(nb, ne), 1));
-	Datum	   *c4 = palloc(sizeof(Datum) * Max(Max(nb, ne), 1));
-	Datum	   *c5 = palloc(sizeof(Datum) * Max(Max(nb, ne), 1));
 	HASH_SEQ_STATUS seq;
 	int			n;
 
 	memset(a, 0, sizeof(*a));
 
+	a->b_key = palloc(sizeof(Datum) * Max(nb, 1));
+	a->b_day = palloc(sizeof(Datum) * Max(nb, 1));
+	a->b_nights = palloc(sizeof(Datum) * Max(nb, 1));
+	a->b_revenue = palloc(sizeof(Datum) * Max(nb, 1));
+	a->b_arrivals = palloc(sizeof(Datum) * Max(nb, 1));
+	a->b_cancelled = palloc(sizeof(Datum) * Max(nb, 1));
 	n = 0;
 	{
 		BookingEntry *e;
@@ -710,27 +697,27 @@ kpi_batch_arrays(KpiBatch *batch, KpiArrays *a)
 			if (e->nights == 0 && e->arrivals == 0 && e->cancelled == 0 &&
 				numeric_is_zero(e->revenue))
 				continue;
-			key[n] = e->k.key;
-			day[n] = DateADTGetDatum(e->k.day);
-			c1[n] = Int64GetDatum(e->nights);
-			c2[n] = NumericGetDatum(e->revenue);
-			c3[n] = Int64GetDatum(e->arrivals);
-			c4[n] = Int64GetDatum(e->cancelled);
+			a->b_key[n] = e->k.key;
+			a->b_day[n] = DateADTGetDatum(e->k.day);
+			a->b_nights[n] = Int64GetDatum(e->nights);
+			a->b_revenue[n] = NumericGetDatum(e->revenue);
+			a->b_arrivals[n] = Int64GetDatum(e->arrivals);
+			a->b_cancelled[n] = Int64GetDatum(e->cancelled);
 			n++;
 		}
 	}
 	a->nbooking = n;
-	a->b_key = make_array(key, n, keytype);
-	a->b_day = make_array(day, n, DATEOID);
-	a->b_nights = make_array(c1, n, INT8OID);
-	a->b_revenue = make_array(c2, n, NUMERICOID);
-	a->b_arrivals = make_array(c3, n, INT8OID);
-	a->b_cancelled = make_array(c4, n, INT8OID);
 
+	a->e_key = palloc(sizeof(Datum) * Max(ne, 1));
+	a->e_day = palloc(sizeof(Datum) * Max(ne, 1));
+	a->e_category = palloc(sizeof(Datum) * Max(ne, 1));
+	a->e_approved = palloc(sizeof(Datum) * Max(ne, 1));
+	a->e_pending = palloc(sizeof(Datum) * Max(ne, 1));
+	a->e_rejected = palloc(sizeof(Datum) * Max(ne, 1));
+	a->e_count = palloc(sizeof(Datum) * Max(ne, 1));
 	n = 0;
 	{
 		ExpenseEntry *e;
-		Datum	   *cat = palloc(sizeof(Datum) * Max(ne, 1));
 
 		hash_seq_init(&seq, batch->expense_daily);
 		while ((e = hash_seq_search(&seq)) != NULL)
@@ -738,34 +725,27 @@ kpi_batch_arrays(KpiBatch *batch, KpiArrays *a)
 			if (e->count == 0 && numeric_is_zero(e->amount[0]) &&
 				numeric_is_zero(e->amount[1]) && numeric_is_zero(e->amount[2]))
 				continue;
-			key[n] = e->k.key;
-			day[n] = DateADTGetDatum(e->k.day);
-			cat[n] = CStringGetTextDatum(e->k.category);
-			c1[n] = NumericGetDatum(e->amount[EXPENSE_APPROVED]);
-			c2[n] = NumericGetDatum(e->amount[EXPENSE_PENDING]);
-			c3[n] = NumericGetDatum(e->amount[EXPENSE_REJECTED]);
-			c5[n] = Int64GetDatum(e->count);
+			a->e_key[n] = e->k.key;
+			a->e_day[n] = DateADTGetDatum(e->k.day);
+			a->e_category[n] = CStringGetTextDatum(e->k.category);
+			a->e_approved[n] = NumericGetDatum(e->amount[EXPENSE_APPROVED]);
+			a->e_pending[n] = NumericGetDatum(e->amount[EXPENSE_PENDING]);
+			a->e_rejected[n] = NumericGetDatum(e->amount[EXPENSE_REJECTED]);
+			a->e_count[n] = Int64GetDatum(e->count);
 			n++;
 		}
-		a->nexpense = n;
-		a->e_key = make_array(key, n, keytype);
-		a->e_day = make_array(day, n, DATEOID);
-		a->e_category = make_array(cat, n, TEXTOID);
-		a->e_approved = make_array(c1, n, NUMERICOID);
-		a->e_pending = make_array(c2, n, NUMERICOID);
-		a->e_rejected = make_array(c3, n, NUMERICOID);
-		a->e_count = make_array(c5, n, INT8OID);
 	}
+	a->nexpense = n;
 
+	a->u_key = palloc(sizeof(Datum) * Max(nu, 1));
 	n = 0;
 	{
 		UnitsEntry *e;
 
 		hash_seq_init(&seq, batch->units_changed);
 		while ((e = hash_seq_search(&seq)) != NULL)
-			key[n++] = e->k.key;
-		a->nunits = n;
-		a->u_key = make_array(key, n, keytype);
+			a->u_key[n++] = e->k.key;
 	}
+	a->nunits = n;
 	MemoryContextSwitchTo(old);
 }

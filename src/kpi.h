@@ -37,26 +37,29 @@ typedef struct KpiBatch
 	int64		skipped;		/* rows or values skipped per SPEC section 3 */
 } KpiBatch;
 
-/* The coalesced deltas of a batch as arrays, ready to pass to SQL. */
+/*
+ * The coalesced deltas of a batch as parallel arrays, one per column, in
+ * the batch's memory; numerics point into the batch's entries.
+ */
 typedef struct KpiArrays
 {
 	int			nbooking;
-	ArrayType  *b_key;
-	ArrayType  *b_day;
-	ArrayType  *b_nights;
-	ArrayType  *b_revenue;
-	ArrayType  *b_arrivals;
-	ArrayType  *b_cancelled;
+	Datum	   *b_key;
+	Datum	   *b_day;
+	Datum	   *b_nights;
+	Datum	   *b_revenue;
+	Datum	   *b_arrivals;
+	Datum	   *b_cancelled;
 	int			nexpense;
-	ArrayType  *e_key;
-	ArrayType  *e_day;
-	ArrayType  *e_category;
-	ArrayType  *e_approved;
-	ArrayType  *e_pending;
-	ArrayType  *e_rejected;
-	ArrayType  *e_count;
+	Datum	   *e_key;
+	Datum	   *e_day;
+	Datum	   *e_category;
+	Datum	   *e_approved;
+	Datum	   *e_pending;
+	Datum	   *e_rejected;
+	Datum	   *e_count;
 	int			nunits;
-	ArrayType  *u_key;
+	Datum	   *u_key;
 } KpiArrays;
 
 /*
