@@ -25,7 +25,7 @@ PG_CFLAGS = -Werror -Wall -Wmissing-prototypes -Wpointer-arith -Wendif-labels \
 SHLIB_LINK = -lwebsockets $(LIVEKPI_SANITIZE_LDFLAGS)
 
 REGRESS = setup booking_rules expense_rules views mapping key_types partitions \
-	dml_forms decoder integrity capture_state timezones track_errors properties tokens operations \
+	dml_forms decoder integrity capture_state timezones track_errors properties tokens kpi_table_triggers operations \
 	extreme_values
 REGRESS_OPTS = --temp-config=$(srcdir)/test/livekpi.conf --temp-config=$(srcdir)/test/regress.conf \
 	--temp-instance=./tmp_regress
