@@ -646,10 +646,19 @@ views_object(ViewDelta *views, bool upserts)
 	SET_VARSIZE(buf, len);
 #ifdef LIVEKPI_CHECK_VIEWS_OBJECT
 	{
+		/* in a context of its own: the check must not change the memory tests */
+		MemoryContext check_cxt = AllocSetContextCreate(CurrentMemoryContext,
+														"livekpi views_object check",
+														ALLOCSET_DEFAULT_SIZES);
+		MemoryContext old = MemoryContextSwitchTo(check_cxt);
 		Jsonb	   *other = DatumGetJsonbP(views_object_pushed(views, upserts));
+		uint32		other_len = VARSIZE(other);
+		bool		same = other_len == len && memcmp(other, buf, len) == 0;
 
-		if (VARSIZE(other) != len || memcmp(other, buf, len) != 0)
-			elog(ERROR, "livekpi: views_object differs: %u vs %zu bytes", VARSIZE(other), len);
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(check_cxt);
+		if (!same)
+			elog(ERROR, "livekpi: views_object differs: %u vs %zu bytes", other_len, len);
 		elog(LOG, "livekpi: views_object same: %zu bytes", len);
 	}
 #endif
