@@ -664,6 +664,13 @@ numeric_is_zero(Numeric n)
 											 NumericGetDatum(numeric_zero()))) == 0;
 }
 
+/* One column of KpiArrays for n rows (never a zero-size palloc). */
+static Datum *
+datum_column(long n)
+{
+	return palloc(sizeof(Datum) * Max(n, 1));
+}
+
 /*
  * kpi_batch_arrays
  *		The coalesced deltas as parallel arrays; keys whose changes cancelled
@@ -681,12 +688,12 @@ kpi_batch_arrays(KpiBatch *batch, KpiArrays *a)
 
 	memset(a, 0, sizeof(*a));
 
-	a->b_key = palloc(sizeof(Datum) * Max(nb, 1));
-	a->b_day = palloc(sizeof(Datum) * Max(nb, 1));
-	a->b_nights = palloc(sizeof(Datum) * Max(nb, 1));
-	a->b_revenue = palloc(sizeof(Datum) * Max(nb, 1));
-	a->b_arrivals = palloc(sizeof(Datum) * Max(nb, 1));
-	a->b_cancelled = palloc(sizeof(Datum) * Max(nb, 1));
+	a->b_key = datum_column(nb);
+	a->b_day = datum_column(nb);
+	a->b_nights = datum_column(nb);
+	a->b_revenue = datum_column(nb);
+	a->b_arrivals = datum_column(nb);
+	a->b_cancelled = datum_column(nb);
 	n = 0;
 	{
 		BookingEntry *e;
@@ -708,13 +715,13 @@ kpi_batch_arrays(KpiBatch *batch, KpiArrays *a)
 	}
 	a->nbooking = n;
 
-	a->e_key = palloc(sizeof(Datum) * Max(ne, 1));
-	a->e_day = palloc(sizeof(Datum) * Max(ne, 1));
-	a->e_category = palloc(sizeof(Datum) * Max(ne, 1));
-	a->e_approved = palloc(sizeof(Datum) * Max(ne, 1));
-	a->e_pending = palloc(sizeof(Datum) * Max(ne, 1));
-	a->e_rejected = palloc(sizeof(Datum) * Max(ne, 1));
-	a->e_count = palloc(sizeof(Datum) * Max(ne, 1));
+	a->e_key = datum_column(ne);
+	a->e_day = datum_column(ne);
+	a->e_category = datum_column(ne);
+	a->e_approved = datum_column(ne);
+	a->e_pending = datum_column(ne);
+	a->e_rejected = datum_column(ne);
+	a->e_count = datum_column(ne);
 	n = 0;
 	{
 		ExpenseEntry *e;
@@ -737,7 +744,7 @@ kpi_batch_arrays(KpiBatch *batch, KpiArrays *a)
 	}
 	a->nexpense = n;
 
-	a->u_key = palloc(sizeof(Datum) * Max(nu, 1));
+	a->u_key = datum_column(nu);
 	n = 0;
 	{
 		UnitsEntry *e;
