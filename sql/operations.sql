@@ -27,6 +27,63 @@ SELECT barrier, upserts, deletes FROM livekpi.delta_log WHERE seq = (SELECT last
 SELECT livekpi.epoch() = :'epoch_before' AS same_epoch;
 SELECT count(*) AS differences FROM livekpi.verify();
 
+-- rebuild() rolls the months up in C while the days load (_fill_heap with a
+-- month heap), within a hash aggregate's memory (maintenance_work_mem times
+-- hash_mem_multiplier).  Rows over many months first, removed again below.
+INSERT INTO expenses (property_id, incurred_on, amount, category, approval_status)
+SELECT 700 + g % 10, DATE '2026-01-01' + g % 300, g, 'roll-up ' || g % 2000,
+	   (ARRAY['approved', 'pending', 'rejected'])[1 + g % 3]
+FROM generate_series(1, 10000) g;
+INSERT INTO bookings (property_id, check_in, check_out, total_amount, status)
+SELECT 700 + g % 10, DATE '2026-01-01' + g % 300, DATE '2026-01-01' + g % 300 + 1 + g % 40, g,
+	   CASE WHEN g % 7 = 0 THEN 'cancelled' END
+FROM generate_series(1, 3000) g;
+DELETE FROM bookings WHERE property_id BETWEEN 700 AND 709 AND total_amount % 5 = 0;
+SELECT livekpi.sync('60s');
+-- the roll-up of today's daily rows is today's monthly rows (updated_at
+-- aside: a batch that deletes a day touches only its month)
+BEGIN;
+SELECT livekpi._new_heap('livekpi.booking_daily') AS h_bd, livekpi._new_heap('livekpi.booking_monthly') AS h_bm,
+	   livekpi._new_heap('livekpi.expense_daily') AS h_ed, livekpi._new_heap('livekpi.expense_monthly') AS h_em \gset
+SELECT :h_bm::regclass AS h_bm_name, :h_em::regclass AS h_em_name \gset
+SELECT livekpi._fill_heap(:h_bd, 'SELECT property_id, day, nights_sold, room_revenue, arrivals,
+		cancelled_arrivals, updated_at FROM livekpi.booking_daily', :h_bm) AS booking_months_rolled_up,
+	   livekpi._fill_heap(:h_ed, 'SELECT * FROM livekpi.expense_daily', :h_em) AS expense_months_rolled_up;
+SELECT (SELECT count(*) FROM livekpi.booking_monthly WHERE property_id BETWEEN 700 AND 709) AS booking_months,
+	   (SELECT count(*) FROM (
+			(SELECT property_id, month, nights_sold, room_revenue, arrivals, cancelled_arrivals FROM livekpi.booking_monthly
+			 EXCEPT ALL SELECT property_id, month, nights_sold, room_revenue, arrivals, cancelled_arrivals FROM :h_bm_name)
+			UNION ALL
+			(SELECT property_id, month, nights_sold, room_revenue, arrivals, cancelled_arrivals FROM :h_bm_name
+			 EXCEPT ALL SELECT property_id, month, nights_sold, room_revenue, arrivals, cancelled_arrivals FROM livekpi.booking_monthly)) x) AS booking_differences,
+	   (SELECT count(*) FROM livekpi.expense_monthly WHERE property_id BETWEEN 700 AND 709) AS expense_months,
+	   (SELECT count(*) FROM (
+			(SELECT property_id, month, category, approved_amount, pending_amount, rejected_amount, expense_count FROM livekpi.expense_monthly
+			 EXCEPT ALL SELECT property_id, month, category, approved_amount, pending_amount, rejected_amount, expense_count FROM :h_em_name)
+			UNION ALL
+			(SELECT property_id, month, category, approved_amount, pending_amount, rejected_amount, expense_count FROM :h_em_name
+			 EXCEPT ALL SELECT property_id, month, category, approved_amount, pending_amount, rejected_amount, expense_count FROM livekpi.expense_monthly)) x) AS expense_differences,
+	   (SELECT bool_and(m.updated_at = (SELECT max(d.updated_at) FROM livekpi.booking_daily d
+										 WHERE d.property_id = m.property_id AND livekpi._month(d.day) = m.month))
+		FROM :h_bm_name m) AS month_updated_at_is_latest_day;
+ROLLBACK;
+-- past that memory it gives up, and rebuild() rolls the months up in SQL
+-- from the new daily heap: still exact
+SET maintenance_work_mem = '1MB';
+SET hash_mem_multiplier = 1;
+BEGIN;
+SELECT livekpi._fill_heap(livekpi._new_heap('livekpi.expense_daily'), 'SELECT * FROM livekpi.expense_daily',
+						  livekpi._new_heap('livekpi.expense_monthly')) AS rolled_up_in_1mb;
+ROLLBACK;
+SELECT livekpi.rebuild();
+RESET maintenance_work_mem;
+RESET hash_mem_multiplier;
+SELECT count(*) AS roll_up_expense_months FROM livekpi.expense_monthly WHERE property_id BETWEEN 700 AND 709;
+SELECT count(*) AS differences FROM livekpi.verify();
+DELETE FROM expenses WHERE property_id BETWEEN 700 AND 709;
+DELETE FROM bookings WHERE property_id BETWEEN 700 AND 709;
+SELECT livekpi.sync('60s');
+
 -- retention keeps at most livekpi.delta_retention_batches rows
 ALTER SYSTEM SET livekpi.delta_retention_batches = 3;
 SELECT pg_reload_conf();

@@ -49,6 +49,7 @@
 #include "utils/uuid.h"
 
 #include "apply_delta.h"
+#include "kpi.h"
 
 /* A primary-key index scan over the first nkeys key columns. */
 typedef struct Lookup
@@ -862,21 +863,6 @@ unique_month_keys(MonthKey *k, int n)
 	return out + 1;
 }
 
-static DateADT
-first_of_month(DateADT day)
-{
-	int			y,
-				m,
-				d;
-
-	if (day >= (TIMESTAMP_END_JULIAN - POSTGRES_EPOCH_JDATE))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("date out of range for timestamp")));
-	j2date(day + POSTGRES_EPOCH_JDATE, &y, &m, &d);
-	return date2j(y, m, 1) - POSTGRES_EPOCH_JDATE;
-}
-
 /* (month + interval '1 month')::date - month */
 static int32
 days_in_month(DateADT month)
@@ -1092,7 +1078,7 @@ apply_delta_build(char key_kind, Oid key_type,
 	for (i = 0; i < ne; i++)
 	{
 		keys[i].key = e_key[i];
-		keys[i].month = first_of_month(DatumGetDateADT(e_day[i]));
+		keys[i].month = kpi_month_of(DatumGetDateADT(e_day[i]));
 		keys[i].category = e_category[i];
 	}
 	nkeys = unique_month_keys(keys, ne);
@@ -1130,13 +1116,13 @@ apply_delta_build(char key_kind, Oid key_type,
 		for (i = 0; i < nb; i++)
 		{
 			keys[nkeys].key = b_key[i];
-			keys[nkeys].month = first_of_month(DatumGetDateADT(b_day[i]));
+			keys[nkeys].month = kpi_month_of(DatumGetDateADT(b_day[i]));
 			keys[nkeys++].category = (Datum) 0;
 		}
 	for (i = 0; i < ne; i++)
 	{
 		keys[nkeys].key = e_key[i];
-		keys[nkeys].month = first_of_month(DatumGetDateADT(e_day[i]));
+		keys[nkeys].month = kpi_month_of(DatumGetDateADT(e_day[i]));
 		keys[nkeys++].category = (Datum) 0;
 	}
 	for (i = 0; i < np; i++)
@@ -1293,9 +1279,9 @@ apply_delta_build(char key_kind, Oid key_type,
 			months[nmonths++] = m_rows[i].month;
 	else
 		for (i = 0; i < nb; i++)
-			months[nmonths++] = first_of_month(DatumGetDateADT(b_day[i]));
+			months[nmonths++] = kpi_month_of(DatumGetDateADT(b_day[i]));
 	for (i = 0; i < ne; i++)
-		months[nmonths++] = first_of_month(DatumGetDateADT(e_day[i]));
+		months[nmonths++] = kpi_month_of(DatumGetDateADT(e_day[i]));
 	if (np > 0)
 	{
 		lookup_start(&pm_all, NULL);

@@ -172,45 +172,6 @@ static char sort_key_kind;
 
 static Datum numeric_zero;
 
-static Datum
-add_count(Datum a, Datum b)
-{
-	int64		r;
-
-	if (pg_add_s64_overflow(DatumGetInt64(a), DatumGetInt64(b), &r))
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("bigint out of range")));
-	return Int64GetDatum(r);
-}
-
-static Datum
-add_sum(Datum a, Datum b)
-{
-	return DirectFunctionCall2(numeric_add, a, b);
-}
-
-/*
- * month_of
- *		The first day of the day's month, with the error SQL's
- *		date_trunc('month', day)::date gives for a day past the timestamp
- *		range, so that both paths fail alike (and careful mode skips it).
- */
-static DateADT
-month_of(DateADT day)
-{
-	int			y,
-				m,
-				d;
-
-	if (day >= (TIMESTAMP_END_JULIAN - POSTGRES_EPOCH_JDATE))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("date out of range for timestamp")));
-	j2date(day + POSTGRES_EPOCH_JDATE, &y, &m, &d);
-	return date2j(y, m, 1) - POSTGRES_EPOCH_JDATE;
-}
-
 static int
 key_compare(Datum a, Datum b)
 {
@@ -561,8 +522,8 @@ write_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row, bool found)
 
 			if (slot->tts_isnull[a])
 				elog(ERROR, "livekpi: NULL in livekpi.%s.%s", t->name, t->measures[i]);
-			v = t->is_count[i] ? add_count(slot->tts_values[a], row->values[i]) :
-				add_sum(slot->tts_values[a], row->values[i]);
+			v = t->is_count[i] ? kpi_add_count(slot->tts_values[a], row->values[i]) :
+				kpi_add_sum(slot->tts_values[a], row->values[i]);
 			slot->tts_values[a] = v;
 			if (t->is_count[i] && DatumGetInt64(v) != 0)
 				zero = false;
@@ -632,8 +593,8 @@ rollup_sorted(DeltaRow *rows, int n, const KpiTable *t,
 		{
 			for (m = 0; m < t->nmeasures; m++)
 				rows[out].values[m] = t->is_count[m] ?
-					add_count(rows[out].values[m], rows[i].values[m]) :
-					add_sum(rows[out].values[m], rows[i].values[m]);
+					kpi_add_count(rows[out].values[m], rows[i].values[m]) :
+					kpi_add_sum(rows[out].values[m], rows[i].values[m]);
 		}
 		else
 			rows[++out] = rows[i];
@@ -712,8 +673,8 @@ portfolio_add(DeltaRow *rows, int *n, const KpiTable *t, DateADT month,
 	{
 		for (m = 0; m < t->nmeasures; m++)
 			rows[lo].values[m] = t->is_count[m] ?
-				add_count(rows[lo].values[m], values[m]) :
-				add_sum(rows[lo].values[m], values[m]);
+				kpi_add_count(rows[lo].values[m], values[m]) :
+				kpi_add_sum(rows[lo].values[m], values[m]);
 		return;
 	}
 	memmove(&rows[lo + 1], &rows[lo], sizeof(DeltaRow) * (*n - lo));
@@ -1005,7 +966,7 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 	for (i = 0; i < nb; i++)
 	{
 		months[i] = rows[i];
-		months[i].keys[1] = DateADTGetDatum(month_of(DatumGetDateADT(rows[i].keys[1])));
+		months[i].keys[1] = DateADTGetDatum(kpi_month_of(DatumGetDateADT(rows[i].keys[1])));
 	}
 	nmonths = rollup_sorted(months, nb, &ak.t[T_BOOKING_MONTHLY], booking_month_cmp);
 
@@ -1074,7 +1035,7 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 	for (i = 0; i < ne; i++)
 	{
 		months[i] = rows[i];
-		months[i].keys[1] = DateADTGetDatum(month_of(DatumGetDateADT(e_day[i])));
+		months[i].keys[1] = DateADTGetDatum(kpi_month_of(DatumGetDateADT(e_day[i])));
 	}
 	nmonths = rollup(months, ne, &ak.t[T_EXPENSE_MONTHLY], expense_month_cmp);
 	for (i = 0; i < nmonths; i++)

@@ -16,6 +16,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "common/int.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -32,6 +33,48 @@ bool
 kpi_day_usable(DateADT day)
 {
 	return day >= LIVEKPI_FIRST_DAY && day <= LIVEKPI_LAST_DAY;
+}
+
+/*
+ * kpi_month_of
+ *		The first day of a day's month, with the error SQL's
+ *		date_trunc('month', day)::date gives for a day past the timestamp
+ *		range, so that the paths that compute months fail alike (and careful
+ *		mode skips the day).
+ */
+DateADT
+kpi_month_of(DateADT day)
+{
+	int			y,
+				m,
+				d;
+
+	if (day >= (TIMESTAMP_END_JULIAN - POSTGRES_EPOCH_JDATE))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("date out of range for timestamp")));
+	j2date(day + POSTGRES_EPOCH_JDATE, &y, &m, &d);
+	return date2j(y, m, 1) - POSTGRES_EPOCH_JDATE;
+}
+
+/* A KPI count (bigint) plus another, with bigint's overflow error. */
+Datum
+kpi_add_count(Datum a, Datum b)
+{
+	int64		r;
+
+	if (pg_add_s64_overflow(DatumGetInt64(a), DatumGetInt64(b), &r))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("bigint out of range")));
+	return Int64GetDatum(r);
+}
+
+/* A KPI sum (numeric) plus another. */
+Datum
+kpi_add_sum(Datum a, Datum b)
+{
+	return DirectFunctionCall2(numeric_add, a, b);
 }
 
 /*

@@ -86,6 +86,9 @@ typedef struct KpiArrays
 #define LIVEKPI_MAX_KEY_BYTES		1024
 
 extern bool kpi_day_usable(DateADT day);
+extern DateADT kpi_month_of(DateADT day);
+extern Datum kpi_add_count(Datum a, Datum b);
+extern Datum kpi_add_sum(Datum a, Datum b);
 extern bool kpi_to_day(Oid typid, Datum value, text *timezone, DateADT *day);
 extern Numeric kpi_to_numeric(Oid typid, Datum value);
 extern bool kpi_numeric_not_finite(Numeric num);

@@ -37,10 +37,13 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/datum.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/typcache.h"
 
 #include "change.h"
 #include "kpi.h"
@@ -301,6 +304,41 @@ livekpi_expense_rows(PG_FUNCTION_ARGS)
  * A DestReceiver that bulk-inserts into a heap made by livekpi._new_heap():
  * frozen rows, no free-space map, one bulk-insert state, as REFRESH does.
  */
+/*
+ * The month roll-up of the daily rows _fill_heap() loads, into its second
+ * heap: a monthly KPI table has its daily table's columns with month for
+ * day, and its rows are the daily rows grouped by the keys and the month,
+ * counts and sums added, updated_at the latest (what the SQL roll-up of the
+ * filled daily heap computes).  Doing it while the daily rows stream in
+ * saves that second pass and PostgreSQL's numeric aggregate states, which
+ * are several times a running sum.  The groups live in a TupleHashTable
+ * (execGrouping.c, where HashAggregate keeps its groups) within the memory a
+ * hash aggregate of the same rows may use (get_hash_memory_limit()); past
+ * it, or for a monthly table whose columns do not follow the daily one's,
+ * the roll-up gives up and the caller aggregates the daily heap in SQL,
+ * which spills.
+ */
+typedef struct MonthRollup
+{
+	Relation	rel;
+	BulkInsertState bistate;
+	TupleTableSlot *row;		/* a daily row as a monthly one */
+	TupleHashTable groups;
+	MemoryContext cxt;			/* the groups and their running values */
+	MemoryContext tmpcxt;		/* hashing and comparing one row */
+	Size		limit;
+	bool		given_up;
+	int			natts;
+	AttrNumber *from;			/* monthly column -> daily column */
+	char	   *how;			/* ROLLUP_KEY, ROLLUP_MONTH, ... */
+} MonthRollup;
+
+#define ROLLUP_KEY		'k'		/* property_id, category */
+#define ROLLUP_MONTH	'm'		/* the month of the daily row's day */
+#define ROLLUP_COUNT	'c'		/* bigint, added */
+#define ROLLUP_SUM		's'		/* numeric, added */
+#define ROLLUP_LATEST	'u'		/* updated_at, the latest */
+
 typedef struct HeapFillReceiver
 {
 	DestReceiver pub;
@@ -310,7 +348,10 @@ typedef struct HeapFillReceiver
 	uint64		rows;
 	TupleTableSlot *mapped;		/* when the heap has dropped columns */
 	AttrNumber *map;			/* heap column -> query column (0: NULL) */
+	MonthRollup *months;		/* or NULL */
 } HeapFillReceiver;
+
+static void rollup_add(MonthRollup *mr, TupleTableSlot *daily);
 
 /*
  * The query's columns must be the heap's live columns, in order and type;
@@ -377,6 +418,8 @@ fill_receive(TupleTableSlot *slot, DestReceiver *self)
 	table_tuple_insert(r->rel, slot, r->cid, TABLE_INSERT_SKIP_FSM | TABLE_INSERT_FROZEN,
 					   r->bistate);
 	r->rows++;
+	if (r->months != NULL && !r->months->given_up)
+		rollup_add(r->months, slot);
 	return true;
 }
 
@@ -440,11 +483,207 @@ livekpi_new_heap(PG_FUNCTION_ARGS)
 }
 
 /*
- * livekpi._fill_heap(heap oid, query text) RETURNS bigint
+ * rollup_begin
+ *		A MonthRollup of daily's rows into monthly; given up from the start
+ *		when a monthly column has no daily column of its name (month: day)
+ *		and type, or is not a key, a count, a sum or updated_at.
+ */
+static MonthRollup *
+rollup_begin(Relation daily, Relation monthly)
+{
+	MonthRollup *mr = palloc0(sizeof(MonthRollup));
+	TupleDesc	desc = RelationGetDescr(monthly);
+	AttrNumber *keys = palloc(sizeof(AttrNumber) * desc->natts);
+	Oid		   *eq_ops = palloc(sizeof(Oid) * desc->natts);
+	Oid		   *collations = palloc(sizeof(Oid) * desc->natts);
+	Oid		   *eq_funcs;
+	FmgrInfo   *hash_funcs;
+	int			nkeys = 0;
+	int			i;
+
+	mr->rel = monthly;
+	mr->natts = desc->natts;
+	mr->from = palloc0(sizeof(AttrNumber) * desc->natts);
+	mr->how = palloc0(desc->natts);
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		const char *name = NameStr(att->attname);
+		AttrNumber	d;
+
+		if (att->attisdropped)
+		{
+			mr->given_up = true;
+			return mr;
+		}
+		d = get_attnum(RelationGetRelid(daily), strcmp(name, "month") == 0 ? "day" : name);
+		if (d <= 0 || TupleDescAttr(RelationGetDescr(daily), d - 1)->atttypid != att->atttypid)
+		{
+			mr->given_up = true;
+			return mr;
+		}
+		mr->from[i] = d;
+		if (strcmp(name, "property_id") == 0 || strcmp(name, "category") == 0)
+			mr->how[i] = ROLLUP_KEY;
+		else if (strcmp(name, "month") == 0 && att->atttypid == DATEOID)
+			mr->how[i] = ROLLUP_MONTH;
+		else if (strcmp(name, "updated_at") == 0 && att->atttypid == TIMESTAMPTZOID)
+			mr->how[i] = ROLLUP_LATEST;
+		else if (att->atttypid == INT8OID)
+			mr->how[i] = ROLLUP_COUNT;
+		else if (att->atttypid == NUMERICOID)
+			mr->how[i] = ROLLUP_SUM;
+		else
+		{
+			mr->given_up = true;
+			return mr;
+		}
+		if (mr->how[i] == ROLLUP_KEY || mr->how[i] == ROLLUP_MONTH)
+		{
+			keys[nkeys] = i + 1;
+			eq_ops[nkeys] = lookup_type_cache(att->atttypid, TYPECACHE_EQ_OPR)->eq_opr;
+			collations[nkeys] = att->attcollation;
+			if (!OidIsValid(eq_ops[nkeys]))
+			{
+				mr->given_up = true;
+				return mr;
+			}
+			nkeys++;
+		}
+	}
+
+	mr->cxt = AllocSetContextCreate(CurrentMemoryContext, "livekpi month roll-up",
+									ALLOCSET_DEFAULT_SIZES);
+	mr->tmpcxt = AllocSetContextCreate(CurrentMemoryContext, "livekpi month roll-up row",
+									   ALLOCSET_SMALL_SIZES);
+	execTuplesHashPrepare(nkeys, eq_ops, &eq_funcs, &hash_funcs);
+	mr->groups = BuildTupleHashTableExt(NULL, desc, nkeys, keys, eq_funcs, hash_funcs,
+										collations, 1024, sizeof(Datum) * desc->natts,
+										mr->cxt, mr->cxt, mr->tmpcxt, false);
+	mr->row = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
+	mr->limit = get_hash_memory_limit();
+	return mr;
+}
+
+/* Frees the groups and the slot: the caller rolls the months up in SQL. */
+static void
+rollup_end(MonthRollup *mr)
+{
+	MemoryContextDelete(mr->cxt);
+	MemoryContextDelete(mr->tmpcxt);
+	ExecDropSingleTupleTableSlot(mr->row);
+	mr->groups = NULL;
+}
+
+static void
+rollup_give_up(MonthRollup *mr)
+{
+	mr->given_up = true;
+	rollup_end(mr);
+}
+
+/* Adds a daily row (in the daily heap's layout) to its month's group. */
+static void
+rollup_add(MonthRollup *mr, TupleTableSlot *daily)
+{
+	TupleHashEntry entry;
+	Datum	   *values;
+	bool		isnew;
+	int			i;
+
+	slot_getallattrs(daily);
+	ExecClearTuple(mr->row);
+	for (i = 0; i < mr->natts; i++)
+	{
+		Datum		v = daily->tts_values[mr->from[i] - 1];
+
+		/* a NULL is what SQL's aggregates skip: leave it to them */
+		if (daily->tts_isnull[mr->from[i] - 1])
+		{
+			rollup_give_up(mr);
+			return;
+		}
+		mr->row->tts_values[i] = mr->how[i] == ROLLUP_MONTH ?
+			DateADTGetDatum(kpi_month_of(DatumGetDateADT(v))) : v;
+		mr->row->tts_isnull[i] = false;
+	}
+	ExecStoreVirtualTuple(mr->row);
+
+	MemoryContextReset(mr->tmpcxt);
+	entry = LookupTupleHashEntry(mr->groups, mr->row, &isnew, NULL);
+	if (isnew)
+	{
+		MemoryContext old = MemoryContextSwitchTo(mr->cxt);
+		TupleDesc	desc = mr->row->tts_tupleDescriptor;
+
+		values = palloc(sizeof(Datum) * mr->natts);
+		for (i = 0; i < mr->natts; i++)
+			values[i] = datumCopy(mr->row->tts_values[i], TupleDescAttr(desc, i)->attbyval,
+								  TupleDescAttr(desc, i)->attlen);
+		entry->additional = values;
+		MemoryContextSwitchTo(old);
+		if (MemoryContextMemAllocated(mr->cxt, true) > mr->limit)
+			rollup_give_up(mr);
+		return;
+	}
+	values = entry->additional;
+	for (i = 0; i < mr->natts; i++)
+	{
+		Datum		v = mr->row->tts_values[i];
+
+		if (mr->how[i] == ROLLUP_COUNT)
+			values[i] = kpi_add_count(values[i], v);
+		else if (mr->how[i] == ROLLUP_SUM)
+		{
+			MemoryContext old = MemoryContextSwitchTo(mr->cxt);
+			Datum		sum = kpi_add_sum(values[i], v);
+
+			pfree(DatumGetPointer(values[i]));
+			values[i] = sum;
+			MemoryContextSwitchTo(old);
+		}
+		else if (mr->how[i] == ROLLUP_LATEST &&
+				 DatumGetTimestampTz(v) > DatumGetTimestampTz(values[i]))
+			values[i] = v;
+	}
+}
+
+/* Writes the monthly rows; false when the roll-up gave up. */
+static bool
+rollup_finish(MonthRollup *mr, CommandId cid)
+{
+	TupleHashIterator iter;
+	TupleHashEntry entry;
+
+	if (mr->given_up)
+		return false;
+	mr->bistate = GetBulkInsertState();
+	InitTupleHashIterator(mr->groups, &iter);
+	while ((entry = ScanTupleHashTable(mr->groups, &iter)) != NULL)
+	{
+		ExecClearTuple(mr->row);
+		memcpy(mr->row->tts_values, entry->additional, sizeof(Datum) * mr->natts);
+		memset(mr->row->tts_isnull, false, sizeof(bool) * mr->natts);
+		ExecStoreVirtualTuple(mr->row);
+		table_tuple_insert(mr->rel, mr->row, cid, TABLE_INSERT_SKIP_FSM | TABLE_INSERT_FROZEN,
+						   mr->bistate);
+	}
+	TermTupleHashIterator(&iter);
+	FreeBulkInsertState(mr->bistate);
+	table_finish_bulk_insert(mr->rel, TABLE_INSERT_SKIP_FSM);
+	rollup_end(mr);
+	return true;
+}
+
+/*
+ * livekpi._fill_heap(heap oid, query text, month_heap oid DEFAULT 0)
+ * RETURNS boolean
  *		Runs query (livekpi's own, generated by rebuild) and bulk-inserts
  *		its rows into heap, which must have the query's row type.  The
  *		executor streams the rows straight into the heap: no SPI tuple
- *		tables, no per-row index maintenance.
+ *		tables, no per-row index maintenance.  With a month_heap (a daily
+ *		heap's monthly table), also rolls the rows up into it
+ *		(MonthRollup); returns whether it did, false also without one.
  */
 PG_FUNCTION_INFO_V1(livekpi_fill_heap);
 Datum
@@ -452,6 +691,8 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 {
 	Oid			heap = PG_GETARG_OID(0);
 	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	Oid			month_heap = PG_GETARG_OID(2);
+	bool		rolled_up = false;
 	HeapFillReceiver r;
 	List	   *raw;
 	List	   *queries;
@@ -476,7 +717,7 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 	queries = pg_analyze_and_rewrite_fixedparams(linitial_node(RawStmt, raw), sql, NULL, 0, NULL);
 	if (list_length(queries) != 1 || linitial_node(Query, queries)->commandType != CMD_SELECT)
 		elog(ERROR, "livekpi._fill_heap wants one SELECT");
-	plan = pg_plan_query(linitial_node(Query, queries), sql, 0, NULL);
+	plan = pg_plan_query(linitial_node(Query, queries), sql, CURSOR_OPT_PARALLEL_OK, NULL);
 
 	/*
 	 * The aggregation is a maintenance task: like an index build, it may
@@ -487,6 +728,12 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 	snprintf(mem, sizeof(mem), "%d", maintenance_work_mem);
 	(void) set_config_option("work_mem", mem, PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+	if (OidIsValid(month_heap))
+	{
+		if (month_heap == heap)
+			elog(ERROR, "livekpi._fill_heap wants two heaps");
+		r.months = rollup_begin(r.rel, open_new_heap(month_heap));
+	}
 
 	/* a snapshot that sees what this transaction did so far */
 	PushCopiedSnapshot(GetActiveSnapshot());
@@ -499,6 +746,11 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 	ExecutorEnd(qdesc);
 	FreeQueryDesc(qdesc);
 	PopActiveSnapshot();
+	if (r.months != NULL)
+	{
+		rolled_up = rollup_finish(r.months, r.cid);
+		table_close(r.months->rel, NoLock);
+	}
 	AtEOXact_GUC(true, nestlevel);
 
 	if (r.mapped != NULL)
@@ -507,7 +759,7 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 	table_finish_bulk_insert(r.rel, TABLE_INSERT_SKIP_FSM);
 	table_close(r.rel, NoLock);
 	CommandCounterIncrement();
-	PG_RETURN_INT64((int64) r.rows);
+	PG_RETURN_BOOL(rolled_up);
 }
 
 /*
@@ -548,12 +800,8 @@ Datum
 livekpi_month(PG_FUNCTION_ARGS)
 {
 	DateADT		day = PG_GETARG_DATEADT(0);
-	int			y,
-				m,
-				d;
 
 	if (DATE_NOT_FINITE(day))
 		PG_RETURN_DATEADT(day);
-	j2date(day + POSTGRES_EPOCH_JDATE, &y, &m, &d);
-	PG_RETURN_DATEADT(date2j(y, m, 1) - POSTGRES_EPOCH_JDATE);
+	PG_RETURN_DATEADT(kpi_month_of(day));
 }

@@ -181,12 +181,41 @@ RETURNS TABLE (day date, category text, class int, amount numeric)
 	AS 'MODULE_PATHNAME', 'livekpi_expense_rows' LANGUAGE C STABLE;
 CREATE FUNCTION livekpi._new_heap(target regclass) RETURNS oid
 	AS 'MODULE_PATHNAME', 'livekpi_new_heap' LANGUAGE C STRICT;
-CREATE FUNCTION livekpi._fill_heap(heap oid, query text) RETURNS bigint
+CREATE FUNCTION livekpi._fill_heap(heap oid, query text, month_heap oid DEFAULT 0) RETURNS boolean
 	AS 'MODULE_PATHNAME', 'livekpi_fill_heap' LANGUAGE C STRICT;
 CREATE FUNCTION livekpi._swap_heap(target regclass, heap oid) RETURNS void
 	AS 'MODULE_PATHNAME', 'livekpi_swap_heap' LANGUAGE C STRICT;
 CREATE FUNCTION livekpi._month(day date) RETURNS date
 	AS 'MODULE_PATHNAME', 'livekpi_month' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+/*
+ * _fill_days_and_months(daily, monthly, query)
+ *		Fills the fresh heaps of a daily KPI table and of its monthly table
+ *		from query's daily rows: the months are rolled up in C while the
+ *		days load, or, when that roll-up gives up (past the memory of a
+ *		hash aggregate, see _fill_heap), aggregated from the filled daily
+ *		heap in SQL.  updated_at of a month is its days' latest.
+ */
+CREATE FUNCTION livekpi._fill_days_and_months(daily oid, monthly oid, query text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF livekpi._fill_heap(daily, query, monthly) THEN
+		RETURN;
+	END IF;
+	IF EXISTS (SELECT FROM pg_attribute
+			   WHERE attrelid = daily AND attname = 'category' AND NOT attisdropped) THEN
+		PERFORM livekpi._fill_heap(monthly, format(
+			'SELECT property_id, livekpi._month(day), category, sum(approved_amount), '
+			'sum(pending_amount), sum(rejected_amount), sum(expense_count)::bigint, max(updated_at) '
+			'FROM %s GROUP BY 1, 2, 3', daily::regclass));
+	ELSE
+		PERFORM livekpi._fill_heap(monthly, format(
+			'SELECT property_id, livekpi._month(day), sum(nights_sold)::bigint, '
+			'sum(room_revenue), sum(arrivals)::bigint, sum(cancelled_arrivals)::bigint, max(updated_at) '
+			'FROM %s GROUP BY 1, 2', daily::regclass));
+	END IF;
+END
+$$;
 
 /*
  * _booking_rows_sql(key_type, only_rel)
@@ -453,7 +482,7 @@ BEGIN
 	/*
 	 * The KPI tables are refilled the way REFRESH MATERIALIZED VIEW does it:
 	 * each into a fresh heap (bulk-inserted, frozen, indexed once at the
-	 * swap), the monthly ones from the new daily heaps.  Until the swaps,
+	 * swap), the monthly ones rolled up from the daily rows as they load.  Until the swaps,
 	 * readers see the old rows (the tables are locked EXCLUSIVE); the swaps
 	 * take ACCESS EXCLUSIVE locks, held to commit.  Each _fill_heap() runs
 	 * with a snapshot taken after the locks above.
@@ -464,22 +493,14 @@ BEGIN
 	em := livekpi._new_heap('livekpi.expense_monthly');
 	pm := livekpi._new_heap('livekpi.portfolio_monthly');
 
-	PERFORM livekpi._fill_heap(bd, format(
+	PERFORM livekpi._fill_days_and_months(bd, bm, format(
 		'SELECT pid, day, sum(nights), sum(revenue), sum(arrivals), sum(cancelled), now() '
 		'FROM (%s) x GROUP BY pid, day', livekpi._booking_rows_sql(kt)));
-	PERFORM livekpi._fill_heap(ed, format(
+	PERFORM livekpi._fill_days_and_months(ed, em, format(
 		'SELECT pid, day, category, coalesce(sum(amount) FILTER (WHERE class = 0), 0), '
 		'coalesce(sum(amount) FILTER (WHERE class = 1), 0), '
 		'coalesce(sum(amount) FILTER (WHERE class = 2), 0), count(*), now() '
 		'FROM (%s) x GROUP BY pid, day, category', livekpi._expense_rows_sql(kt)));
-	PERFORM livekpi._fill_heap(bm, format(
-		'SELECT property_id, livekpi._month(day), sum(nights_sold)::bigint, '
-		'sum(room_revenue), sum(arrivals)::bigint, sum(cancelled_arrivals)::bigint, now() '
-		'FROM %s GROUP BY 1, 2', bd::regclass));
-	PERFORM livekpi._fill_heap(em, format(
-		'SELECT property_id, livekpi._month(day), category, sum(approved_amount), '
-		'sum(pending_amount), sum(rejected_amount), sum(expense_count)::bigint, now() '
-		'FROM %s GROUP BY 1, 2, 3', ed::regclass));
 	PERFORM livekpi._fill_heap(pm, format(
 		'SELECT month, sum(n)::bigint, sum(r), sum(a)::bigint, sum(c)::bigint, sum(ap), sum(pe), '
 		'sum(ec)::bigint, now() '
@@ -571,16 +592,12 @@ BEGIN
 												   ELSE 'livekpi.expense_monthly' END);
 		h_portfolio := livekpi._new_heap('livekpi.portfolio_monthly');
 		IF t.kind = 'bookings' THEN
-			PERFORM livekpi._fill_heap(h_daily, format(
+			PERFORM livekpi._fill_days_and_months(h_daily, h_monthly, format(
 				'SELECT pid, day, sum(n)::bigint, sum(r), sum(a)::bigint, sum(c)::bigint, max(u) FROM ('
 				'SELECT property_id AS pid, day, nights_sold AS n, room_revenue AS r, arrivals AS a, '
 				'cancelled_arrivals AS c, updated_at AS u FROM livekpi.booking_daily UNION ALL '
 				'SELECT pid, day, nights, revenue, arrivals, cancelled, now() FROM (%s) x) y '
 				'GROUP BY pid, day', livekpi._booking_rows_sql(kt, rel)));
-			PERFORM livekpi._fill_heap(h_monthly, format(
-				'SELECT property_id, livekpi._month(day), sum(nights_sold)::bigint, '
-				'sum(room_revenue), sum(arrivals)::bigint, sum(cancelled_arrivals)::bigint, max(updated_at) '
-				'FROM %s GROUP BY 1, 2', h_daily::regclass));
 			PERFORM livekpi._fill_heap(h_portfolio, format(
 				'SELECT month, sum(n)::bigint, sum(r), sum(a)::bigint, sum(c)::bigint, sum(ap), sum(pe), '
 				'sum(ec)::bigint, max(u) '
@@ -591,17 +608,13 @@ BEGIN
 			PERFORM livekpi._swap_heap('livekpi.booking_daily', h_daily);
 			PERFORM livekpi._swap_heap('livekpi.booking_monthly', h_monthly);
 		ELSE
-			PERFORM livekpi._fill_heap(h_daily, format(
+			PERFORM livekpi._fill_days_and_months(h_daily, h_monthly, format(
 				'SELECT pid, day, category, sum(ap), sum(pe), sum(re), sum(c)::bigint, max(u) FROM ('
 				'SELECT property_id AS pid, day, category, approved_amount AS ap, pending_amount AS pe, '
 				'rejected_amount AS re, expense_count AS c, updated_at AS u FROM livekpi.expense_daily '
 				'UNION ALL SELECT pid, day, category, CASE WHEN class = 0 THEN amount ELSE 0 END, '
 				'CASE WHEN class = 1 THEN amount ELSE 0 END, CASE WHEN class = 2 THEN amount ELSE 0 END, '
 				'1, now() FROM (%s) x) y GROUP BY pid, day, category', livekpi._expense_rows_sql(kt, rel)));
-			PERFORM livekpi._fill_heap(h_monthly, format(
-				'SELECT property_id, livekpi._month(day), category, sum(approved_amount), '
-				'sum(pending_amount), sum(rejected_amount), sum(expense_count)::bigint, max(updated_at) '
-				'FROM %s GROUP BY 1, 2, 3', h_daily::regclass));
 			PERFORM livekpi._fill_heap(h_portfolio, format(
 				'SELECT month, sum(n)::bigint, sum(r), sum(a)::bigint, sum(c)::bigint, sum(ap), sum(pe), '
 				'sum(ec)::bigint, max(u) '
