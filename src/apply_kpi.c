@@ -19,7 +19,8 @@
  *	  booking_daily and booking_monthly are written in (key, date) order,
  *	  and the nearby dates of one key (a stay's nights, a property's months)
  *	  are found by one range scan walked along their index entries, rather
- *	  than one B-tree descent per row (walk_find).
+ *	  than one B-tree descent per row (walk_find).  New rows go in with
+ *	  table_multi_insert, a heap page at a time (insert_row).
  *
  * Copyright (c) 2026, livekpi authors
  *
@@ -38,6 +39,7 @@
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
+#include "executor/nodeModifyTable.h"
 #include "executor/spi.h"
 #include "nodes/makefuncs.h"
 #include "optimizer/optimizer.h"
@@ -71,6 +73,13 @@
 #define WALK_GAP_DAILY_DAYS		16
 #define WALK_GAP_MONTHLY_DAYS	400
 
+/*
+ * New rows of a KPI table wait for table_multi_insert() in groups of at
+ * most this many (as COPY FROM buffers them, copyfrom.c); a KPI row is at
+ * most a B-tree index row (2.7 kB), so a table's group stays under 3 MB.
+ */
+#define MULTI_INSERT_ROWS		1000
+
 /* One KPI table of the batch: relation, index scan and column numbers. */
 typedef struct KpiTable
 {
@@ -95,6 +104,10 @@ typedef struct KpiTable
 	AttrNumber	updated_att;
 	AttrNumber	first_seen_att; /* properties */
 	ExprState **defaults;		/* per attribute, for columns we do not set */
+
+	/* new rows waiting for table_multi_insert (insert_row) */
+	TupleTableSlot **pending;
+	int			npending;
 
 	/* walk_find's range scan: key = $1 AND date >= $2 AND date <= $3 */
 	ScanKeyData range_key[3];
@@ -148,6 +161,7 @@ typedef struct ApplyKpi
 	int64		rows_added_or_deleted;	/* change the tables' row counts */
 	Datum	   *new_properties; /* keys inserted into livekpi.properties */
 	int			nnew;
+	MemoryContext index_cxt;	/* one pending row's index entries */
 	Jsonb	  **b_rows;			/* booking_daily rows as left, for the delta */
 	ApplyMonthRow *m_rows;		/* booking_monthly rows as left, for the delta */
 	int			nm;
@@ -489,6 +503,76 @@ simple_insert(ApplyKpi *ak, KpiTable *t)
 }
 
 /*
+ * flush_inserts
+ *		Inserts t's pending rows with one table_multi_insert() (a WAL record
+ *		per heap page rather than per row), then gives each its index
+ *		entries and queues its AFTER triggers, as ExecSimpleRelationInsert()
+ *		does for one row.
+ */
+static void
+flush_inserts(ApplyKpi *ak, KpiTable *t)
+{
+	EState	   *estate = ak->estate;
+	int			i;
+
+	if (t->npending == 0)
+		return;
+	table_multi_insert(t->rel, t->pending, t->npending, estate->es_output_cid, 0, NULL);
+	for (i = 0; i < t->npending; i++)
+	{
+		TupleTableSlot *slot = t->pending[i];
+		MemoryContext old = MemoryContextSwitchTo(ak->index_cxt);
+		List	   *recheck = NIL;
+
+		if (t->rri->ri_NumIndices > 0)
+			recheck = ExecInsertIndexTuples(t->rri, slot, estate, false, false, NULL, NIL);
+		ExecARInsertTriggers(estate, t->rri, slot, recheck, NULL);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(ak->index_cxt);
+		ExecClearTuple(slot);
+	}
+	t->npending = 0;
+}
+
+/*
+ * insert_row
+ *		Inserts t->newslot: what ExecSimpleRelationInsert() does before the
+ *		heap now (stored generated columns, constraints), the rest when
+ *		MULTI_INSERT_ROWS rows wait or the caller flushes.  Nothing reads a
+ *		table's new rows before that: the batch's index scans do not see its
+ *		own writes.  A table with BEFORE ROW INSERT triggers gets its rows
+ *		one at a time, since such a trigger may read the table (COPY FROM
+ *		does the same).
+ */
+static void
+insert_row(ApplyKpi *ak, KpiTable *t)
+{
+	TriggerDesc *trig = t->rri->ri_TrigDesc;
+	TupleConstr *constr = RelationGetDescr(t->rel)->constr;
+	MemoryContext old;
+
+	if (trig != NULL && trig->trig_insert_before_row)
+	{
+		simple_insert(ak, t);
+		return;
+	}
+	old = MemoryContextSwitchTo(GetPerTupleMemoryContext(ak->estate));
+	if (constr != NULL && constr->has_generated_stored)
+		ExecComputeStoredGenerated(t->rri, ak->estate, t->newslot, CMD_INSERT);
+	if (constr != NULL)
+		ExecConstraints(t->rri, t->newslot, ak->estate);
+	MemoryContextSwitchTo(old);
+
+	if (t->pending == NULL)
+		t->pending = palloc0(sizeof(TupleTableSlot *) * MULTI_INSERT_ROWS);
+	if (t->pending[t->npending] == NULL)
+		t->pending[t->npending] = table_slot_create(t->rel, &ak->estate->es_tupleTable);
+	ExecCopySlot(t->pending[t->npending], t->newslot);
+	if (++t->npending == MULTI_INSERT_ROWS)
+		flush_inserts(ak, t);
+}
+
+/*
  * write_row
  *		Adds a row of deltas to its KPI row (in t->found when found):
  *		updates it, inserts it, or deletes it when its counts reach zero
@@ -550,7 +634,7 @@ write_row(ApplyKpi *ak, KpiTable *t, const DeltaRow *row, bool found)
 		if (zero)
 			return NULL;
 		fill_new_row(ak, t, row);
-		simple_insert(ak, t);
+		insert_row(ak, t);
 		ak->rows_added_or_deleted++;
 		return t->newslot;
 	}
@@ -914,6 +998,8 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 			t->scan->xs_want_itup = true;
 	}
 	EvalPlanQualInit(&ak.epqstate, ak.estate, NULL, NIL, -1);
+	ak.index_cxt = AllocSetContextCreate(CurrentMemoryContext, "livekpi index entries",
+										 ALLOCSET_SMALL_SIZES);
 	AfterTriggerBeginQuery();
 
 	/*
@@ -962,6 +1048,7 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 		if (ak.b_rows != NULL && written != NULL)
 			ak.b_rows[order[i].index] = apply_delta_format_jsonb(b_format, written);
 	}
+	flush_inserts(&ak, &ak.t[T_BOOKING_DAILY]);
 	months = palloc(sizeof(DeltaRow) * Max(nb + ne, 1));
 	for (i = 0; i < nb; i++)
 	{
@@ -1018,6 +1105,7 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 			}
 		}
 	}
+	flush_inserts(&ak, &ak.t[T_BOOKING_MONTHLY]);
 
 	/* expense_daily, then its month roll-up */
 	rows = repalloc(rows, sizeof(DeltaRow) * Max(ne, 1));
@@ -1032,6 +1120,7 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 		rows[i].values[3] = e_count[i];
 		(void) add_row(&ak, &ak.t[T_EXPENSE_DAILY], &rows[i]);
 	}
+	flush_inserts(&ak, &ak.t[T_EXPENSE_DAILY]);
 	for (i = 0; i < ne; i++)
 	{
 		months[i] = rows[i];
@@ -1049,10 +1138,12 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 	}
 	for (i = 0; i < nmonths; i++)
 		(void) add_row(&ak, &ak.t[T_EXPENSE_MONTHLY], &months[i]);
+	flush_inserts(&ak, &ak.t[T_EXPENSE_MONTHLY]);
 
 	/* portfolio */
 	for (i = 0; i < nportfolio; i++)
 		(void) add_row(&ak, &ak.t[T_PORTFOLIO], &portfolio[i]);
+	flush_inserts(&ak, &ak.t[T_PORTFOLIO]);
 
 	/*
 	 * properties appear when first seen: the batch's properties in key
@@ -1087,6 +1178,7 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 
 	AfterTriggerEndQuery(ak.estate);
 	EvalPlanQualEnd(&ak.epqstate);
+	MemoryContextDelete(ak.index_cxt);
 	for (i = 0; i < T_COUNT; i++)
 		index_endscan(ak.t[i].scan);
 	/* indices, and relations AFTER triggers opened */
