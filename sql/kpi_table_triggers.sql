@@ -31,12 +31,14 @@ FROM public.kpi_audit GROUP BY op ORDER BY op;
 SELECT count(*) AS daily_rows, bool_and(note = 'nights ' || nights_sold) AS notes_set
 FROM livekpi.booking_daily WHERE property_id BETWEEN 950 AND 959;
 -- the newest batch's booking_daily rows are the rows as stored
-SET TimeZone = 'UTC';
+CREATE TEMP VIEW newest_daily_delta AS
 SELECT count(*) AS delta_rows,
 	   count(*) FILTER (WHERE NOT EXISTS (
 		   SELECT FROM livekpi.booking_daily v WHERE to_jsonb(v) = d.data)) AS not_as_stored
 FROM livekpi.delta_rows((SELECT last_seq FROM livekpi.state)) d
 WHERE d.view = 'booking_daily' AND d.op = 'upsert';
+SET TimeZone = 'UTC';
+SELECT * FROM newest_daily_delta;
 RESET TimeZone;
 SELECT count(*) AS differences FROM livekpi.verify();
 
@@ -57,11 +59,7 @@ SELECT count(*) AS new_daily_rows,
 	   bool_and(revenue_per_night = room_revenue / nights_sold) AS generated_each
 FROM livekpi.booking_daily WHERE property_id BETWEEN 960 AND 964;
 SET TimeZone = 'UTC';
-SELECT count(*) AS delta_rows,
-	   count(*) FILTER (WHERE NOT EXISTS (
-		   SELECT FROM livekpi.booking_daily v WHERE to_jsonb(v) = d.data)) AS not_as_stored
-FROM livekpi.delta_rows((SELECT last_seq FROM livekpi.state)) d
-WHERE d.view = 'booking_daily' AND d.op = 'upsert';
+SELECT * FROM newest_daily_delta;
 RESET TimeZone;
 SELECT count(*) AS differences FROM livekpi.verify();
 
@@ -73,4 +71,5 @@ DROP TRIGGER kpi_audit ON livekpi.booking_daily;
 ALTER TABLE livekpi.booking_daily DROP COLUMN note;
 DROP FUNCTION public.kpi_note(), public.kpi_audit();
 DROP TABLE public.kpi_audit;
+DROP VIEW newest_daily_delta;
 SELECT count(*) AS differences FROM livekpi.verify();
