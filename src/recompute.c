@@ -225,11 +225,12 @@ livekpi_booking_rows(PG_FUNCTION_ARGS)
 	if (!kpi_booking_next(&ci->it, &row))
 		return end_of_set(fcinfo, ci);
 
+	/* fixed-width columns first: the query's (c).x reads cached offsets */
 	values[0] = DateADTGetDatum(row.day);
 	values[1] = Int32GetDatum((int32) row.nights);
-	values[2] = NumericGetDatum(row.revenue != NULL ? row.revenue : int64_to_numeric(0));
-	values[3] = Int32GetDatum((int32) row.arrivals);
-	values[4] = Int32GetDatum((int32) row.cancelled);
+	values[2] = Int32GetDatum((int32) row.arrivals);
+	values[3] = Int32GetDatum((int32) row.cancelled);
+	values[4] = NumericGetDatum(row.revenue != NULL ? row.revenue : int64_to_numeric(0));
 	((ReturnSetInfo *) fcinfo->resultinfo)->isDone = ExprMultipleResult;
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(ci->desc, values, nulls)));
 }
@@ -282,18 +283,18 @@ livekpi_expense_rows(PG_FUNCTION_ARGS)
 	}
 
 	values[0] = DateADTGetDatum(img.day1);
+	values[1] = Int32GetDatum((int32) cls);
 	if (PG_ARGISNULL(3))
-		values[1] = CStringGetTextDatum("uncategorized");
+		values[2] = CStringGetTextDatum("uncategorized");
 	else
 	{
 		text	   *t = PG_GETARG_TEXT_PP(3);
 		int			len = VARSIZE_ANY_EXHDR(t);
 		int			clipped = kpi_category_clip(VARDATA_ANY(t), len);
 
-		values[1] = clipped == len ? PointerGetDatum(t) :
+		values[2] = clipped == len ? PointerGetDatum(t) :
 			PointerGetDatum(cstring_to_text_with_len(VARDATA_ANY(t), clipped));
 	}
-	values[2] = Int32GetDatum((int32) cls);
 	values[3] = NumericGetDatum(img.amount ? img.amount : int64_to_numeric(0));
 	ci->active = true;			/* the next call ends the set */
 	((ReturnSetInfo *) fcinfo->resultinfo)->isDone = ExprMultipleResult;
