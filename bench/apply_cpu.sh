@@ -12,7 +12,9 @@
 # meanwhile and how many of them were written as barriers (a barrier builds
 # no delta, so the figure depends on the batch sizes the load produced).
 # FLUSH_INTERVAL (ms, default 500) sets livekpi.flush_interval: a shorter
-# one makes smaller batches.  Run it as a user that may run postgres.
+# one makes smaller batches.  WAL=1 also prints the apply worker's WAL per
+# change by KPI table and record type (pg_walinspect, without full-page
+# images).  Run it as a user that may run postgres.
 set -euo pipefail
 secs=${1:-20}
 clients=${2:-4}
@@ -50,6 +52,10 @@ q "SELECT livekpi.sync('60s')" >/dev/null
 sed "s/@TABLE@/bench.w_tracked/g" "$top/bench/write_mix.sql" > "$dir/mix.sql"
 pid=$(q "SELECT apply_pid FROM livekpi.status")
 ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+if [ "${WAL:-0}" = 1 ]; then
+	q "CREATE EXTENSION pg_walinspect"
+	l0=$(q "SELECT pg_current_wal_insert_lsn()")
+fi
 c0=$(q "SELECT changes_applied FROM livekpi.status"); t0=$(ticks)
 s0=$(q "SELECT last_seq FROM livekpi.state")
 if [ -n "$perfout" ]; then
@@ -65,6 +71,33 @@ s1=$(q "SELECT last_seq FROM livekpi.state")
 barriers=$(q "SELECT count(*) FROM livekpi.delta_log WHERE seq > $s0 AND barrier")
 echo "batches: $((s1 - s0)), of them barriers: $barriers"
 
+if [ "${WAL:-0}" = 1 ]; then
+	# records of the transactions that wrote a livekpi relation, by what
+	# they changed (a table with its indexes and TOAST) and record type
+	echo "apply WAL per change (table, record type, records, bytes per change):"
+	q "WITH r AS (SELECT * FROM pg_get_wal_records_info('$l0', pg_current_wal_flush_lsn())),
+	        own AS (SELECT oid, relname FROM pg_class
+	                WHERE relnamespace = 'livekpi'::regnamespace AND relkind = 'r'),
+	        parts AS (SELECT oid AS rel, relname FROM own
+	                  UNION ALL SELECT c.reltoastrelid, own.relname FROM own JOIN pg_class c USING (oid)
+	                  WHERE c.reltoastrelid <> 0),
+	        owner AS (SELECT pg_relation_filenode(p.rel)::text AS fn, p.relname::text AS tbl FROM parts p
+	                  UNION ALL SELECT pg_relation_filenode(i.indexrelid)::text, p.relname::text
+	                  FROM parts p JOIN pg_index i ON i.indrelid = p.rel),
+	        rr AS (SELECT r.xid, r.resource_manager || '/' || r.record_type AS kind,
+	                      r.record_length - r.fpi_length AS len,
+	                      (regexp_match(r.block_ref, 'rel \d+/\d+/(\d+)'))[1] AS fn FROM r),
+	        x AS (SELECT DISTINCT xid FROM rr WHERE xid <> '0' AND fn IN (SELECT fn FROM owner))
+	   SELECT coalesce(o.tbl, 'other') || ' ' || kind || ' ' || count(*) || ' ' ||
+	          round(sum(len) / $((c1 - c0)).0, 1)
+	   FROM rr LEFT JOIN owner o ON o.fn = rr.fn WHERE rr.xid IN (SELECT xid FROM x)
+	   GROUP BY o.tbl, kind HAVING sum(len) / $((c1 - c0)).0 >= 1 ORDER BY sum(len) DESC" | sed 's/^/  /'
+	q "WITH r AS (SELECT * FROM pg_get_wal_records_info('$l0', pg_current_wal_flush_lsn()))
+	   SELECT 'total without FPIs: ' || round(sum(record_length - fpi_length) / $((c1 - c0)).0, 1) || ' B per change'
+	   FROM r WHERE xid IN (SELECT xid FROM r, LATERAL regexp_matches(block_ref, 'rel \d+/\d+/(\d+)', 'g') m
+	                        WHERE m[1]::oid IN (SELECT pg_relation_filenode(oid) FROM pg_class
+	                                            WHERE relnamespace = 'livekpi'::regnamespace))" | sed 's/^/  /'
+fi
 hz=$(getconf CLK_TCK)
 awk -v c=$((c1 - c0)) -v t=$((t1 - t0)) -v hz="$hz" 'BEGIN {
 	printf "changes applied: %d, apply worker CPU: %.2f s, per change: %.1f us\n", c, t / hz, c ? t / hz / c * 1e6 : 0 }'
