@@ -424,9 +424,18 @@ fill_receive(TupleTableSlot *slot, DestReceiver *self)
 	return true;
 }
 
+/*
+ * The mapped slot lives in the executor's query context (rStartup runs in
+ * it), which ExecutorEnd() frees: drop it while that context is alive.
+ */
 static void
 fill_shutdown(DestReceiver *self)
 {
+	HeapFillReceiver *r = (HeapFillReceiver *) self;
+
+	if (r->mapped != NULL)
+		ExecDropSingleTupleTableSlot(r->mapped);
+	r->mapped = NULL;
 }
 
 static void
@@ -754,8 +763,6 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 	}
 	AtEOXact_GUC(true, nestlevel);
 
-	if (r.mapped != NULL)
-		ExecDropSingleTupleTableSlot(r.mapped);
 	FreeBulkInsertState(r.bistate);
 	table_finish_bulk_insert(r.rel, TABLE_INSERT_SKIP_FSM);
 	table_close(r.rel, NoLock);
