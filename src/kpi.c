@@ -707,11 +707,15 @@ numeric_is_zero(Numeric n)
 											 NumericGetDatum(numeric_zero()))) == 0;
 }
 
-/* One column of KpiArrays for n rows (never a zero-size palloc). */
-static Datum *
-datum_column(long n)
+/*
+ * Columns of KpiArrays for n rows each (never a zero-size palloc); cols
+ * ends with NULL.
+ */
+static void
+datum_columns(long n, Datum **const *cols)
 {
-	return palloc(sizeof(Datum) * Max(n, 1));
+	for (; *cols != NULL; cols++)
+		**cols = palloc(sizeof(Datum) * Max(n, 1));
 }
 
 /*
@@ -731,12 +735,8 @@ kpi_batch_arrays(KpiBatch *batch, KpiArrays *a)
 
 	memset(a, 0, sizeof(*a));
 
-	a->b_key = datum_column(nb);
-	a->b_day = datum_column(nb);
-	a->b_nights = datum_column(nb);
-	a->b_revenue = datum_column(nb);
-	a->b_arrivals = datum_column(nb);
-	a->b_cancelled = datum_column(nb);
+	datum_columns(nb, (Datum **const[]) {&a->b_key, &a->b_day, &a->b_nights, &a->b_revenue,
+		&a->b_arrivals, &a->b_cancelled, NULL});
 	n = 0;
 	{
 		BookingEntry *e;
@@ -758,13 +758,8 @@ kpi_batch_arrays(KpiBatch *batch, KpiArrays *a)
 	}
 	a->nbooking = n;
 
-	a->e_key = datum_column(ne);
-	a->e_day = datum_column(ne);
-	a->e_category = datum_column(ne);
-	a->e_approved = datum_column(ne);
-	a->e_pending = datum_column(ne);
-	a->e_rejected = datum_column(ne);
-	a->e_count = datum_column(ne);
+	datum_columns(ne, (Datum **const[]) {&a->e_key, &a->e_day, &a->e_category, &a->e_approved,
+		&a->e_pending, &a->e_rejected, &a->e_count, NULL});
 	n = 0;
 	{
 		ExpenseEntry *e;
@@ -787,7 +782,7 @@ kpi_batch_arrays(KpiBatch *batch, KpiArrays *a)
 	}
 	a->nexpense = n;
 
-	a->u_key = datum_column(nu);
+	datum_columns(nu, (Datum **const[]) {&a->u_key, NULL});
 	n = 0;
 	{
 		UnitsEntry *e;
