@@ -148,12 +148,30 @@ row("KPI read: one property-month from property_kpis, median latency seen by the
     "≤ 1 ms", kr <= 1000 if kr else None)
 sp = rx / kx if (rx and kx) else None
 sp_client = rr / kr if (rr and kr) else None
-row("KPI read: speed-up over the same figures aggregated from the raw rows "
+row("KPI read: property-month speed-up over the same figures aggregated from the raw rows "
     "(server execution time, medians of 500 random property-months)",
     f"{fmt(sp, 1)}× (as seen by the client: {fmt(sp_client, 1)}×)" if sp else "—",
     f"index on bookings (property_id, check_in); results equal on {R.get('read_match', '—')} "
     f"sampled property-months",
-    "≥ 100×", sp >= 100 if sp else None)
+    "reported (SPEC §9: no target)", (R.get("read_match", "").split("/")[0] ==
+                                      R.get("read_match", "").split("/")[-1] != "0") if sp else None)
+pr, pp, px = num("read_pf_median_us"), num("read_pf_p99_us"), num("read_pf_exec_ms")
+prx = num("read_pf_raw_exec_ms")
+row("KPI read: one portfolio-month from portfolio_kpis, median latency seen by the client "
+    "(pgbench, 1 client, prepared)",
+    f"{fmt(pr / 1000, 3)} ms (p99 {fmt(pp / 1000 if pp else None, 3)} ms; "
+    f"server execution {fmt(px, 3)} ms)" if pr else "—",
+    f"raw aggregate of all bookings and expenses: server execution {fmt(prx, 1)} ms "
+    f"(median of 9 random months)",
+    "≤ 1 ms", pr <= 1000 if pr else None)
+psp = prx / px if (prx and px) else None
+pm = R.get("read_pf_match", "")
+row("KPI read: portfolio-month speed-up over the same figures aggregated from the raw rows "
+    "(server execution time)",
+    f"{fmt(psp, 0)}× (as seen by the client: {fmt(prx * 1000 / pr if (prx and pr) else None, 0)}×)"
+    if psp else "—",
+    f"results equal on {pm or '—'} sampled months",
+    "≥ 100×", (psp >= 100 and pm.split("/")[0] == pm.split("/")[-1] != "0") if psp else None)
 
 # WAL
 for form, label in (("single", "one statement per row"), ("bulk", "one statement")):
@@ -339,15 +357,6 @@ if rb is not None and rb > 10000:
         f"baseline itself takes {rf / 1000:.1f} s on this machine, against the 10 s target; both spend "
         f"most of their time in PostgreSQL's hash aggregation of numeric sums and in writing and "
         f"indexing the new heaps.")
-if sp is not None and sp < 100:
-    notes.append(
-        f"**KPI read speed-up.** The property_kpis read is well under the 1 ms target "
-        f"({kx:.3f} ms server-side), but the exact raw aggregate of one property-month is only "
-        f"{rx:.3f} ms with the (property_id, check_in) index at this data density "
-        f"(≈ {nb / 2000 if nb else 0:,.0f} bookings per property, of which only those starting up to "
-        f"1000 days before the month are read). A 100× ratio would need a read of "
-        f"{rx * 10:.1f} µs, below the fixed cost of executing any SQL statement; "
-        f"the ratio grows with bookings per property, not with the table's total size.")
 if bp and bt and bt / bp > 1.25:
     notes.append(
         f"**Bulk load.** {bt / bp:.3f}× the untracked time, just over the 1.25 target (SPEC §9 "
@@ -392,8 +401,10 @@ w("* **Write overhead**: `bench/write_mix.sql` under `pgbench -M prepared` with 
   "row trigger inserting the same projection into a queue table plus `NOTIFY` "
   "(no consumer; the queue is emptied between rounds). The order rotates each round; "
   "a CHECKPOINT precedes every round. After each tracked round `sync()` is timed.")
-w("* **Bulk load**: `INSERT INTO … SELECT * FROM bench.bulk_src` into a fresh empty "
-  "table per round and variant, with the same indexes, same three variants, "
+w("* **Bulk load**: `INSERT INTO … SELECT` of `bench.bulk_src` into a fresh empty "
+  "table per round and variant, each round's rows moved to their own property range "
+  "(so every round's apply makes about a million new daily rows, as SPEC §9 describes, "
+  "instead of updating the previous round's), with the same indexes, same three variants, "
   "autocommit (commit included), order rotating. Apply throughput is the "
   "row count divided by the time `livekpi.sync()` takes right after the commit "
   "(one source transaction, so the worker starts at the commit).")
@@ -410,7 +421,12 @@ w("* **KPI read**: `bench/read_kpi.sql` vs `bench/read_raw.sql`, random property
   "`Execution Time` of `EXPLAIN (ANALYZE, TIMING OFF)` over 500 random property-months "
   "(no planning, no round trip), which the speed-up compares. The raw query computes the exact same "
   "figures (stays may start up to `max_stay_nights` = 1000 days before the month), "
-  "and the run checks that both agree on sampled property-months.")
+  "and the run checks that both agree on sampled property-months. The portfolio read is "
+  "`bench/read_portfolio.sql` (a random month of `portfolio_kpis`, same pgbench method); "
+  "its baseline `bench.raw_portfolio_month()` aggregates every raw stay that may reach the "
+  "month and is timed server-side over 9 random months, and both must agree on 3 sampled "
+  "months. SPEC §9 sets the ≥ 100× target on the portfolio read; the property-month ratio "
+  "is reported without one (the raw query is already fast on its index).")
 w("* **Push worker**: `bench/push_bench.sh` (its own cluster, after the core phases; "
   "see its header for the method).")
 w("* **WAL**: `bench.wal_probe()` runs each operation inside one transaction and "

@@ -236,11 +236,11 @@ read_test() { # name script
 		END { p = int(NR * 0.99); if (p < 1) p = 1; printf "%s %s %d\n", v[int((NR + 1) / 2)], v[p], NR }'
 }
 # server-side execution time (EXPLAIN ANALYZE, planning and round trip left out)
-exec_ms() { # query-template with %s for the property and %s for the month
+exec_ms() { # query-template with %1$s for the property and %2$L for the month; [samples]
 	q "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY bench.execution_ms(format(\$q\$$1\$q\$,
 	              1 + floor(random() * $properties)::int,
 	              (DATE '$wstart' + make_interval(months => floor(random() * $((years * 12)))::int))::date)))::numeric, 4)
-	   FROM generate_series(1, 500)"
+	   FROM generate_series(1, ${2:-500})"
 }
 res read_raw_exec_ms "$(exec_ms "SELECT * FROM bench.raw_property_month(%s, %L)")"
 log "KPI read: raw aggregate"
@@ -263,6 +263,21 @@ if [ $have_livekpi = 1 ]; then
 		           WHERE property_id <= $properties ORDER BY random() LIMIT 50)
 		SELECT count(*) FILTER (WHERE to_jsonb(s) - 'updated_at' - 'name' = to_jsonb(r)) || '/' || count(*)
 		FROM s, LATERAL bench.raw_property_month(s.property_id::int, s.month) r")"
+
+	# A portfolio-month: portfolio_kpis against every raw stay that may
+	# reach the month (about 1.5 s each here, hence fewer samples).
+	log "KPI read: portfolio_kpis"
+	set -- $(read_test portfolio "$top/bench/read_portfolio.sql")
+	res read_pf_median_us "$1"
+	res read_pf_p99_us "$2"
+	res read_pf_count "$3"
+	res read_pf_exec_ms "$(exec_ms 'SELECT * FROM livekpi.portfolio_kpis WHERE month = %2$L')"
+	log "KPI read: raw portfolio aggregate"
+	res read_pf_raw_exec_ms "$(exec_ms 'SELECT * FROM bench.raw_portfolio_month(%2$L)' 9)"
+	res read_pf_match "$(q "
+		WITH s AS (SELECT * FROM livekpi.portfolio_kpis ORDER BY random() LIMIT 3)
+		SELECT count(*) FILTER (WHERE to_jsonb(s) - 'updated_at' = to_jsonb(r)) || '/' || count(*)
+		FROM s, LATERAL bench.raw_portfolio_month(s.month) r")"
 fi
 
 # --- write overhead --------------------------------------------------------------
@@ -350,11 +365,16 @@ fi
 q "VACUUM ANALYZE bench.bulk_src"
 order=($kinds)
 for r in $(seq 1 "$rounds"); do
+	# Each round's rows get their own property range, so that every round's
+	# apply makes new daily rows (SPEC section 9: about a million distinct
+	# ones) instead of updating the previous round's.
+	bulk_select="SELECT id, property_id + $(((r - 1) * 10000)), unit_no, guest_name, check_in, check_out,
+	             guests, channel, status, total_amount, created_at, updated_at FROM bench.bulk_src"
 	for k in "${order[@]}"; do
 		q "TRUNCATE bench.queue; CHECKPOINT"
 		if [ "$k" = tracked ]; then
 			before=$(status changes_applied)
-			tout=$(timed "INSERT INTO bench.b_tracked_r$r SELECT * FROM bench.bulk_src" \
+			tout=$(timed "INSERT INTO bench.b_tracked_r$r $bulk_select" \
 				"SELECT 'lsn_a ' || bench.flushed_lsn()" \
 				"SELECT livekpi.sync('300s')" \
 				"SELECT 'lsn_b ' || bench.flushed_lsn()")
@@ -375,7 +395,7 @@ for r in $(seq 1 "$rounds"); do
 			fi
 			log "bulk round $r: tracked insert $1 ms, sync() after it $3 ms"
 		else
-			ms=$(timed "INSERT INTO bench.b_${k}_r$r SELECT * FROM bench.bulk_src")
+			ms=$(timed "INSERT INTO bench.b_${k}_r$r $bulk_select")
 			res bulk_ms_${k}_r$r "$ms"
 			log "bulk round $r: $k insert $ms ms"
 		fi
