@@ -344,12 +344,24 @@ open_table(ApplyKpi *ak, KpiTable *t, Oid nspid, Index rti, List **rtable)
 	t->defaults = NULL;
 }
 
-/* Defaults of the columns a new row gets that livekpi does not set. */
+/*
+ * Defaults of the columns a new row gets that livekpi does not set (those
+ * it sets would only be evaluated to be overwritten, for every new row).
+ */
 static void
 prepare_defaults(ApplyKpi *ak, KpiTable *t)
 {
 	TupleDesc	desc = RelationGetDescr(t->rel);
+	bool	   *set = palloc0(sizeof(bool) * desc->natts);
 	int			i;
+
+	for (i = 0; i < t->nkeys; i++)
+		set[t->key_att[i] - 1] = true;
+	for (i = 0; i < t->nmeasures; i++)
+		set[t->measure_att[i] - 1] = true;
+	set[t->updated_att - 1] = true;
+	if (t->first_seen_att != InvalidAttrNumber)
+		set[t->first_seen_att - 1] = true;
 
 	t->defaults = palloc0(sizeof(ExprState *) * desc->natts);
 	for (i = 0; i < desc->natts; i++)
@@ -357,7 +369,7 @@ prepare_defaults(ApplyKpi *ak, KpiTable *t)
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		Node	   *expr;
 
-		if (att->attisdropped || att->attgenerated)
+		if (att->attisdropped || att->attgenerated || set[i])
 			continue;
 		expr = build_column_default(t->rel, att->attnum);
 		if (expr != NULL)
@@ -730,6 +742,14 @@ daily_order_cmp_int(const void *pa, const void *pb)
 	return a->day < b->day ? -1 : (a->day > b->day ? 1 : 0);
 }
 
+/* qsort of DailyOrder by daily_order_cmp_int, with the comparison inlined */
+#define ST_SORT sort_daily_order_int
+#define ST_ELEMENT_TYPE DailyOrder
+#define ST_COMPARE(a, b) daily_order_cmp_int(a, b)
+#define ST_SCOPE static
+#define ST_DEFINE
+#include "lib/sort_template.h"
+
 /*
  * portfolio_add
  *		Adds a property-month's deltas to its month's row of the portfolio
@@ -1026,9 +1046,10 @@ apply_kpi_batch_c(KpiBatch *batch, char key_kind, TimestampTz last_commit,
 		order[i].day = DatumGetDateADT(b_day[i]);
 		order[i].index = i;
 	}
-	if (nb > 1)
-		qsort(order, nb, sizeof(DailyOrder),
-			  key_kind == KEY_INT ? daily_order_cmp_int : daily_order_cmp);
+	if (nb > 1 && key_kind == KEY_INT)
+		sort_daily_order_int(order, nb);
+	else if (nb > 1)
+		qsort(order, nb, sizeof(DailyOrder), daily_order_cmp);
 	rows = palloc(sizeof(DeltaRow) * Max(nb, 1));
 	for (i = 0; i < nb; i++)
 	{

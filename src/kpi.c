@@ -338,28 +338,51 @@ typedef struct DailyKey
 	const char *category;		/* expenses only; terminated */
 } DailyKey;
 
-typedef struct BookingEntry
+/*
+ * One coalesced key of a batch, stored in the hash table's own array (64
+ * bytes), so that a lookup reads one place in memory: a bulk load looks a
+ * key up for every night it adds.  The sums are those of a booking_daily,
+ * an expense_daily or (none) a units key, by the table the entry is in.
+ */
+typedef struct DailyEntry
 {
 	DailyKey	k;
-	int64		nights;
-	int64		arrivals;
-	int64		cancelled;
-	Numeric		revenue;
-} BookingEntry;
+	uint32		hash;
+	char		status;			/* simplehash's */
+	union
+	{
+		struct
+		{
+			int64		nights;
+			int64		arrivals;
+			int64		cancelled;
+			Numeric		revenue;
+		}			b;
+		struct
+		{
+			Numeric		amount[3];	/* indexed by ExpenseClass */
+			int64		count;
+		}			e;
+	}			u;
+} DailyEntry;
 
-typedef struct ExpenseEntry
-{
-	DailyKey	k;
-	Numeric		amount[3];		/* indexed by ExpenseClass */
-	int64		count;
-} ExpenseEntry;
+static uint32 daily_key_hash(const DailyKey *k);
+static bool daily_key_equal(const DailyKey *a, const DailyKey *b);
 
-typedef struct UnitsEntry
-{
-	DailyKey	k;
-} UnitsEntry;
+#define SH_PREFIX		daily
+#define SH_ELEMENT_TYPE	DailyEntry
+#define SH_KEY_TYPE		DailyKey
+#define SH_KEY			k
+#define SH_HASH_KEY(tb, key)	daily_key_hash(&(key))
+#define SH_EQUAL(tb, a, b)		daily_key_equal(&(a), &(b))
+#define SH_STORE_HASH
+#define SH_GET_HASH(tb, a)		((a)->hash)
+#define SH_SCOPE		static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
 
-/* dynahash's callbacks get no context: the batch being filled sets this. */
+/* The hash functions get no context: the batch being filled sets this. */
 static char hashing_key_kind;
 
 static uint32
@@ -369,9 +392,9 @@ key_hash(Datum key)
 	{
 		case KEY_INT:
 			{
-				int64		v = DatumGetInt64(key);
+				uint64		v = (uint64) DatumGetInt64(key);
 
-				return hash_bytes((const unsigned char *) &v, sizeof(v));
+				return hash_combine(murmurhash32((uint32) v), murmurhash32((uint32) (v >> 32)));
 			}
 		case KEY_UUID:
 			return hash_bytes(DatumGetUUIDP(key)->data, UUID_LEN);
@@ -406,9 +429,8 @@ key_equal(Datum a, Datum b)
 }
 
 static uint32
-daily_hash(const void *p, Size keysize)
+daily_key_hash(const DailyKey *k)
 {
-	const DailyKey *k = p;
 	uint32		h = key_hash(k->key);
 
 	h = hash_combine(h, murmurhash32((uint32) k->day));
@@ -418,42 +440,14 @@ daily_hash(const void *p, Size keysize)
 	return h;
 }
 
-static int
-daily_match(const void *p1, const void *p2, Size keysize)
+static bool
+daily_key_equal(const DailyKey *a, const DailyKey *b)
 {
-	const DailyKey *a = p1;
-	const DailyKey *b = p2;
-
 	if (a->day != b->day || !key_equal(a->key, b->key))
-		return 1;
+		return false;
 	if ((a->category == NULL) != (b->category == NULL))
-		return 1;
-	if (a->category != NULL && strcmp(a->category, b->category) != 0)
-		return 1;
-	return 0;
-}
-
-/* The hash table stores the key struct; copy what it points at. */
-static void *
-daily_keycopy(void *dest, const void *src, Size keysize)
-{
-	memcpy(dest, src, sizeof(DailyKey));
-	return dest;
-}
-
-static HTAB *
-make_table(const char *name, Size entrysize, MemoryContext cxt)
-{
-	HASHCTL		ctl;
-
-	ctl.keysize = sizeof(DailyKey);
-	ctl.entrysize = entrysize;
-	ctl.hash = daily_hash;
-	ctl.match = daily_match;
-	ctl.keycopy = daily_keycopy;
-	ctl.hcxt = cxt;
-	return hash_create(name, 1024, &ctl,
-					   HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_KEYCOPY | HASH_CONTEXT);
+		return false;
+	return a->category == NULL || strcmp(a->category, b->category) == 0;
 }
 
 void
@@ -462,9 +456,9 @@ kpi_batch_init(KpiBatch *batch, char key_kind, MemoryContext context)
 	memset(batch, 0, sizeof(*batch));
 	batch->context = context;
 	batch->key_kind = key_kind;
-	batch->booking_daily = make_table("livekpi booking deltas", sizeof(BookingEntry), context);
-	batch->expense_daily = make_table("livekpi expense deltas", sizeof(ExpenseEntry), context);
-	batch->units_changed = make_table("livekpi units changes", sizeof(UnitsEntry), context);
+	batch->booking_daily = daily_create(context, 1024, NULL);
+	batch->expense_daily = daily_create(context, 256, NULL);
+	batch->units_changed = daily_create(context, 16, NULL);
 	batch->scratch = AllocSetContextCreate(context, "livekpi batch scratch",
 										   ALLOCSET_SMALL_SIZES);
 }
@@ -485,26 +479,31 @@ copy_key(char key_kind, Datum key)
 	return PointerGetDatum(DatumGetTextPCopy(key));
 }
 
-static void *
-lookup(KpiBatch *batch, HTAB *table, Datum key, DateADT day,
+/*
+ * lookup
+ *		The entry of (key, day, category) in table, made when missing; valid
+ *		until the next lookup in the same table (an insert may move them).
+ */
+static DailyEntry *
+lookup(KpiBatch *batch, daily_hash *table, Datum key, DateADT day,
 	   const char *category, int category_len, bool *found)
 {
 	DailyKey	k;
-	void	   *entry;
+	DailyEntry *entry;
 
 	k.key = key;
 	k.day = day;
 	k.category = category != NULL ? pnstrdup(category, category_len) : NULL;
-	entry = hash_search(table, &k, HASH_ENTER, found);
+	entry = daily_insert(table, k, found);
 	if (!*found)
 	{
-		DailyKey   *stored = (DailyKey *) entry;
 		MemoryContext old = MemoryContextSwitchTo(batch->context);
 
 		/* what the entry keeps lives as long as the batch; the rest is scratch */
-		stored->key = copy_key(batch->key_kind, key);
+		entry->k.key = copy_key(batch->key_kind, key);
 		if (category != NULL)
-			stored->category = pstrdup(k.category);
+			entry->k.category = pstrdup(k.category);
+		memset(&entry->u, 0, sizeof(entry->u));
 		MemoryContextSwitchTo(old);
 	}
 	return entry;
@@ -531,33 +530,28 @@ batch_zero(KpiBatch *batch)
  * add_signed
  *		acc +/- value, kept in the batch's memory; the old sum is freed, so
  *		that a batch's memory is one sum per key however many changes add
- *		to it (the arithmetic itself runs in the scratch context).
+ *		to it (the arithmetic itself runs in the scratch context).  A new
+ *		key's first sum (acc NULL) is value itself, or its negation: what
+ *		0 +/- value gives, without the addition.
  */
 static Numeric
 add_signed(KpiBatch *batch, Numeric acc, Numeric value, int sign)
 {
-	Numeric		sum = DatumGetNumeric(DirectFunctionCall2(sign > 0 ? numeric_add : numeric_sub,
-														  NumericGetDatum(acc),
-														  NumericGetDatum(value)));
-	Numeric		kept = MemoryContextAlloc(batch->context, VARSIZE(sum));
+	Numeric		sum;
+	Numeric		kept;
 
+	if (acc == NULL)
+		sum = sign > 0 ? (Numeric) PG_DETOAST_DATUM(NumericGetDatum(value)) :
+			DatumGetNumeric(DirectFunctionCall1(numeric_uminus, NumericGetDatum(value)));
+	else
+		sum = DatumGetNumeric(DirectFunctionCall2(sign > 0 ? numeric_add : numeric_sub,
+												  NumericGetDatum(acc),
+												  NumericGetDatum(value)));
+	kept = MemoryContextAlloc(batch->context, VARSIZE(sum));
 	memcpy(kept, sum, VARSIZE(sum));
-	pfree(acc);
+	if (acc != NULL)
+		pfree(acc);
 	return kept;
-}
-
-static BookingEntry *
-booking_entry(KpiBatch *batch, Datum key, DateADT day)
-{
-	bool		found;
-	BookingEntry *e = lookup(batch, batch->booking_daily, key, day, NULL, 0, &found);
-
-	if (!found)
-	{
-		e->nights = e->arrivals = e->cancelled = 0;
-		e->revenue = batch_zero(batch);
-	}
-	return e;
 }
 
 /*
@@ -582,13 +576,16 @@ add_booking(KpiBatch *batch, const ChangeImage *img, int sign)
 		batch->skipped++;
 	while (kpi_booking_next(&it, &row))
 	{
-		BookingEntry *e = booking_entry(batch, img->key, row.day);
+		bool		found;
+		DailyEntry *e = lookup(batch, batch->booking_daily, img->key, row.day, NULL, 0, &found);
 
-		e->nights += sign * row.nights;
-		e->arrivals += sign * row.arrivals;
-		e->cancelled += sign * row.cancelled;
+		e->u.b.nights += sign * row.nights;
+		e->u.b.arrivals += sign * row.arrivals;
+		e->u.b.cancelled += sign * row.cancelled;
 		if (row.revenue != NULL)
-			e->revenue = add_signed(batch, e->revenue, row.revenue, sign);
+			e->u.b.revenue = add_signed(batch, e->u.b.revenue, row.revenue, sign);
+		else if (e->u.b.revenue == NULL)
+			e->u.b.revenue = batch_zero(batch);
 	}
 }
 
@@ -599,8 +596,9 @@ add_expense(KpiBatch *batch, const ChangeImage *img, int sign)
 	static const char uncategorized[] = "uncategorized";
 	const char *category = img->category;
 	int			category_len = img->category_len;
-	ExpenseEntry *e;
+	DailyEntry *e;
 	bool		found;
+	int			i;
 	int			cls = change_expense_class(img);
 
 	if ((img->flags & (IMG_KEY_NULL | IMG_DAY1_SKIP)) || !kpi_day_usable(img->day1) ||
@@ -623,16 +621,12 @@ add_expense(KpiBatch *batch, const ChangeImage *img, int sign)
 
 	e = lookup(batch, batch->expense_daily, img->key, img->day1,
 			   category, category_len, &found);
-	if (!found)
-	{
-		e->amount[0] = batch_zero(batch);
-		e->amount[1] = batch_zero(batch);
-		e->amount[2] = batch_zero(batch);
-		e->count = 0;
-	}
-	e->count += sign;
+	e->u.e.count += sign;
 	if (img->amount != NULL)
-		e->amount[cls] = add_signed(batch, e->amount[cls], img->amount, sign);
+		e->u.e.amount[cls] = add_signed(batch, e->u.e.amount[cls], img->amount, sign);
+	for (i = 0; i < lengthof(e->u.e.amount); i++)
+		if (e->u.e.amount[i] == NULL)
+			e->u.e.amount[i] = batch_zero(batch);
 }
 
 /*
@@ -727,10 +721,11 @@ void
 kpi_batch_arrays(KpiBatch *batch, KpiArrays *a)
 {
 	MemoryContext old = MemoryContextSwitchTo(batch->context);
-	long		nb = hash_get_num_entries(batch->booking_daily);
-	long		ne = hash_get_num_entries(batch->expense_daily);
-	long		nu = hash_get_num_entries(batch->units_changed);
-	HASH_SEQ_STATUS seq;
+	long		nb = batch->booking_daily->members;
+	long		ne = batch->expense_daily->members;
+	long		nu = batch->units_changed->members;
+	daily_iterator iter;
+	DailyEntry *e;
 	int			n;
 
 	memset(a, 0, sizeof(*a));
@@ -738,59 +733,47 @@ kpi_batch_arrays(KpiBatch *batch, KpiArrays *a)
 	datum_columns(nb, (Datum **const[]) {&a->b_key, &a->b_day, &a->b_nights, &a->b_revenue,
 		&a->b_arrivals, &a->b_cancelled, NULL});
 	n = 0;
+	daily_start_iterate(batch->booking_daily, &iter);
+	while ((e = daily_iterate(batch->booking_daily, &iter)) != NULL)
 	{
-		BookingEntry *e;
-
-		hash_seq_init(&seq, batch->booking_daily);
-		while ((e = hash_seq_search(&seq)) != NULL)
-		{
-			if (e->nights == 0 && e->arrivals == 0 && e->cancelled == 0 &&
-				numeric_is_zero(e->revenue))
-				continue;
-			a->b_key[n] = e->k.key;
-			a->b_day[n] = DateADTGetDatum(e->k.day);
-			a->b_nights[n] = Int64GetDatum(e->nights);
-			a->b_revenue[n] = NumericGetDatum(e->revenue);
-			a->b_arrivals[n] = Int64GetDatum(e->arrivals);
-			a->b_cancelled[n] = Int64GetDatum(e->cancelled);
-			n++;
-		}
+		if (e->u.b.nights == 0 && e->u.b.arrivals == 0 && e->u.b.cancelled == 0 &&
+			numeric_is_zero(e->u.b.revenue))
+			continue;
+		a->b_key[n] = e->k.key;
+		a->b_day[n] = DateADTGetDatum(e->k.day);
+		a->b_nights[n] = Int64GetDatum(e->u.b.nights);
+		a->b_revenue[n] = NumericGetDatum(e->u.b.revenue);
+		a->b_arrivals[n] = Int64GetDatum(e->u.b.arrivals);
+		a->b_cancelled[n] = Int64GetDatum(e->u.b.cancelled);
+		n++;
 	}
 	a->nbooking = n;
 
 	datum_columns(ne, (Datum **const[]) {&a->e_key, &a->e_day, &a->e_category, &a->e_approved,
 		&a->e_pending, &a->e_rejected, &a->e_count, NULL});
 	n = 0;
+	daily_start_iterate(batch->expense_daily, &iter);
+	while ((e = daily_iterate(batch->expense_daily, &iter)) != NULL)
 	{
-		ExpenseEntry *e;
-
-		hash_seq_init(&seq, batch->expense_daily);
-		while ((e = hash_seq_search(&seq)) != NULL)
-		{
-			if (e->count == 0 && numeric_is_zero(e->amount[0]) &&
-				numeric_is_zero(e->amount[1]) && numeric_is_zero(e->amount[2]))
-				continue;
-			a->e_key[n] = e->k.key;
-			a->e_day[n] = DateADTGetDatum(e->k.day);
-			a->e_category[n] = CStringGetTextDatum(e->k.category);
-			a->e_approved[n] = NumericGetDatum(e->amount[EXPENSE_APPROVED]);
-			a->e_pending[n] = NumericGetDatum(e->amount[EXPENSE_PENDING]);
-			a->e_rejected[n] = NumericGetDatum(e->amount[EXPENSE_REJECTED]);
-			a->e_count[n] = Int64GetDatum(e->count);
-			n++;
-		}
+		if (e->u.e.count == 0 && numeric_is_zero(e->u.e.amount[0]) &&
+			numeric_is_zero(e->u.e.amount[1]) && numeric_is_zero(e->u.e.amount[2]))
+			continue;
+		a->e_key[n] = e->k.key;
+		a->e_day[n] = DateADTGetDatum(e->k.day);
+		a->e_category[n] = CStringGetTextDatum(e->k.category);
+		a->e_approved[n] = NumericGetDatum(e->u.e.amount[EXPENSE_APPROVED]);
+		a->e_pending[n] = NumericGetDatum(e->u.e.amount[EXPENSE_PENDING]);
+		a->e_rejected[n] = NumericGetDatum(e->u.e.amount[EXPENSE_REJECTED]);
+		a->e_count[n] = Int64GetDatum(e->u.e.count);
+		n++;
 	}
 	a->nexpense = n;
 
 	datum_columns(nu, (Datum **const[]) {&a->u_key, NULL});
 	n = 0;
-	{
-		UnitsEntry *e;
-
-		hash_seq_init(&seq, batch->units_changed);
-		while ((e = hash_seq_search(&seq)) != NULL)
-			a->u_key[n++] = e->k.key;
-	}
+	daily_start_iterate(batch->units_changed, &iter);
+	while ((e = daily_iterate(batch->units_changed, &iter)) != NULL)
+		a->u_key[n++] = e->k.key;
 	a->nunits = n;
 	MemoryContextSwitchTo(old);
 }

@@ -21,7 +21,6 @@
 #include "utils/array.h"
 #include "datatype/timestamp.h"
 #include "utils/date.h"
-#include "utils/hsearch.h"
 
 #include "change.h"
 
@@ -30,9 +29,9 @@ typedef struct KpiBatch
 	MemoryContext context;		/* the entries, keys and sums */
 	MemoryContext scratch;		/* one change's temporaries */
 	char		key_kind;
-	HTAB	   *booking_daily;
-	HTAB	   *expense_daily;
-	HTAB	   *units_changed;
+	struct daily_hash *booking_daily;	/* simplehash tables (kpi.c) */
+	struct daily_hash *expense_daily;
+	struct daily_hash *units_changed;
 	int64		changes;		/* captured rows applied */
 	int64		skipped;		/* rows or values skipped per SPEC section 3 */
 } KpiBatch;
