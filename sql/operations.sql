@@ -78,6 +78,14 @@ ROLLBACK;
 SELECT livekpi.rebuild();
 RESET maintenance_work_mem;
 RESET hash_mem_multiplier;
+-- the roll-up compares keys by their bytes, which a nondeterministic
+-- collation would not: with one on category it gives up too
+BEGIN;
+CREATE COLLATION pg_temp.case_blind (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+ALTER TABLE livekpi.expense_monthly ALTER COLUMN category TYPE text COLLATE pg_temp.case_blind;
+SELECT livekpi._fill_heap(livekpi._new_heap('livekpi.expense_daily'), 'SELECT * FROM livekpi.expense_daily',
+						  livekpi._new_heap('livekpi.expense_monthly')) AS rolled_up_case_blind;
+ROLLBACK;
 SELECT count(*) AS roll_up_expense_months FROM livekpi.expense_monthly WHERE property_id BETWEEN 700 AND 709;
 SELECT count(*) AS differences FROM livekpi.verify();
 DELETE FROM expenses WHERE property_id BETWEEN 700 AND 709;

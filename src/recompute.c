@@ -28,6 +28,7 @@
 #include "catalog/pg_type.h"
 #include "commands/cluster.h"
 #include "commands/tablecmds.h"
+#include "common/hashfn.h"
 #include "executor/executor.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -302,9 +303,79 @@ livekpi_expense_rows(PG_FUNCTION_ARGS)
 }
 
 /*
- * A DestReceiver that bulk-inserts into a heap made by livekpi._new_heap():
- * frozen rows, no free-space map, one bulk-insert state, as REFRESH does.
+ * HeapLoader: a fresh heap's rows written a page at a time with
+ * table_multi_insert (one WAL record per page rather than per row), frozen,
+ * as COPY FREEZE writes them.  At most LOADER_ROWS rows wait, copied into
+ * the loader's own slots: a KPI row fits a B-tree index row, so under
+ * 3 MB.
  */
+#define LOADER_ROWS		1000
+
+typedef struct HeapLoader
+{
+	Relation	rel;
+	CommandId	cid;
+	BulkInsertState bistate;
+	MemoryContext cxt;			/* the slots and their rows */
+	TupleTableSlot **slots;
+	int			n;
+} HeapLoader;
+
+static void
+loader_begin(HeapLoader *l, Relation rel, CommandId cid)
+{
+	l->rel = rel;
+	l->cid = cid;
+	l->bistate = GetBulkInsertState();
+	l->cxt = AllocSetContextCreate(CurrentMemoryContext, "livekpi heap loader",
+								   ALLOCSET_DEFAULT_SIZES);
+	l->slots = MemoryContextAllocZero(l->cxt, sizeof(TupleTableSlot *) * LOADER_ROWS);
+	l->n = 0;
+}
+
+static void
+loader_flush(HeapLoader *l)
+{
+	int			i;
+
+	if (l->n == 0)
+		return;
+	table_multi_insert(l->rel, l->slots, l->n, l->cid,
+					   TABLE_INSERT_SKIP_FSM | TABLE_INSERT_FROZEN, l->bistate);
+	for (i = 0; i < l->n; i++)
+		ExecClearTuple(l->slots[i]);
+	l->n = 0;
+}
+
+static void
+loader_add(HeapLoader *l, TupleTableSlot *slot)
+{
+	if (l->slots[l->n] == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(l->cxt);
+
+		l->slots[l->n] = MakeSingleTupleTableSlot(RelationGetDescr(l->rel),
+												  table_slot_callbacks(l->rel));
+		MemoryContextSwitchTo(old);
+	}
+	ExecCopySlot(l->slots[l->n], slot);
+	if (++l->n == LOADER_ROWS)
+		loader_flush(l);
+}
+
+static void
+loader_end(HeapLoader *l)
+{
+	int			i;
+
+	loader_flush(l);
+	for (i = 0; i < LOADER_ROWS && l->slots[i] != NULL; i++)
+		ExecDropSingleTupleTableSlot(l->slots[i]);
+	MemoryContextDelete(l->cxt);
+	FreeBulkInsertState(l->bistate);
+	table_finish_bulk_insert(l->rel, TABLE_INSERT_SKIP_FSM);
+}
+
 /*
  * The month roll-up of the daily rows _fill_heap() loads, into its second
  * heap: a monthly KPI table has its daily table's columns with month for
@@ -312,9 +383,9 @@ livekpi_expense_rows(PG_FUNCTION_ARGS)
  * counts and sums added, updated_at the latest (what the SQL roll-up of the
  * filled daily heap computes).  Doing it while the daily rows stream in
  * saves that second pass and PostgreSQL's numeric aggregate states, which
- * are several times a running sum.  The groups live in a TupleHashTable
- * (execGrouping.c, where HashAggregate keeps its groups) within the memory a
- * hash aggregate of the same rows may use (get_hash_memory_limit()); past
+ * are several times a running sum.  The groups (MonthGroup) stay within
+ * the memory a hash aggregate of the same rows may use
+ * (get_hash_memory_limit()); past
  * it, or for a monthly table whose columns do not follow the daily one's,
  * the roll-up gives up and the caller aggregates the daily heap in SQL,
  * which spills.
@@ -322,17 +393,69 @@ livekpi_expense_rows(PG_FUNCTION_ARGS)
 typedef struct MonthRollup
 {
 	Relation	rel;
-	BulkInsertState bistate;
 	TupleTableSlot *row;		/* a daily row as a monthly one */
-	TupleHashTable groups;
+	struct month_hash *groups;
 	MemoryContext cxt;			/* the groups and their running values */
-	MemoryContext tmpcxt;		/* hashing and comparing one row */
 	Size		limit;
 	bool		given_up;
 	int			natts;
 	AttrNumber *from;			/* monthly column -> daily column */
 	char	   *how;			/* ROLLUP_KEY, ROLLUP_MONTH, ... */
+	int			nkeys;
+	int		   *key_col;		/* the key columns (of the monthly row) */
+	bool	   *key_byval;
+	int16	   *key_len;
 } MonthRollup;
+
+/*
+ * A month's group: its monthly row, keys and running values.  The groups
+ * are a simplehash table of these, hashed and compared by the keys' binary
+ * images (datum_image_hash, as Memoize does), which for these key types
+ * and deterministic collations is their equality.
+ */
+typedef struct MonthGroup
+{
+	Datum	   *values;
+	uint32		hash;
+	char		status;			/* simplehash's */
+} MonthGroup;
+
+static uint32
+month_key_hash(const MonthRollup *mr, const Datum *values)
+{
+	uint32		h = 0;
+	int			i;
+
+	for (i = 0; i < mr->nkeys; i++)
+		h = hash_combine(h, datum_image_hash(values[mr->key_col[i]], mr->key_byval[i],
+											 mr->key_len[i]));
+	return h;
+}
+
+static bool
+month_key_equal(const MonthRollup *mr, const Datum *a, const Datum *b)
+{
+	int			i;
+
+	for (i = 0; i < mr->nkeys; i++)
+		if (!datum_image_eq(a[mr->key_col[i]], b[mr->key_col[i]], mr->key_byval[i],
+							mr->key_len[i]))
+			return false;
+	return true;
+}
+
+#define SH_PREFIX		month
+#define SH_ELEMENT_TYPE	MonthGroup
+#define SH_KEY_TYPE		Datum *
+#define SH_KEY			values
+#define SH_HASH_KEY(tb, key)	month_key_hash((tb)->private_data, key)
+#define SH_EQUAL(tb, a, b)		month_key_equal((tb)->private_data, a, b)
+#define SH_STORE_HASH
+#define SH_GET_HASH(tb, a)		((a)->hash)
+#define SH_SCOPE		static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
 
 #define ROLLUP_KEY		'k'		/* property_id, category */
 #define ROLLUP_MONTH	'm'		/* the month of the daily row's day */
@@ -340,12 +463,14 @@ typedef struct MonthRollup
 #define ROLLUP_SUM		's'		/* numeric, added */
 #define ROLLUP_LATEST	'u'		/* updated_at, the latest */
 
+/*
+ * A DestReceiver that loads a heap made by livekpi._new_heap() (HeapLoader)
+ * and rolls its rows up into a monthly heap (MonthRollup).
+ */
 typedef struct HeapFillReceiver
 {
 	DestReceiver pub;
-	Relation	rel;
-	BulkInsertState bistate;
-	CommandId	cid;
+	HeapLoader	loader;
 	uint64		rows;
 	TupleTableSlot *mapped;		/* when the heap has dropped columns */
 	AttrNumber *map;			/* heap column -> query column (0: NULL) */
@@ -362,7 +487,7 @@ static void
 fill_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
 {
 	HeapFillReceiver *r = (HeapFillReceiver *) self;
-	TupleDesc	desc = RelationGetDescr(r->rel);
+	TupleDesc	desc = RelationGetDescr(r->loader.rel);
 	int			i,
 				q = 0;
 	bool		identical = desc->natts == typeinfo->natts;
@@ -379,12 +504,12 @@ fill_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
 		}
 		if (q >= typeinfo->natts || TupleDescAttr(typeinfo, q)->atttypid != att->atttypid)
 			elog(ERROR, "livekpi: the rebuild query does not match the columns of %s",
-				 RelationGetRelationName(r->rel));
+				 RelationGetRelationName(r->loader.rel));
 		r->map[i] = ++q;
 	}
 	if (q != typeinfo->natts)
 		elog(ERROR, "livekpi: the rebuild query does not match the columns of %s",
-			 RelationGetRelationName(r->rel));
+			 RelationGetRelationName(r->loader.rel));
 	if (!identical)
 		r->mapped = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
 }
@@ -416,11 +541,10 @@ fill_receive(TupleTableSlot *slot, DestReceiver *self)
 		ExecStoreVirtualTuple(r->mapped);
 		slot = r->mapped;
 	}
-	table_tuple_insert(r->rel, slot, r->cid, TABLE_INSERT_SKIP_FSM | TABLE_INSERT_FROZEN,
-					   r->bistate);
-	r->rows++;
 	if (r->months != NULL && !r->months->given_up)
 		rollup_add(r->months, slot);
+	loader_add(&r->loader, slot);
+	r->rows++;
 	return true;
 }
 
@@ -503,18 +627,15 @@ rollup_begin(Relation daily, Relation monthly)
 {
 	MonthRollup *mr = palloc0(sizeof(MonthRollup));
 	TupleDesc	desc = RelationGetDescr(monthly);
-	AttrNumber *keys = palloc(sizeof(AttrNumber) * desc->natts);
-	Oid		   *eq_ops = palloc(sizeof(Oid) * desc->natts);
-	Oid		   *collations = palloc(sizeof(Oid) * desc->natts);
-	Oid		   *eq_funcs;
-	FmgrInfo   *hash_funcs;
-	int			nkeys = 0;
 	int			i;
 
 	mr->rel = monthly;
 	mr->natts = desc->natts;
 	mr->from = palloc0(sizeof(AttrNumber) * desc->natts);
 	mr->how = palloc0(desc->natts);
+	mr->key_col = palloc(sizeof(int) * desc->natts);
+	mr->key_byval = palloc(sizeof(bool) * desc->natts);
+	mr->key_len = palloc(sizeof(int16) * desc->natts);
 	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -550,26 +671,23 @@ rollup_begin(Relation daily, Relation monthly)
 		}
 		if (mr->how[i] == ROLLUP_KEY || mr->how[i] == ROLLUP_MONTH)
 		{
-			keys[nkeys] = i + 1;
-			eq_ops[nkeys] = lookup_type_cache(att->atttypid, TYPECACHE_EQ_OPR)->eq_opr;
-			collations[nkeys] = att->attcollation;
-			if (!OidIsValid(eq_ops[nkeys]))
+			/* equal images are equal keys unless a collation says otherwise */
+			if (OidIsValid(att->attcollation) &&
+				!get_collation_isdeterministic(att->attcollation))
 			{
 				mr->given_up = true;
 				return mr;
 			}
-			nkeys++;
+			mr->key_col[mr->nkeys] = i;
+			mr->key_byval[mr->nkeys] = att->attbyval;
+			mr->key_len[mr->nkeys] = att->attlen;
+			mr->nkeys++;
 		}
 	}
 
 	mr->cxt = AllocSetContextCreate(CurrentMemoryContext, "livekpi month roll-up",
 									ALLOCSET_DEFAULT_SIZES);
-	mr->tmpcxt = AllocSetContextCreate(CurrentMemoryContext, "livekpi month roll-up row",
-									   ALLOCSET_SMALL_SIZES);
-	execTuplesHashPrepare(nkeys, eq_ops, &eq_funcs, &hash_funcs);
-	mr->groups = BuildTupleHashTableExt(NULL, desc, nkeys, keys, eq_funcs, hash_funcs,
-										collations, 1024, sizeof(Datum) * desc->natts,
-										mr->cxt, mr->cxt, mr->tmpcxt, false);
+	mr->groups = month_create(mr->cxt, 1024, mr);
 	mr->row = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
 	mr->limit = get_hash_memory_limit();
 	return mr;
@@ -580,7 +698,6 @@ static void
 rollup_end(MonthRollup *mr)
 {
 	MemoryContextDelete(mr->cxt);
-	MemoryContextDelete(mr->tmpcxt);
 	ExecDropSingleTupleTableSlot(mr->row);
 	mr->groups = NULL;
 }
@@ -596,9 +713,9 @@ rollup_give_up(MonthRollup *mr)
 static void
 rollup_add(MonthRollup *mr, TupleTableSlot *daily)
 {
-	TupleHashEntry entry;
+	MonthGroup *group;
 	Datum	   *values;
-	bool		isnew;
+	bool		found;
 	int			i;
 
 	slot_getallattrs(daily);
@@ -619,9 +736,8 @@ rollup_add(MonthRollup *mr, TupleTableSlot *daily)
 	}
 	ExecStoreVirtualTuple(mr->row);
 
-	MemoryContextReset(mr->tmpcxt);
-	entry = LookupTupleHashEntry(mr->groups, mr->row, &isnew, NULL);
-	if (isnew)
+	group = month_insert(mr->groups, mr->row->tts_values, &found);
+	if (!found)
 	{
 		MemoryContext old = MemoryContextSwitchTo(mr->cxt);
 		TupleDesc	desc = mr->row->tts_tupleDescriptor;
@@ -630,13 +746,13 @@ rollup_add(MonthRollup *mr, TupleTableSlot *daily)
 		for (i = 0; i < mr->natts; i++)
 			values[i] = datumCopy(mr->row->tts_values[i], TupleDescAttr(desc, i)->attbyval,
 								  TupleDescAttr(desc, i)->attlen);
-		entry->additional = values;
+		group->values = values;
 		MemoryContextSwitchTo(old);
 		if (MemoryContextMemAllocated(mr->cxt, true) > mr->limit)
 			rollup_give_up(mr);
 		return;
 	}
-	values = entry->additional;
+	values = group->values;
 	for (i = 0; i < mr->natts; i++)
 	{
 		Datum		v = mr->row->tts_values[i];
@@ -662,25 +778,23 @@ rollup_add(MonthRollup *mr, TupleTableSlot *daily)
 static bool
 rollup_finish(MonthRollup *mr, CommandId cid)
 {
-	TupleHashIterator iter;
-	TupleHashEntry entry;
+	month_iterator iter;
+	MonthGroup *group;
+	HeapLoader	loader;
 
 	if (mr->given_up)
 		return false;
-	mr->bistate = GetBulkInsertState();
-	InitTupleHashIterator(mr->groups, &iter);
-	while ((entry = ScanTupleHashTable(mr->groups, &iter)) != NULL)
+	loader_begin(&loader, mr->rel, cid);
+	month_start_iterate(mr->groups, &iter);
+	while ((group = month_iterate(mr->groups, &iter)) != NULL)
 	{
 		ExecClearTuple(mr->row);
-		memcpy(mr->row->tts_values, entry->additional, sizeof(Datum) * mr->natts);
+		memcpy(mr->row->tts_values, group->values, sizeof(Datum) * mr->natts);
 		memset(mr->row->tts_isnull, false, sizeof(bool) * mr->natts);
 		ExecStoreVirtualTuple(mr->row);
-		table_tuple_insert(mr->rel, mr->row, cid, TABLE_INSERT_SKIP_FSM | TABLE_INSERT_FROZEN,
-						   mr->bistate);
+		loader_add(&loader, mr->row);
 	}
-	TermTupleHashIterator(&iter);
-	FreeBulkInsertState(mr->bistate);
-	table_finish_bulk_insert(mr->rel, TABLE_INSERT_SKIP_FSM);
+	loader_end(&loader);
 	rollup_end(mr);
 	return true;
 }
@@ -717,9 +831,7 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 	r.pub.rShutdown = fill_shutdown;
 	r.pub.rDestroy = fill_destroy;
 	r.pub.mydest = DestNone;
-	r.rel = open_new_heap(heap);
-	r.bistate = GetBulkInsertState();
-	r.cid = GetCurrentCommandId(true);
+	loader_begin(&r.loader, open_new_heap(heap), GetCurrentCommandId(true));
 
 	raw = pg_parse_query(sql);
 	if (list_length(raw) != 1)
@@ -742,7 +854,7 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 	{
 		if (month_heap == heap)
 			elog(ERROR, "livekpi._fill_heap wants two heaps");
-		r.months = rollup_begin(r.rel, open_new_heap(month_heap));
+		r.months = rollup_begin(r.loader.rel, open_new_heap(month_heap));
 	}
 
 	/* a snapshot that sees what this transaction did so far */
@@ -758,14 +870,13 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 	PopActiveSnapshot();
 	if (r.months != NULL)
 	{
-		rolled_up = rollup_finish(r.months, r.cid);
+		rolled_up = rollup_finish(r.months, r.loader.cid);
 		table_close(r.months->rel, NoLock);
 	}
 	AtEOXact_GUC(true, nestlevel);
 
-	FreeBulkInsertState(r.bistate);
-	table_finish_bulk_insert(r.rel, TABLE_INSERT_SKIP_FSM);
-	table_close(r.rel, NoLock);
+	loader_end(&r.loader);
+	table_close(r.loader.rel, NoLock);
 	CommandCounterIncrement();
 	PG_RETURN_BOOL(rolled_up);
 }
