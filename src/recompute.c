@@ -377,24 +377,30 @@ loader_end(HeapLoader *l)
 }
 
 /*
- * The month roll-up of the daily rows _fill_heap() loads, into its second
- * heap: a monthly KPI table has its daily table's columns with month for
- * day, and its rows are the daily rows grouped by the keys and the month,
- * counts and sums added, updated_at the latest (what the SQL roll-up of the
- * filled daily heap computes).  Doing it while the daily rows stream in
- * saves that second pass and PostgreSQL's numeric aggregate states, which
- * are several times a running sum.  The groups (MonthGroup) stay within
- * the memory a hash aggregate of the same rows may use
- * (get_hash_memory_limit()); past
- * it, or for a monthly table whose columns do not follow the daily one's,
- * the roll-up gives up and the caller aggregates the daily heap in SQL,
- * which spills.
+ * Rollup: rows grouped in C by their keys, counts and sums added,
+ * updated_at the latest: what SQL's GROUP BY with sum() and max() computes.
+ * Two uses, sharing the rules:
+ *
+ * - the days (_fill_grouped): the daily rows that the source rows
+ *   contribute, one per night or expense, grouped by their KPI key,
+ *   instead of by a HashAggregate of PostgreSQL's numeric aggregate states,
+ *   which cost several times a running sum and are read back in hash order;
+ * - the months (_fill_heap with a month heap, and _fill_grouped): a monthly
+ *   KPI table has its daily table's columns with month for day, and its
+ *   rows are the daily rows grouped by the keys and the month, rolled up
+ *   while the daily rows load instead of read again from the daily heap.
+ *
+ * The groups (RollupGroup) stay within the memory a hash aggregate of the
+ * same rows may use (get_hash_memory_limit()); past it, for a NULL (which
+ * SQL's aggregates skip), or for a table whose columns do not follow these
+ * rules, the roll-up gives up and the caller groups the rows in SQL, which
+ * spills.  A dropped column of the target stays NULL.
  */
-typedef struct MonthRollup
+typedef struct Rollup
 {
 	Relation	rel;
 	TupleTableSlot *row;		/* a daily row as a monthly one */
-	struct month_hash *groups;
+	struct rollup_hash *groups;
 	MemoryContext cxt;			/* the groups and their running values */
 	Size		limit;
 	bool		given_up;
@@ -405,7 +411,7 @@ typedef struct MonthRollup
 	int		   *key_col;		/* the key columns (of the monthly row) */
 	bool	   *key_byval;
 	int16	   *key_len;
-} MonthRollup;
+} Rollup;
 
 /*
  * A month's group: its monthly row, keys and running values.  The groups
@@ -413,15 +419,15 @@ typedef struct MonthRollup
  * images (datum_image_hash, as Memoize does), which for these key types
  * and deterministic collations is their equality.
  */
-typedef struct MonthGroup
+typedef struct RollupGroup
 {
 	Datum	   *values;
 	uint32		hash;
 	char		status;			/* simplehash's */
-} MonthGroup;
+} RollupGroup;
 
 static uint32
-month_key_hash(const MonthRollup *mr, const Datum *values)
+group_key_hash(const Rollup *mr, const Datum *values)
 {
 	uint32		h = 0;
 	int			i;
@@ -433,7 +439,7 @@ month_key_hash(const MonthRollup *mr, const Datum *values)
 }
 
 static bool
-month_key_equal(const MonthRollup *mr, const Datum *a, const Datum *b)
+group_key_equal(const Rollup *mr, const Datum *a, const Datum *b)
 {
 	int			i;
 
@@ -444,12 +450,12 @@ month_key_equal(const MonthRollup *mr, const Datum *a, const Datum *b)
 	return true;
 }
 
-#define SH_PREFIX		month
-#define SH_ELEMENT_TYPE	MonthGroup
+#define SH_PREFIX		rollup
+#define SH_ELEMENT_TYPE	RollupGroup
 #define SH_KEY_TYPE		Datum *
 #define SH_KEY			values
-#define SH_HASH_KEY(tb, key)	month_key_hash((tb)->private_data, key)
-#define SH_EQUAL(tb, a, b)		month_key_equal((tb)->private_data, a, b)
+#define SH_HASH_KEY(tb, key)	group_key_hash((tb)->private_data, key)
+#define SH_EQUAL(tb, a, b)		group_key_equal((tb)->private_data, a, b)
 #define SH_STORE_HASH
 #define SH_GET_HASH(tb, a)		((a)->hash)
 #define SH_SCOPE		static inline
@@ -457,15 +463,16 @@ month_key_equal(const MonthRollup *mr, const Datum *a, const Datum *b)
 #define SH_DEFINE
 #include "lib/simplehash.h"
 
-#define ROLLUP_KEY		'k'		/* property_id, category */
+#define ROLLUP_KEY		'k'		/* property_id, category; day for the days */
 #define ROLLUP_MONTH	'm'		/* the month of the daily row's day */
+#define ROLLUP_NONE		'-'		/* a dropped column: NULL */
 #define ROLLUP_COUNT	'c'		/* bigint, added */
 #define ROLLUP_SUM		's'		/* numeric, added */
 #define ROLLUP_LATEST	'u'		/* updated_at, the latest */
 
 /*
  * A DestReceiver that loads a heap made by livekpi._new_heap() (HeapLoader)
- * and rolls its rows up into a monthly heap (MonthRollup).
+ * and rolls its rows up into a monthly heap (Rollup).
  */
 typedef struct HeapFillReceiver
 {
@@ -474,10 +481,11 @@ typedef struct HeapFillReceiver
 	uint64		rows;
 	TupleTableSlot *mapped;		/* when the heap has dropped columns */
 	AttrNumber *map;			/* heap column -> query column (0: NULL) */
-	MonthRollup *months;		/* or NULL */
+	Rollup	   *days;			/* _fill_grouped: rows grouped, not loaded */
+	Rollup	   *months;			/* or NULL */
 } HeapFillReceiver;
 
-static void rollup_add(MonthRollup *mr, TupleTableSlot *daily);
+static void rollup_add(Rollup *mr, TupleTableSlot *daily);
 
 /*
  * The query's columns must be the heap's live columns, in order and type;
@@ -541,10 +549,16 @@ fill_receive(TupleTableSlot *slot, DestReceiver *self)
 		ExecStoreVirtualTuple(r->mapped);
 		slot = r->mapped;
 	}
+	r->rows++;
+	if (r->days != NULL)
+	{
+		if (!r->days->given_up)
+			rollup_add(r->days, slot);
+		return !r->days->given_up;	/* stops the query when it gave up */
+	}
 	if (r->months != NULL && !r->months->given_up)
 		rollup_add(r->months, slot);
 	loader_add(&r->loader, slot);
-	r->rows++;
 	return true;
 }
 
@@ -618,18 +632,19 @@ livekpi_new_heap(PG_FUNCTION_ARGS)
 
 /*
  * rollup_begin
- *		A MonthRollup of daily's rows into monthly; given up from the start
- *		when a monthly column has no daily column of its name (month: day)
- *		and type, or is not a key, a count, a sum or updated_at.
+ *		A Rollup of daily's rows into target: daily itself (the days), or
+ *		its monthly table (by_month).  Given up from the start when a
+ *		target column has no daily column of its name (month: day) and
+ *		type, or is not a key, a count, a sum or updated_at.
  */
-static MonthRollup *
-rollup_begin(Relation daily, Relation monthly)
+static Rollup *
+rollup_begin(Relation daily, Relation target, bool by_month)
 {
-	MonthRollup *mr = palloc0(sizeof(MonthRollup));
-	TupleDesc	desc = RelationGetDescr(monthly);
+	Rollup	   *mr = palloc0(sizeof(Rollup));
+	TupleDesc	desc = RelationGetDescr(target);
 	int			i;
 
-	mr->rel = monthly;
+	mr->rel = target;
 	mr->natts = desc->natts;
 	mr->from = palloc0(sizeof(AttrNumber) * desc->natts);
 	mr->how = palloc0(desc->natts);
@@ -644,19 +659,21 @@ rollup_begin(Relation daily, Relation monthly)
 
 		if (att->attisdropped)
 		{
-			mr->given_up = true;
-			return mr;
+			mr->how[i] = ROLLUP_NONE;
+			continue;
 		}
-		d = get_attnum(RelationGetRelid(daily), strcmp(name, "month") == 0 ? "day" : name);
+		d = get_attnum(RelationGetRelid(daily),
+					   by_month && strcmp(name, "month") == 0 ? "day" : name);
 		if (d <= 0 || TupleDescAttr(RelationGetDescr(daily), d - 1)->atttypid != att->atttypid)
 		{
 			mr->given_up = true;
 			return mr;
 		}
 		mr->from[i] = d;
-		if (strcmp(name, "property_id") == 0 || strcmp(name, "category") == 0)
+		if (strcmp(name, "property_id") == 0 || strcmp(name, "category") == 0 ||
+			(!by_month && strcmp(name, "day") == 0))
 			mr->how[i] = ROLLUP_KEY;
-		else if (strcmp(name, "month") == 0 && att->atttypid == DATEOID)
+		else if (by_month && strcmp(name, "month") == 0 && att->atttypid == DATEOID)
 			mr->how[i] = ROLLUP_MONTH;
 		else if (strcmp(name, "updated_at") == 0 && att->atttypid == TIMESTAMPTZOID)
 			mr->how[i] = ROLLUP_LATEST;
@@ -685,17 +702,17 @@ rollup_begin(Relation daily, Relation monthly)
 		}
 	}
 
-	mr->cxt = AllocSetContextCreate(CurrentMemoryContext, "livekpi month roll-up",
+	mr->cxt = AllocSetContextCreate(CurrentMemoryContext, "livekpi roll-up",
 									ALLOCSET_DEFAULT_SIZES);
-	mr->groups = month_create(mr->cxt, 1024, mr);
+	mr->groups = rollup_create(mr->cxt, 1024, mr);
 	mr->row = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
 	mr->limit = get_hash_memory_limit();
 	return mr;
 }
 
-/* Frees the groups and the slot: the caller rolls the months up in SQL. */
+/* Frees the groups and the slot: the caller groups the rows in SQL. */
 static void
-rollup_end(MonthRollup *mr)
+rollup_end(Rollup *mr)
 {
 	MemoryContextDelete(mr->cxt);
 	ExecDropSingleTupleTableSlot(mr->row);
@@ -703,17 +720,17 @@ rollup_end(MonthRollup *mr)
 }
 
 static void
-rollup_give_up(MonthRollup *mr)
+rollup_give_up(Rollup *mr)
 {
 	mr->given_up = true;
 	rollup_end(mr);
 }
 
-/* Adds a daily row (in the daily heap's layout) to its month's group. */
+/* Adds a daily row (in the daily heap's layout) to its group. */
 static void
-rollup_add(MonthRollup *mr, TupleTableSlot *daily)
+rollup_add(Rollup *mr, TupleTableSlot *daily)
 {
-	MonthGroup *group;
+	RollupGroup *group;
 	Datum	   *values;
 	bool		found;
 	int			i;
@@ -722,21 +739,25 @@ rollup_add(MonthRollup *mr, TupleTableSlot *daily)
 	ExecClearTuple(mr->row);
 	for (i = 0; i < mr->natts; i++)
 	{
-		Datum		v = daily->tts_values[mr->from[i] - 1];
+		Datum		v;
 
+		mr->row->tts_values[i] = (Datum) 0;
+		mr->row->tts_isnull[i] = mr->how[i] == ROLLUP_NONE;
+		if (mr->how[i] == ROLLUP_NONE)
+			continue;
 		/* a NULL is what SQL's aggregates skip: leave it to them */
 		if (daily->tts_isnull[mr->from[i] - 1])
 		{
 			rollup_give_up(mr);
 			return;
 		}
+		v = daily->tts_values[mr->from[i] - 1];
 		mr->row->tts_values[i] = mr->how[i] == ROLLUP_MONTH ?
 			DateADTGetDatum(kpi_month_of(DatumGetDateADT(v))) : v;
-		mr->row->tts_isnull[i] = false;
 	}
 	ExecStoreVirtualTuple(mr->row);
 
-	group = month_insert(mr->groups, mr->row->tts_values, &found);
+	group = rollup_insert(mr->groups, mr->row->tts_values, &found);
 	if (!found)
 	{
 		MemoryContext old = MemoryContextSwitchTo(mr->cxt);
@@ -744,8 +765,9 @@ rollup_add(MonthRollup *mr, TupleTableSlot *daily)
 
 		values = palloc(sizeof(Datum) * mr->natts);
 		for (i = 0; i < mr->natts; i++)
-			values[i] = datumCopy(mr->row->tts_values[i], TupleDescAttr(desc, i)->attbyval,
-								  TupleDescAttr(desc, i)->attlen);
+			values[i] = mr->how[i] == ROLLUP_NONE ? (Datum) 0 :
+				datumCopy(mr->row->tts_values[i], TupleDescAttr(desc, i)->attbyval,
+						  TupleDescAttr(desc, i)->attlen);
 		group->values = values;
 		MemoryContextSwitchTo(old);
 		if (MemoryContextMemAllocated(mr->cxt, true) > mr->limit)
@@ -774,24 +796,33 @@ rollup_add(MonthRollup *mr, TupleTableSlot *daily)
 	}
 }
 
-/* Writes the monthly rows; false when the roll-up gave up. */
+/*
+ * rollup_finish
+ *		Writes the groups into the target heap and, with a next roll-up
+ *		(the days' months), adds each to it; false when the roll-up gave
+ *		up (nothing is written then).
+ */
 static bool
-rollup_finish(MonthRollup *mr, CommandId cid)
+rollup_finish(Rollup *mr, CommandId cid, Rollup *next)
 {
-	month_iterator iter;
-	MonthGroup *group;
+	rollup_iterator iter;
+	RollupGroup *group;
 	HeapLoader	loader;
+	int			i;
 
 	if (mr->given_up)
 		return false;
 	loader_begin(&loader, mr->rel, cid);
-	month_start_iterate(mr->groups, &iter);
-	while ((group = month_iterate(mr->groups, &iter)) != NULL)
+	rollup_start_iterate(mr->groups, &iter);
+	while ((group = rollup_iterate(mr->groups, &iter)) != NULL)
 	{
 		ExecClearTuple(mr->row);
 		memcpy(mr->row->tts_values, group->values, sizeof(Datum) * mr->natts);
-		memset(mr->row->tts_isnull, false, sizeof(bool) * mr->natts);
+		for (i = 0; i < mr->natts; i++)
+			mr->row->tts_isnull[i] = mr->how[i] == ROLLUP_NONE;
 		ExecStoreVirtualTuple(mr->row);
+		if (next != NULL && !next->given_up)
+			rollup_add(next, mr->row);
 		loader_add(&loader, mr->row);
 	}
 	loader_end(&loader);
@@ -800,23 +831,21 @@ rollup_finish(MonthRollup *mr, CommandId cid)
 }
 
 /*
- * livekpi._fill_heap(heap oid, query text, month_heap oid DEFAULT 0)
- * RETURNS boolean
- *		Runs query (livekpi's own, generated by rebuild) and bulk-inserts
- *		its rows into heap, which must have the query's row type.  The
- *		executor streams the rows straight into the heap: no SPI tuple
- *		tables, no per-row index maintenance.  With a month_heap (a daily
- *		heap's monthly table), also rolls the rows up into it
- *		(MonthRollup); returns whether it did, false also without one.
+ * fill
+ *		Runs query (livekpi's own, generated by rebuild or backfill) into
+ *		heap, which must have the query's row type.  The executor streams
+ *		the rows to the receiver: no SPI tuple tables, no per-row index
+ *		maintenance.  With group_days, the rows are a daily table's
+ *		contributions, grouped by key in C (Rollup) before they are loaded;
+ *		with a month_heap (a daily heap's monthly table), the daily rows
+ *		are rolled up into it as they load.  *days_done tells whether heap
+ *		was filled (false only when the grouping gave up: nothing is
+ *		written then), *months_done whether month_heap was.
  */
-PG_FUNCTION_INFO_V1(livekpi_fill_heap);
-Datum
-livekpi_fill_heap(PG_FUNCTION_ARGS)
+static void
+fill(Oid heap, const char *sql, Oid month_heap, bool group_days,
+	 bool *days_done, bool *months_done)
 {
-	Oid			heap = PG_GETARG_OID(0);
-	char	   *sql = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	Oid			month_heap = PG_GETARG_OID(2);
-	bool		rolled_up = false;
 	HeapFillReceiver r;
 	List	   *raw;
 	List	   *queries;
@@ -844,17 +873,20 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 	/*
 	 * The aggregation is a maintenance task: like an index build, it may
 	 * use maintenance_work_mem (work_mem would make the hash aggregate of a
-	 * large portfolio spill to disk).  Set for this query only.
+	 * large portfolio spill to disk).  Set for this query and the
+	 * roll-ups' limits only.
 	 */
 	nestlevel = NewGUCNestLevel();
 	snprintf(mem, sizeof(mem), "%d", maintenance_work_mem);
 	(void) set_config_option("work_mem", mem, PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+	if (group_days)
+		r.days = rollup_begin(r.loader.rel, r.loader.rel, false);
 	if (OidIsValid(month_heap))
 	{
 		if (month_heap == heap)
 			elog(ERROR, "livekpi._fill_heap wants two heaps");
-		r.months = rollup_begin(r.loader.rel, open_new_heap(month_heap));
+		r.months = rollup_begin(r.loader.rel, open_new_heap(month_heap), true);
 	}
 
 	/* a snapshot that sees what this transaction did so far */
@@ -868,9 +900,15 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 	ExecutorEnd(qdesc);
 	FreeQueryDesc(qdesc);
 	PopActiveSnapshot();
+
+	*days_done = r.days == NULL || rollup_finish(r.days, r.loader.cid, r.months);
+	*months_done = false;
 	if (r.months != NULL)
 	{
-		rolled_up = rollup_finish(r.months, r.loader.cid);
+		if (*days_done)
+			*months_done = rollup_finish(r.months, r.loader.cid, NULL);
+		else if (!r.months->given_up)
+			rollup_give_up(r.months);
 		table_close(r.months->rel, NoLock);
 	}
 	AtEOXact_GUC(true, nestlevel);
@@ -878,7 +916,44 @@ livekpi_fill_heap(PG_FUNCTION_ARGS)
 	loader_end(&r.loader);
 	table_close(r.loader.rel, NoLock);
 	CommandCounterIncrement();
-	PG_RETURN_BOOL(rolled_up);
+}
+
+/*
+ * livekpi._fill_heap(heap oid, query text, month_heap oid DEFAULT 0)
+ * RETURNS boolean
+ *		fill() of query's rows as they are; returns whether the months were
+ *		rolled up into month_heap (false also without one).
+ */
+PG_FUNCTION_INFO_V1(livekpi_fill_heap);
+Datum
+livekpi_fill_heap(PG_FUNCTION_ARGS)
+{
+	bool		days_done;
+	bool		months_done;
+
+	fill(PG_GETARG_OID(0), text_to_cstring(PG_GETARG_TEXT_PP(1)), PG_GETARG_OID(2), false,
+		 &days_done, &months_done);
+	PG_RETURN_BOOL(months_done);
+}
+
+/*
+ * livekpi._fill_grouped(daily oid, monthly oid, query text) RETURNS text
+ *		fill() of the daily heap with query's contributions grouped by key
+ *		in C, and of the monthly heap with their months: 'days and months',
+ *		'days' (the caller rolls the months up in SQL), or 'none' (nothing
+ *		written: the caller groups the contributions in SQL).
+ */
+PG_FUNCTION_INFO_V1(livekpi_fill_grouped);
+Datum
+livekpi_fill_grouped(PG_FUNCTION_ARGS)
+{
+	bool		days_done;
+	bool		months_done;
+
+	fill(PG_GETARG_OID(0), text_to_cstring(PG_GETARG_TEXT_PP(2)), PG_GETARG_OID(1), true,
+		 &days_done, &months_done);
+	PG_RETURN_TEXT_P(cstring_to_text(!days_done ? "none" :
+									 months_done ? "days and months" : "days"));
 }
 
 /*

@@ -166,8 +166,9 @@ $$;
  * The rebuild's recompute: kpi.c's rules, in C, over the tracked tables
  * (src/recompute.c).  _booking_rows and _expense_rows give the daily rows
  * one source row contributes, called in the target list so that the query
- * streams; PostgreSQL aggregates them.  _new_heap, _fill_heap and
- * _swap_heap load the aggregated rows into fresh heaps and swap them in.
+ * streams; _fill_grouped groups them by key in C (SQL when that gives up).
+ * _new_heap, _fill_grouped, _fill_heap and _swap_heap load the grouped rows
+ * into fresh heaps and swap them in.
  */
 CREATE FUNCTION livekpi._booking_rows(key "any", check_in "any", check_out "any", amount "any",
 									  status text, cancelled_statuses text[], max_stay int,
@@ -188,18 +189,50 @@ CREATE FUNCTION livekpi._swap_heap(target regclass, heap oid) RETURNS void
 CREATE FUNCTION livekpi._month(day date) RETURNS date
 	AS 'MODULE_PATHNAME', 'livekpi_month' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
+CREATE FUNCTION livekpi._fill_grouped(daily oid, monthly oid, query text) RETURNS text
+	AS 'MODULE_PATHNAME', 'livekpi_fill_grouped' LANGUAGE C STRICT;
+
+/*
+ * _group_days_sql(daily, query)
+ *		query's rows (in the layout of the daily heap daily) grouped by key
+ *		in SQL, as _fill_grouped groups them in C: counts and sums added,
+ *		updated_at the latest.
+ */
+CREATE FUNCTION livekpi._group_days_sql(daily oid, query text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT format('SELECT %s FROM (%s) x (%s) GROUP BY %s',
+				  string_agg(CASE WHEN a.attname IN ('property_id', 'day', 'category') THEN quote_ident(a.attname)
+								  WHEN a.attname = 'updated_at' THEN 'max(updated_at)'
+								  WHEN a.atttypid = 'bigint'::regtype THEN format('sum(%I)::bigint', a.attname)
+								  ELSE format('sum(%I)', a.attname) END, ', ' ORDER BY a.attnum),
+				  query,
+				  string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum),
+				  string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
+					  FILTER (WHERE a.attname IN ('property_id', 'day', 'category')))
+	FROM pg_attribute a
+	WHERE a.attrelid = daily AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
 /*
  * _fill_days_and_months(daily, monthly, query)
  *		Fills the fresh heaps of a daily KPI table and of its monthly table
- *		from query's daily rows: the months are rolled up in C while the
- *		days load, or, when that roll-up gives up (past the memory of a
- *		hash aggregate, see _fill_heap), aggregated from the filled daily
- *		heap in SQL.  updated_at of a month is its days' latest.
+ *		from query's rows, in the daily table's layout, one per contribution
+ *		(or per existing daily row): grouped by key in C, the months rolled
+ *		up in C while the days load.  When a grouping gives up (past the
+ *		memory of a hash aggregate, see _fill_grouped), SQL groups instead:
+ *		the days with _group_days_sql, the months from the filled daily
+ *		heap.  updated_at of a month is its days' latest.
  */
 CREATE FUNCTION livekpi._fill_days_and_months(daily oid, monthly oid, query text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	filled text;
 BEGIN
-	IF livekpi._fill_heap(daily, query, monthly) THEN
+	filled := livekpi._fill_grouped(daily, monthly, query);
+	IF filled = 'days and months' THEN
+		RETURN;
+	END IF;
+	IF filled = 'none' AND livekpi._fill_heap(daily, livekpi._group_days_sql(daily, query), monthly) THEN
 		RETURN;
 	END IF;
 	IF EXISTS (SELECT FROM pg_attribute
@@ -494,13 +527,12 @@ BEGIN
 	pm := livekpi._new_heap('livekpi.portfolio_monthly');
 
 	PERFORM livekpi._fill_days_and_months(bd, bm, format(
-		'SELECT pid, day, sum(nights), sum(revenue), sum(arrivals), sum(cancelled), now() '
-		'FROM (%s) x GROUP BY pid, day', livekpi._booking_rows_sql(kt)));
+		'SELECT pid, day, nights::bigint, revenue, arrivals::bigint, cancelled::bigint, now() '
+		'FROM (%s) x', livekpi._booking_rows_sql(kt)));
 	PERFORM livekpi._fill_days_and_months(ed, em, format(
-		'SELECT pid, day, category, coalesce(sum(amount) FILTER (WHERE class = 0), 0), '
-		'coalesce(sum(amount) FILTER (WHERE class = 1), 0), '
-		'coalesce(sum(amount) FILTER (WHERE class = 2), 0), count(*), now() '
-		'FROM (%s) x GROUP BY pid, day, category', livekpi._expense_rows_sql(kt)));
+		'SELECT pid, day, category, CASE WHEN class = 0 THEN amount ELSE 0 END, '
+		'CASE WHEN class = 1 THEN amount ELSE 0 END, CASE WHEN class = 2 THEN amount ELSE 0 END, '
+		'1::bigint, now() FROM (%s) x', livekpi._expense_rows_sql(kt)));
 	PERFORM livekpi._fill_heap(pm, format(
 		'SELECT month, sum(n)::bigint, sum(r), sum(a)::bigint, sum(c)::bigint, sum(ap), sum(pe), '
 		'sum(ec)::bigint, now() '
@@ -593,11 +625,10 @@ BEGIN
 		h_portfolio := livekpi._new_heap('livekpi.portfolio_monthly');
 		IF t.kind = 'bookings' THEN
 			PERFORM livekpi._fill_days_and_months(h_daily, h_monthly, format(
-				'SELECT pid, day, sum(n)::bigint, sum(r), sum(a)::bigint, sum(c)::bigint, max(u) FROM ('
-				'SELECT property_id AS pid, day, nights_sold AS n, room_revenue AS r, arrivals AS a, '
-				'cancelled_arrivals AS c, updated_at AS u FROM livekpi.booking_daily UNION ALL '
-				'SELECT pid, day, nights, revenue, arrivals, cancelled, now() FROM (%s) x) y '
-				'GROUP BY pid, day', livekpi._booking_rows_sql(kt, rel)));
+				'SELECT property_id, day, nights_sold, room_revenue, arrivals, cancelled_arrivals, '
+				'updated_at FROM livekpi.booking_daily UNION ALL '
+				'SELECT pid, day, nights::bigint, revenue, arrivals::bigint, cancelled::bigint, now() '
+				'FROM (%s) x', livekpi._booking_rows_sql(kt, rel)));
 			PERFORM livekpi._fill_heap(h_portfolio, format(
 				'SELECT month, sum(n)::bigint, sum(r), sum(a)::bigint, sum(c)::bigint, sum(ap), sum(pe), '
 				'sum(ec)::bigint, max(u) '
@@ -609,12 +640,11 @@ BEGIN
 			PERFORM livekpi._swap_heap('livekpi.booking_monthly', h_monthly);
 		ELSE
 			PERFORM livekpi._fill_days_and_months(h_daily, h_monthly, format(
-				'SELECT pid, day, category, sum(ap), sum(pe), sum(re), sum(c)::bigint, max(u) FROM ('
-				'SELECT property_id AS pid, day, category, approved_amount AS ap, pending_amount AS pe, '
-				'rejected_amount AS re, expense_count AS c, updated_at AS u FROM livekpi.expense_daily '
+				'SELECT property_id, day, category, approved_amount, pending_amount, rejected_amount, '
+				'expense_count, updated_at FROM livekpi.expense_daily '
 				'UNION ALL SELECT pid, day, category, CASE WHEN class = 0 THEN amount ELSE 0 END, '
 				'CASE WHEN class = 1 THEN amount ELSE 0 END, CASE WHEN class = 2 THEN amount ELSE 0 END, '
-				'1, now() FROM (%s) x) y GROUP BY pid, day, category', livekpi._expense_rows_sql(kt, rel)));
+				'1::bigint, now() FROM (%s) x', livekpi._expense_rows_sql(kt, rel)));
 			PERFORM livekpi._fill_heap(h_portfolio, format(
 				'SELECT month, sum(n)::bigint, sum(r), sum(a)::bigint, sum(c)::bigint, sum(ap), sum(pe), '
 				'sum(ec)::bigint, max(u) '
