@@ -407,6 +407,8 @@ typedef struct Rollup
 	int			natts;
 	AttrNumber *from;			/* monthly column -> daily column */
 	char	   *how;			/* ROLLUP_KEY, ROLLUP_MONTH, ... */
+	char	   *free_values;	/* the unused end of the values block */
+	Size		free_bytes;
 	int			nkeys;
 	int		   *key_col;		/* the key columns (of the monthly row) */
 	bool	   *key_byval;
@@ -726,6 +728,30 @@ rollup_give_up(Rollup *mr)
 	rollup_end(mr);
 }
 
+/*
+ * A group's values array: carved from blocks of ROLLUP_VALUES_BLOCK bytes,
+ * as the arrays are freed only with the whole roll-up (a palloc each would
+ * add a chunk header and round up, a third more per group).
+ */
+#define ROLLUP_VALUES_BLOCK		(64 * 1024)
+
+static Datum *
+rollup_values(Rollup *mr)
+{
+	Size		size = sizeof(Datum) * mr->natts;
+	Datum	   *values;
+
+	if (mr->free_bytes < size)
+	{
+		mr->free_values = MemoryContextAlloc(mr->cxt, ROLLUP_VALUES_BLOCK);
+		mr->free_bytes = ROLLUP_VALUES_BLOCK;
+	}
+	values = (Datum *) mr->free_values;
+	mr->free_values += size;
+	mr->free_bytes -= size;
+	return values;
+}
+
 /* Adds a daily row (in the daily heap's layout) to its group. */
 static void
 rollup_add(Rollup *mr, TupleTableSlot *daily)
@@ -763,7 +789,7 @@ rollup_add(Rollup *mr, TupleTableSlot *daily)
 		MemoryContext old = MemoryContextSwitchTo(mr->cxt);
 		TupleDesc	desc = mr->row->tts_tupleDescriptor;
 
-		values = palloc(sizeof(Datum) * mr->natts);
+		values = rollup_values(mr);
 		for (i = 0; i < mr->natts; i++)
 			values[i] = mr->how[i] == ROLLUP_NONE ? (Datum) 0 :
 				datumCopy(mr->row->tts_values[i], TupleDescAttr(desc, i)->attbyval,
