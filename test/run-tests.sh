@@ -9,8 +9,10 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 
 work=$top
 if [ "$(id -u)" = 0 ]; then
+	# the scratch copy goes when every suite passed (kept for a look otherwise)
 	work=$(mktemp -d /tmp/livekpi-test.XXXXXX)
-	rsync -a --exclude .git --exclude node_modules "$top/" "$work/"
+	rsync -a --exclude .git --exclude node_modules --exclude /bench/out --exclude /.demo \
+		"$top/" "$work/"
 	[ -d "$top/node_modules" ] && ln -s "$top/node_modules" "$work/node_modules"
 	chown -R postgres: "$work"
 	chmod o+rx "$work"
@@ -60,4 +62,11 @@ if [ $failed -gt 0 ]; then
 	done
 fi
 echo "suites: $passed passed, $failed failed"
+if [ "$work" != "$top" ]; then
+	if [ $failed -eq 0 ]; then
+		rm -rf "$work"
+	else
+		echo "the test tree and its logs are kept in $work"
+	fi
+fi
 [ $failed -eq 0 ]
