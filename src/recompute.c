@@ -30,6 +30,7 @@
 #include "commands/tablecmds.h"
 #include "common/hashfn.h"
 #include "executor/executor.h"
+#include "jit/jit.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -895,6 +896,14 @@ fill(Oid heap, const char *sql, Oid month_heap, bool group_days,
 	if (list_length(queries) != 1 || linitial_node(Query, queries)->commandType != CMD_SELECT)
 		elog(ERROR, "livekpi._fill_heap wants one SELECT");
 	plan = pg_plan_query(linitial_node(Query, queries), sql, CURSOR_OPT_PARALLEL_OK, NULL);
+
+	/*
+	 * No JIT: the work is in livekpi's C functions and the grouping, not in
+	 * expressions, and compiling them cost a second of a 1M-booking
+	 * rebuild (the planner sees millions of rows and asks for inlining and
+	 * optimization).
+	 */
+	plan->jitFlags = PGJIT_NONE;
 
 	/*
 	 * The aggregation is a maintenance task: like an index build, it may

@@ -174,12 +174,12 @@ CREATE FUNCTION livekpi._booking_rows(key "any", check_in "any", check_out "any"
 									  status text, cancelled_statuses text[], max_stay int,
 									  timezone text)
 RETURNS TABLE (day date, nights int, arrivals int, cancelled int, revenue numeric)
-	AS 'MODULE_PATHNAME', 'livekpi_booking_rows' LANGUAGE C STABLE;
+	AS 'MODULE_PATHNAME', 'livekpi_booking_rows' LANGUAGE C STABLE ROWS 5;
 CREATE FUNCTION livekpi._expense_rows(key "any", day "any", amount "any", category text,
 									  status text, has_status boolean, approved_statuses text[],
 									  rejected_statuses text[], timezone text)
 RETURNS TABLE (day date, class int, category text, amount numeric)
-	AS 'MODULE_PATHNAME', 'livekpi_expense_rows' LANGUAGE C STABLE;
+	AS 'MODULE_PATHNAME', 'livekpi_expense_rows' LANGUAGE C STABLE ROWS 1;
 CREATE FUNCTION livekpi._new_heap(target regclass) RETURNS oid
 	AS 'MODULE_PATHNAME', 'livekpi_new_heap' LANGUAGE C STRICT;
 CREATE FUNCTION livekpi._fill_heap(heap oid, query text, month_heap oid DEFAULT 0) RETURNS boolean
