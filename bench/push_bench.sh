@@ -84,10 +84,13 @@ push_port=$(free_port)
 bench_pid=
 bench2_pid=
 pgbench_pid=
+# (every step may fail, e.g. a client that already exited: the clusters
+# must still stop)
 cleanup() {
-	[ -n "$bench_pid" ] && kill "$bench_pid" 2>/dev/null
-	[ -n "$bench2_pid" ] && kill "$bench2_pid" 2>/dev/null
-	[ -n "$pgbench_pid" ] && kill "$pgbench_pid" 2>/dev/null
+	local pid
+	for pid in "$bench_pid" "$bench2_pid" "$pgbench_pid"; do
+		[ -z "$pid" ] || kill "$pid" 2>/dev/null || true
+	done
 	[ "${PUSH_KEEP:-0}" = 1 ] && return
 	cluster_stop "$sbdir"
 	cluster_stop "$dir"
@@ -110,13 +113,19 @@ q() { "${PSQL[@]}" -c "$1"; }
 status() { q "SELECT $1 FROM livekpi.status"; }
 now() { date +%s.%N; }
 
-# wait_for COMMAND SECONDS WHAT: poll COMMAND every 50 ms until it succeeds
+# wait_for COMMAND SECONDS WHAT: poll COMMAND every 50 ms until it succeeds.
+# ws_bench exits once it wrote its last round, which can fall between a
+# check and the liveness test: a dead ws_bench is a failure only if COMMAND
+# still fails after it exited.
 wait_for() {
 	local deadline
 	deadline=$(($(date +%s) + $2))
 	until eval "$1"; do
 		[ "$(date +%s)" -lt "$deadline" ] || die "timed out waiting for $3"
-		[ -z "$bench_pid" ] || kill -0 "$bench_pid" 2>/dev/null || die "ws_bench died waiting for $3"
+		if [ -n "$bench_pid" ] && ! kill -0 "$bench_pid" 2>/dev/null; then
+			eval "$1" && break
+			die "ws_bench died waiting for $3"
+		fi
 		sleep 0.05
 	done
 }
