@@ -441,14 +441,35 @@ group_key_hash(const Rollup *mr, const Datum *values)
 	return h;
 }
 
+/*
+ * datum_image_eq, with the common cases inline: a plain or short-header
+ * text (a category, a text key) is compared in place, without the size
+ * lookups and detoasting that cost a cache miss each in a large grouping.
+ */
+static inline bool
+key_image_eq(Datum a, Datum b, bool byval, int16 len)
+{
+	if (byval)
+		return a == b;
+	if (len > 0)
+		return memcmp(DatumGetPointer(a), DatumGetPointer(b), len) == 0;
+	if (len == -1 &&
+		!VARATT_IS_EXTERNAL(DatumGetPointer(a)) && !VARATT_IS_COMPRESSED(DatumGetPointer(a)) &&
+		!VARATT_IS_EXTERNAL(DatumGetPointer(b)) && !VARATT_IS_COMPRESSED(DatumGetPointer(b)))
+		return VARSIZE_ANY_EXHDR(DatumGetPointer(a)) == VARSIZE_ANY_EXHDR(DatumGetPointer(b)) &&
+			memcmp(VARDATA_ANY(DatumGetPointer(a)), VARDATA_ANY(DatumGetPointer(b)),
+				   VARSIZE_ANY_EXHDR(DatumGetPointer(a))) == 0;
+	return datum_image_eq(a, b, byval, len);
+}
+
 static bool
 group_key_equal(const Rollup *mr, const Datum *a, const Datum *b)
 {
 	int			i;
 
 	for (i = 0; i < mr->nkeys; i++)
-		if (!datum_image_eq(a[mr->key_col[i]], b[mr->key_col[i]], mr->key_byval[i],
-							mr->key_len[i]))
+		if (!key_image_eq(a[mr->key_col[i]], b[mr->key_col[i]], mr->key_byval[i],
+						  mr->key_len[i]))
 			return false;
 	return true;
 }
@@ -730,26 +751,53 @@ rollup_give_up(Rollup *mr)
 }
 
 /*
- * A group's values array: carved from blocks of ROLLUP_VALUES_BLOCK bytes,
- * as the arrays are freed only with the whole roll-up (a palloc each would
- * add a chunk header and round up, a third more per group).
+ * A new group's values array, with copies of its by-reference keys right
+ * after it: carved from blocks of ROLLUP_VALUES_BLOCK bytes, as they are
+ * freed only with the whole roll-up (a palloc each would add a chunk header
+ * and round up, and a key compared at every lookup would be one more cache
+ * miss away).  The sums stay palloc'd: each addition replaces them.
  */
 #define ROLLUP_VALUES_BLOCK		(64 * 1024)
 
 static Datum *
-rollup_values(Rollup *mr)
+rollup_values(Rollup *mr, const Datum *row)
 {
-	Size		size = sizeof(Datum) * mr->natts;
+	TupleDesc	desc = mr->row->tts_tupleDescriptor;
+	Size		size = MAXALIGN(sizeof(Datum) * mr->natts);
 	Datum	   *values;
+	char	   *keys;
+	int			i;
 
+	for (i = 0; i < mr->natts; i++)
+		if (mr->how[i] == ROLLUP_KEY && !TupleDescAttr(desc, i)->attbyval)
+			size += MAXALIGN(datumGetSize(row[i], false, TupleDescAttr(desc, i)->attlen));
 	if (mr->free_bytes < size)
 	{
-		mr->free_values = MemoryContextAlloc(mr->cxt, ROLLUP_VALUES_BLOCK);
-		mr->free_bytes = ROLLUP_VALUES_BLOCK;
+		mr->free_values = MemoryContextAlloc(mr->cxt, Max(size, ROLLUP_VALUES_BLOCK));
+		mr->free_bytes = Max(size, ROLLUP_VALUES_BLOCK);
 	}
 	values = (Datum *) mr->free_values;
+	keys = mr->free_values + MAXALIGN(sizeof(Datum) * mr->natts);
 	mr->free_values += size;
 	mr->free_bytes -= size;
+
+	for (i = 0; i < mr->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (mr->how[i] == ROLLUP_NONE)
+			values[i] = (Datum) 0;
+		else if (mr->how[i] == ROLLUP_KEY && !att->attbyval)
+		{
+			Size		len = datumGetSize(row[i], false, att->attlen);
+
+			memcpy(keys, DatumGetPointer(row[i]), len);
+			values[i] = PointerGetDatum(keys);
+			keys += MAXALIGN(len);
+		}
+		else
+			values[i] = datumCopy(row[i], att->attbyval, att->attlen);
+	}
 	return values;
 }
 
@@ -788,14 +836,8 @@ rollup_add(Rollup *mr, TupleTableSlot *daily)
 	if (!found)
 	{
 		MemoryContext old = MemoryContextSwitchTo(mr->cxt);
-		TupleDesc	desc = mr->row->tts_tupleDescriptor;
 
-		values = rollup_values(mr);
-		for (i = 0; i < mr->natts; i++)
-			values[i] = mr->how[i] == ROLLUP_NONE ? (Datum) 0 :
-				datumCopy(mr->row->tts_values[i], TupleDescAttr(desc, i)->attbyval,
-						  TupleDescAttr(desc, i)->attlen);
-		group->values = values;
+		group->values = rollup_values(mr, mr->row->tts_values);
 		MemoryContextSwitchTo(old);
 		if (MemoryContextMemAllocated(mr->cxt, true) > mr->limit)
 			rollup_give_up(mr);
