@@ -795,6 +795,11 @@ rollup_values(Rollup *mr, const Datum *row)
 			values[i] = PointerGetDatum(keys);
 			keys += MAXALIGN(len);
 		}
+		else if (mr->how[i] == ROLLUP_SUM)
+		{
+			/* kept unpacked: numeric_add would unpack a short header each time */
+			values[i] = PointerGetDatum(PG_DETOAST_DATUM_COPY(row[i]));
+		}
 		else
 			values[i] = datumCopy(row[i], att->attbyval, att->attlen);
 	}
