@@ -206,10 +206,11 @@ SELECT p, m.d0, u.units, u.available_nights, nights.nights_sold,
 FROM m, u, nights, arr, ex
 $$;
 
--- One portfolio-month of portfolio_kpis computed from all the raw rows,
--- exactly as raw_property_month() does for one property: nothing short of
--- reading every stay that may reach the month, which is what the
--- materialized portfolio_monthly spares a dashboard.
+-- One portfolio-month of portfolio_kpis computed from all the raw rows:
+-- raw_property_month() of every property, added up, the ratios taken of
+-- the sums as the view takes them.  Nothing short of reading every stay
+-- that may reach the month, which the materialized portfolio_monthly
+-- spares a dashboard.
 CREATE FUNCTION bench.raw_portfolio_month(d0 date)
 RETURNS TABLE (month date, properties bigint, available_nights bigint,
                nights_sold bigint, occupancy numeric, room_revenue numeric, adr numeric,
@@ -217,44 +218,19 @@ RETURNS TABLE (month date, properties bigint, available_nights bigint,
                cancellation_rate numeric, approved_expenses numeric, pending_expenses numeric,
                noi numeric)
 LANGUAGE sql STABLE AS $$
-WITH m AS (SELECT d0 AS d0, (d0 + interval '1 month')::date AS d1),
-b AS (
-	SELECT b.check_in, b.check_out - b.check_in AS n, coalesce(b.total_amount, 0) AS amount,
-	       coalesce(b.status IN ('cancelled', 'canceled'), false) AS cancelled
-	FROM gen.bookings b, m
-	WHERE b.check_in >= m.d0 - 1000 AND b.check_in < m.d1
-	  AND b.check_out - b.check_in <= 1000),
-nights AS (
-	SELECT count(*) FILTER (WHERE b.n >= 1) AS nights_sold,
-	       coalesce(sum(CASE WHEN b.n <= 0 THEN b.amount
-	                         WHEN g.i < b.n - 1 THEN round(b.amount / b.n, 2)
-	                         ELSE b.amount - round(b.amount / b.n, 2) * (b.n - 1) END), 0) AS room_revenue
-	FROM b, m,
-	     LATERAL generate_series(greatest(0, m.d0 - b.check_in),
-	                             least(greatest(b.n, 1), m.d1 - b.check_in) - 1) g(i)
-	WHERE NOT b.cancelled),
-arr AS (
-	SELECT count(*) FILTER (WHERE NOT b.cancelled) AS arrivals,
-	       count(*) FILTER (WHERE b.cancelled) AS cancelled_arrivals
-	FROM b, m WHERE b.check_in >= m.d0),
-ex AS (
-	SELECT coalesce(sum(e.amount) FILTER (WHERE e.approval_status = 'approved'), 0) AS approved_expenses,
-	       coalesce(sum(e.amount) FILTER (WHERE e.approval_status IS NULL
-	                                       OR e.approval_status NOT IN ('approved', 'rejected')), 0)
-	         AS pending_expenses
-	FROM gen.expenses e, m
-	WHERE e.incurred_on >= m.d0 AND e.incurred_on < m.d1),
-u AS (SELECT count(*) AS properties, coalesce(sum(pr.units), 0) * (m.d1 - m.d0) AS available_nights
-      FROM gen.properties pr, m GROUP BY m.d1, m.d0)
-SELECT m.d0, u.properties, u.available_nights, nights.nights_sold,
-       round(nights.nights_sold::numeric / nullif(u.available_nights, 0), 6),
-       nights.room_revenue,
-       round(nights.room_revenue / nullif(nights.nights_sold, 0), 2),
-       round(nights.room_revenue / nullif(u.available_nights, 0), 2),
-       arr.arrivals, arr.cancelled_arrivals,
-       round(arr.cancelled_arrivals::numeric / nullif(arr.arrivals + arr.cancelled_arrivals, 0), 6),
-       ex.approved_expenses, ex.pending_expenses, nights.room_revenue - ex.approved_expenses
-FROM m, u, nights, arr, ex
+SELECT d0, s.properties, s.available_nights, s.nights_sold,
+       round(s.nights_sold::numeric / nullif(s.available_nights, 0), 6),
+       s.room_revenue,
+       round(s.room_revenue / nullif(s.nights_sold, 0), 2),
+       round(s.room_revenue / nullif(s.available_nights, 0), 2),
+       s.arrivals, s.cancelled_arrivals,
+       round(s.cancelled_arrivals::numeric / nullif(s.arrivals + s.cancelled_arrivals, 0), 6),
+       s.approved_expenses, s.pending_expenses, s.room_revenue - s.approved_expenses
+FROM (SELECT count(*) AS properties, sum(r.available_nights)::bigint AS available_nights,
+             sum(r.nights_sold)::bigint AS nights_sold, sum(r.room_revenue) AS room_revenue,
+             sum(r.arrivals)::bigint AS arrivals, sum(r.cancelled_arrivals)::bigint AS cancelled_arrivals,
+             sum(r.approved_expenses) AS approved_expenses, sum(r.pending_expenses) AS pending_expenses
+      FROM gen.properties pr, LATERAL bench.raw_property_month(pr.id, d0) r) s
 $$;
 
 -- WAL written by one operation on a table, inside one transaction (so the
