@@ -456,9 +456,10 @@ kpi_batch_init(KpiBatch *batch, char key_kind, MemoryContext context)
 	memset(batch, 0, sizeof(*batch));
 	batch->context = context;
 	batch->key_kind = key_kind;
-	batch->booking_daily = daily_create(context, 1024, NULL);
-	batch->expense_daily = daily_create(context, 256, NULL);
-	batch->units_changed = daily_create(context, 16, NULL);
+	/* small at first: most batches are a few changes, and they grow by doubling */
+	batch->booking_daily = daily_create(context, 64, NULL);
+	batch->expense_daily = daily_create(context, 16, NULL);
+	batch->units_changed = daily_create(context, 8, NULL);
 	batch->scratch = AllocSetContextCreate(context, "livekpi batch scratch",
 										   ALLOCSET_SMALL_SIZES);
 }

@@ -502,7 +502,6 @@ typedef struct HeapFillReceiver
 {
 	DestReceiver pub;
 	HeapLoader	loader;
-	uint64		rows;
 	TupleTableSlot *mapped;		/* when the heap has dropped columns */
 	AttrNumber *map;			/* heap column -> query column (0: NULL) */
 	Rollup	   *days;			/* _fill_grouped: rows grouped, not loaded */
@@ -573,7 +572,6 @@ fill_receive(TupleTableSlot *slot, DestReceiver *self)
 		ExecStoreVirtualTuple(r->mapped);
 		slot = r->mapped;
 	}
-	r->rows++;
 	if (r->days != NULL)
 	{
 		if (!r->days->given_up)
@@ -872,21 +870,20 @@ rollup_add(Rollup *mr, TupleTableSlot *daily)
 
 /*
  * rollup_finish
- *		Writes the groups into the target heap and, with a next roll-up
- *		(the days' months), adds each to it; false when the roll-up gave
- *		up (nothing is written then).
+ *		Writes the groups with loader (open on the roll-up's target heap)
+ *		and, with a next roll-up (the days' months), adds each to it; false
+ *		when the roll-up gave up (nothing is written then).
  */
 static bool
-rollup_finish(Rollup *mr, CommandId cid, Rollup *next)
+rollup_finish(Rollup *mr, HeapLoader *loader, Rollup *next)
 {
 	rollup_iterator iter;
 	RollupGroup *group;
-	HeapLoader	loader;
 	int			i;
 
 	if (mr->given_up)
 		return false;
-	loader_begin(&loader, mr->rel, cid);
+	Assert(loader->rel == mr->rel);
 	rollup_start_iterate(mr->groups, &iter);
 	while ((group = rollup_iterate(mr->groups, &iter)) != NULL)
 	{
@@ -897,9 +894,8 @@ rollup_finish(Rollup *mr, CommandId cid, Rollup *next)
 		ExecStoreVirtualTuple(mr->row);
 		if (next != NULL && !next->given_up)
 			rollup_add(next, mr->row);
-		loader_add(&loader, mr->row);
+		loader_add(loader, mr->row);
 	}
-	loader_end(&loader);
 	rollup_end(mr);
 	return true;
 }
@@ -983,12 +979,18 @@ fill(Oid heap, const char *sql, Oid month_heap, bool group_days,
 	FreeQueryDesc(qdesc);
 	PopActiveSnapshot();
 
-	*days_done = r.days == NULL || rollup_finish(r.days, r.loader.cid, r.months);
+	*days_done = r.days == NULL || rollup_finish(r.days, &r.loader, r.months);
 	*months_done = false;
 	if (r.months != NULL)
 	{
-		if (*days_done)
-			*months_done = rollup_finish(r.months, r.loader.cid, NULL);
+		if (*days_done && !r.months->given_up)
+		{
+			HeapLoader	months_loader;
+
+			loader_begin(&months_loader, r.months->rel, r.loader.cid);
+			*months_done = rollup_finish(r.months, &months_loader, NULL);
+			loader_end(&months_loader);
+		}
 		else if (!r.months->given_up)
 			rollup_give_up(r.months);
 		table_close(r.months->rel, NoLock);
