@@ -408,8 +408,8 @@ typedef struct Rollup
 	int			natts;
 	AttrNumber *from;			/* monthly column -> daily column */
 	char	   *how;			/* ROLLUP_KEY, ROLLUP_MONTH, ... */
-	char	   *free_values;	/* the unused end of the values block */
-	Size		free_bytes;
+	struct RollupBlock *blocks; /* the groups' values, in the order made */
+	struct RollupBlock *last_block;
 	int			nkeys;
 	int		   *key_col;		/* the key columns (of the monthly row) */
 	bool	   *key_byval;
@@ -739,6 +739,7 @@ rollup_end(Rollup *mr)
 	MemoryContextDelete(mr->cxt);
 	ExecDropSingleTupleTableSlot(mr->row);
 	mr->groups = NULL;
+	mr->blocks = mr->last_block = NULL;
 }
 
 static void
@@ -753,31 +754,63 @@ rollup_give_up(Rollup *mr)
  * after it: carved from blocks of ROLLUP_VALUES_BLOCK bytes, as they are
  * freed only with the whole roll-up (a palloc each would add a chunk header
  * and round up, and a key compared at every lookup would be one more cache
- * miss away).  The sums stay palloc'd: each addition replaces them.
+ * miss away).  rollup_finish reads the groups back through the blocks, in
+ * the order they were made, not through the hash table: in hash order
+ * every group's values were a cache and TLB miss (a million-booking
+ * rebuild spent 0.8 s on them).  The sums stay palloc'd: each addition
+ * replaces them.
  */
 #define ROLLUP_VALUES_BLOCK		(64 * 1024)
+
+typedef struct RollupBlock
+{
+	struct RollupBlock *next;
+	Size		used;			/* bytes of groups after the header */
+	Size		size;
+} RollupBlock;
+
+#define ROLLUP_BLOCK_DATA(b)	((char *) (b) + MAXALIGN(sizeof(RollupBlock)))
+
+/* Bytes of a group's values array and the keys after it. */
+static Size
+rollup_entry_size(Rollup *mr, const Datum *row)
+{
+	TupleDesc	desc = mr->row->tts_tupleDescriptor;
+	Size		size = MAXALIGN(sizeof(Datum) * mr->natts);
+
+	for (int i = 0; i < mr->natts; i++)
+		if (mr->how[i] == ROLLUP_KEY && !TupleDescAttr(desc, i)->attbyval)
+			size += MAXALIGN(datumGetSize(row[i], false, TupleDescAttr(desc, i)->attlen));
+	return size;
+}
 
 static Datum *
 rollup_values(Rollup *mr, const Datum *row)
 {
 	TupleDesc	desc = mr->row->tts_tupleDescriptor;
-	Size		size = MAXALIGN(sizeof(Datum) * mr->natts);
+	Size		size = rollup_entry_size(mr, row);
+	RollupBlock *b = mr->last_block;
 	Datum	   *values;
 	char	   *keys;
 	int			i;
 
-	for (i = 0; i < mr->natts; i++)
-		if (mr->how[i] == ROLLUP_KEY && !TupleDescAttr(desc, i)->attbyval)
-			size += MAXALIGN(datumGetSize(row[i], false, TupleDescAttr(desc, i)->attlen));
-	if (mr->free_bytes < size)
+	if (b == NULL || b->size - b->used < size)
 	{
-		mr->free_values = MemoryContextAlloc(mr->cxt, Max(size, ROLLUP_VALUES_BLOCK));
-		mr->free_bytes = Max(size, ROLLUP_VALUES_BLOCK);
+		Size		data = Max(size, ROLLUP_VALUES_BLOCK);
+
+		b = MemoryContextAlloc(mr->cxt, MAXALIGN(sizeof(RollupBlock)) + data);
+		b->next = NULL;
+		b->used = 0;
+		b->size = data;
+		if (mr->last_block != NULL)
+			mr->last_block->next = b;
+		else
+			mr->blocks = b;
+		mr->last_block = b;
 	}
-	values = (Datum *) mr->free_values;
-	keys = mr->free_values + MAXALIGN(sizeof(Datum) * mr->natts);
-	mr->free_values += size;
-	mr->free_bytes -= size;
+	values = (Datum *) (ROLLUP_BLOCK_DATA(b) + b->used);
+	keys = (char *) values + MAXALIGN(sizeof(Datum) * mr->natts);
+	b->used += size;
 
 	for (i = 0; i < mr->natts; i++)
 	{
@@ -877,24 +910,30 @@ rollup_add(Rollup *mr, TupleTableSlot *daily)
 static bool
 rollup_finish(Rollup *mr, HeapLoader *loader, Rollup *next)
 {
-	rollup_iterator iter;
-	RollupGroup *group;
+	RollupBlock *b;
 	int			i;
 
 	if (mr->given_up)
 		return false;
 	Assert(loader->rel == mr->rel);
-	rollup_start_iterate(mr->groups, &iter);
-	while ((group = rollup_iterate(mr->groups, &iter)) != NULL)
+	for (b = mr->blocks; b != NULL; b = b->next)
 	{
-		ExecClearTuple(mr->row);
-		memcpy(mr->row->tts_values, group->values, sizeof(Datum) * mr->natts);
-		for (i = 0; i < mr->natts; i++)
-			mr->row->tts_isnull[i] = mr->how[i] == ROLLUP_NONE;
-		ExecStoreVirtualTuple(mr->row);
-		if (next != NULL && !next->given_up)
-			rollup_add(next, mr->row);
-		loader_add(loader, mr->row);
+		Size		off = 0;
+
+		while (off < b->used)
+		{
+			Datum	   *values = (Datum *) (ROLLUP_BLOCK_DATA(b) + off);
+
+			off += rollup_entry_size(mr, values);
+			ExecClearTuple(mr->row);
+			memcpy(mr->row->tts_values, values, sizeof(Datum) * mr->natts);
+			for (i = 0; i < mr->natts; i++)
+				mr->row->tts_isnull[i] = mr->how[i] == ROLLUP_NONE;
+			ExecStoreVirtualTuple(mr->row);
+			if (next != NULL && !next->given_up)
+				rollup_add(next, mr->row);
+			loader_add(loader, mr->row);
+		}
 	}
 	rollup_end(mr);
 	return true;
