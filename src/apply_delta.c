@@ -266,6 +266,10 @@ struct ApplyJsonFormat
 	int			n;
 	int		   *att;			/* the columns' indexes, in key order */
 	JsonbValue *keys;			/* their names */
+	bool		direct;			/* every column of a type row_jsonb_direct writes */
+	JEntry	   *key_entries;	/* the keys' JEntries, as convertJsonbObject sets them */
+	char	   *key_bytes;		/* the keys, one after the other */
+	uint32		key_len;
 };
 
 static int
@@ -277,6 +281,254 @@ json_key_cmp(const void *pa, const void *pb)
 	if (a->val.string.len != b->val.string.len)
 		return a->val.string.len < b->val.string.len ? -1 : 1;
 	return memcmp(a->val.string.val, b->val.string.val, a->val.string.len);
+}
+
+static void check_jsonb_length(Size len);
+static void format_prepare_direct(ApplyJsonFormat *f);
+#ifdef LIVEKPI_CHECK_VIEWS_OBJECT
+static Jsonb *values_to_jsonb_built(ApplyJsonFormat *f, Datum *values, bool *nulls);
+#endif
+
+/* The column types row_jsonb_direct writes itself. */
+static bool
+direct_type(Oid type)
+{
+	switch (type)
+	{
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case NUMERICOID:
+		case DATEOID:
+		case TIMESTAMPTZOID:
+		case TEXTOID:
+			return true;
+		default:
+			return false;
+	}
+}
+
+#define DIRECT_MAX_COLUMNS		32
+
+/*
+ * integer_numeric, remembering for each column position the last value past
+ * the small ones: a property's rows come one after another, with the same
+ * property_id.  Valid until the next call for the same position.
+ */
+static Numeric
+integer_numeric_cached(int pos, int64 v)
+{
+	static int64 last_v[DIRECT_MAX_COLUMNS];
+	static Numeric last_n[DIRECT_MAX_COLUMNS];
+
+	if (v >= 0 && v < SMALL_NUMERICS)
+		return integer_numeric(v);
+	if (last_n[pos] == NULL || last_v[pos] != v)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		if (last_n[pos] != NULL)
+			pfree(last_n[pos]);
+		last_n[pos] = int64_to_numeric(v);
+		last_v[pos] = v;
+		MemoryContextSwitchTo(old);
+	}
+	return last_n[pos];
+}
+
+/* A value as row_jsonb_direct writes it: a string, a numeric or null. */
+typedef struct DirectValue
+{
+	char		kind;			/* 's', 'n', '0' */
+	const char *data;			/* string bytes; numeric data after its header */
+	uint32		len;			/* string length; numeric data length */
+} DirectValue;
+
+/*
+ * The sign bits of a numeric's first header word, which mark NaN and the
+ * infinities (NUMERIC_SIGN_MASK and NUMERIC_SPECIAL of numeric.c, part of
+ * its stored format); read in place, since a numeric in a row may have a
+ * short varlena header and then is not aligned for struct NumericData.
+ */
+#define NUMERIC_SIGN_BITS		0xC000
+#define NUMERIC_SPECIAL_BITS	0xC000
+#define DIRECT_TEXT_BYTES		(MAXDATELEN + 1)
+
+/*
+ * row_jsonb_direct
+ *		values_to_jsonb_built's result written directly in jsonb's binary
+ *		form, the bytes convertJsonbObject writes for the same pairs (the
+ *		keys already in jsonb's order, their JEntries and bytes made once
+ *		with the format), at its exact size: no JsonbValue tree, no 1 kB
+ *		buffer, no copy.  A short-header numeric is written with the 4-byte
+ *		header to_jsonb's numeric has.  NULL when the format has a column
+ *		of another type or too many columns, or a value is not a finite
+ *		number (the caller then takes the general way).
+ */
+static Jsonb *
+row_jsonb_direct(ApplyJsonFormat *f, Datum *values, bool *nulls)
+{
+	DirectValue v[DIRECT_MAX_COLUMNS];
+	char		texts[DIRECT_MAX_COLUMNS][DIRECT_TEXT_BYTES];
+	uint32		size;
+	uint32		totallen;
+	Jsonb	   *jb;
+	char	   *p;
+	JEntry	   *entries;
+	int			n = f->n;
+	int			k;
+
+	if (!f->direct)
+		return NULL;
+	for (k = 0; k < n; k++)
+	{
+		int			i = f->att[k];
+		Oid			type = TupleDescAttr(f->desc, i)->atttypid;
+		Numeric		num = NULL;
+
+		if (nulls[i])
+		{
+			v[k].kind = '0';
+			v[k].len = 0;
+			continue;
+		}
+		switch (type)
+		{
+			case INT2OID:
+				num = integer_numeric_cached(k, DatumGetInt16(values[i]));
+				break;
+			case INT4OID:
+				num = integer_numeric_cached(k, DatumGetInt32(values[i]));
+				break;
+			case INT8OID:
+				num = integer_numeric_cached(k, DatumGetInt64(values[i]));
+				break;
+			case NUMERICOID:
+				{
+					struct varlena *raw = (struct varlena *) DatumGetPointer(values[i]);
+
+					uint16		first;
+
+					if (VARATT_IS_EXTENDED(raw) && !VARATT_IS_SHORT(raw))
+						return NULL;	/* compressed or external: not a KPI row's */
+					v[k].kind = 'n';
+					v[k].data = VARDATA_ANY(raw);
+					v[k].len = VARSIZE_ANY_EXHDR(raw);
+					/* NaN and the infinities: to_jsonb writes them as strings */
+					memcpy(&first, v[k].data, sizeof(first));
+					if ((first & NUMERIC_SIGN_BITS) == NUMERIC_SPECIAL_BITS)
+						return NULL;
+					continue;
+				}
+			case DATEOID:
+				(void) JsonEncodeDateTime(texts[k], values[i], DATEOID, NULL);
+				v[k].kind = 's';
+				v[k].data = texts[k];
+				v[k].len = strlen(texts[k]);
+				continue;
+			case TIMESTAMPTZOID:
+				{
+					JsonbValue	jv;
+
+					encode_timestamptz(values[i], &jv);
+					if (jv.val.string.len >= DIRECT_TEXT_BYTES)
+						return NULL;
+					memcpy(texts[k], jv.val.string.val, jv.val.string.len);
+					pfree(jv.val.string.val);
+					v[k].kind = 's';
+					v[k].data = texts[k];
+					v[k].len = jv.val.string.len;
+					continue;
+				}
+			case TEXTOID:
+				{
+					text	   *t = DatumGetTextPP(values[i]);
+
+					v[k].kind = 's';
+					v[k].data = VARDATA_ANY(t);
+					v[k].len = VARSIZE_ANY_EXHDR(t);
+					continue;
+				}
+			default:
+				return NULL;
+		}
+		v[k].kind = 'n';
+		v[k].data = VARDATA(num);
+		v[k].len = VARSIZE(num) - VARHDRSZ;
+	}
+
+	/* the size: header, JEntries, keys, then each value (numerics int-aligned) */
+	size = VARHDRSZ + sizeof(uint32) + 2 * n * sizeof(JEntry) + f->key_len;
+	for (k = 0; k < n; k++)
+	{
+		if (v[k].kind == 'n')
+			size = INTALIGN(size) + VARHDRSZ + v[k].len;
+		else
+			size += v[k].len;
+	}
+	jb = palloc(size);
+	SET_VARSIZE(jb, size);
+	jb->root.header = n | JB_FOBJECT;
+	entries = jb->root.children;
+	memcpy(entries, f->key_entries, n * sizeof(JEntry));
+	p = (char *) &entries[2 * n];
+	memcpy(p, f->key_bytes, f->key_len);
+	p += f->key_len;
+	totallen = f->key_len;
+	for (k = 0; k < n; k++)
+	{
+		uint32		len;
+		JEntry		meta;
+
+		if (v[k].kind == 'n')
+		{
+			char	   *start = p;
+
+			while ((p - (char *) jb) % sizeof(uint32) != 0)
+				*p++ = '\0';
+			SET_VARSIZE(p, VARHDRSZ + v[k].len);
+			memcpy(p + VARHDRSZ, v[k].data, v[k].len);
+			p += VARHDRSZ + v[k].len;
+			len = p - start;
+			meta = JENTRY_ISNUMERIC;
+		}
+		else
+		{
+			memcpy(p, v[k].data, v[k].len);
+			p += v[k].len;
+			len = v[k].len;
+			meta = v[k].kind == 's' ? JENTRY_ISSTRING : JENTRY_ISNULL;
+		}
+		totallen += len;
+		check_jsonb_length(totallen);
+		entries[n + k] = ((k + n) % JB_OFFSET_STRIDE == 0) ?
+			(meta | totallen | JENTRY_HAS_OFF) : (meta | len);
+	}
+	Assert(p - (char *) jb == size);
+#ifdef LIVEKPI_CHECK_VIEWS_OBJECT
+	{
+		MemoryContext check_cxt = AllocSetContextCreate(CurrentMemoryContext,
+														"livekpi row check",
+														ALLOCSET_DEFAULT_SIZES);
+		MemoryContext old = MemoryContextSwitchTo(check_cxt);
+		Jsonb	   *other = values_to_jsonb_built(f, values, nulls);
+		bool		same = VARSIZE(other) == size && memcmp(other, jb, size) == 0;
+
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(check_cxt);
+		if (!same)
+		{
+			int			d = 0;
+
+			while (d < size && d < VARSIZE(other) && ((char *) other)[d] == ((char *) jb)[d])
+				d++;
+			elog(ERROR, "livekpi: row_jsonb_direct differs: %u vs %u bytes, from byte %d (%02x vs %02x): %s",
+				 size, VARSIZE(other), d, ((unsigned char *) jb)[d], ((unsigned char *) other)[d],
+				 JsonbToCString(NULL, &other->root, VARSIZE(other)));
+		}
+	}
+#endif
+	return jb;
 }
 
 /*
@@ -319,7 +571,39 @@ apply_delta_json_format(TupleDesc desc)
 		Assert(a < desc->natts);
 		f->att[i] = a;
 	}
+	format_prepare_direct(f);
 	return f;
+}
+
+/*
+ * format_prepare_direct
+ *		The keys' part of row_jsonb_direct's rows, once per format (again
+ *		when its keys change).
+ */
+static void
+format_prepare_direct(ApplyJsonFormat *f)
+{
+	uint32		off = 0;
+	int			i;
+
+	f->direct = f->n > 0 && f->n <= DIRECT_MAX_COLUMNS;
+	for (i = 0; i < f->n; i++)
+		if (!direct_type(TupleDescAttr(f->desc, f->att[i])->atttypid))
+			f->direct = false;
+	f->key_entries = palloc(sizeof(JEntry) * Max(f->n, 1));
+	f->key_len = 0;
+	for (i = 0; i < f->n; i++)
+		f->key_len += f->keys[i].val.string.len;
+	f->key_bytes = palloc(Max(f->key_len, 1));
+	for (i = 0; i < f->n; i++)
+	{
+		int			len = f->keys[i].val.string.len;
+
+		memcpy(f->key_bytes + off, f->keys[i].val.string.val, len);
+		off += len;
+		f->key_entries[i] = (i % JB_OFFSET_STRIDE == 0) ?
+			(JENTRY_ISSTRING | off | JENTRY_HAS_OFF) : (JENTRY_ISSTRING | len);
+	}
 }
 
 static void
@@ -439,7 +723,12 @@ row_scratch_end(MemoryContext caller, Jsonb *built)
 static Jsonb *
 values_to_jsonb(ApplyJsonFormat *f, Datum *values, bool *nulls)
 {
-	MemoryContext caller = row_scratch_begin();
+	Jsonb	   *direct = row_jsonb_direct(f, values, nulls);
+	MemoryContext caller;
+
+	if (direct != NULL)
+		return direct;
+	caller = row_scratch_begin();
 
 	return row_scratch_end(caller, values_to_jsonb_built(f, values, nulls));
 }
@@ -919,6 +1208,7 @@ row_init(ViewRow *r, TupleDesc desc)
 			r->format->att[kept++] = r->format->att[k];
 		}
 	r->format->n = kept;
+	format_prepare_direct(r->format);
 	r->values = palloc(sizeof(Datum) * desc->natts);
 	r->nulls = palloc(sizeof(bool) * desc->natts);
 	r->set = palloc(sizeof(bool) * desc->natts);
